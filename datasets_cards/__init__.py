@@ -1,0 +1,1 @@
+"""Jinja2 templates for Hugging Face Hub dataset cards (README.md with YAML front matter)."""

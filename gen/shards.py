@@ -1,0 +1,331 @@
+"""Arrow shards on disk: an atomic, resumable writer, a memory-mapped reader and the run's manifest.
+
+Layout of a run directory::
+
+    OUT/
+      manifest.json               counts, shard hashes, the run's config (no secrets), the funnel
+      train/train-00000.arrow     Arrow IPC *file* format (random access, memory-mappable)
+      rejected/rejected-00000.arrow
+
+A shard is written to a hidden temp name in the same directory, fsynced and renamed: readers glob `*.arrow`, so they
+never see a half-written shard, and a crash leaves at most a stray temp file that the next writer removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import pyarrow as pa
+
+from gen.errors import UserError
+from gen.records import ROW_SCHEMA, rows_to_table
+
+SHARD_SUFFIX = ".arrow"
+MANIFEST = "manifest.json"
+# Bounded shards: small enough to stream, hash and upload piecewise, large enough that a 1M-row run is ~100 files.
+DEFAULT_MAX_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_ROWS = 100_000
+SPLITS = ("train", "rejected")
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "auth", "credential")
+_SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a small file (manifest, card) so that readers see the old or the new content, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class ShardWriter:
+    """Append rows to one split of a run as bounded Arrow IPC shards.
+
+    - `write(row)` buffers; a shard is committed when the buffer passes `max_rows` or `max_bytes`, on `flush()`
+      (methods flush at round boundaries so finished work is on disk) and on `close()`.
+    - With `key_column` (default "id"), a row whose key is already in a committed shard of this split, or already
+      written in this session, is skipped: a rerun after a crash never writes a duplicate row.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        split: str = "train",
+        *,
+        schema: pa.Schema = ROW_SCHEMA,
+        key_column: str | None = "id",
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        metadata: Mapping[str, str] | None = None,
+    ):
+        self.split = split
+        self.directory = Path(out_dir) / split
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schema = schema.with_metadata({**(schema.metadata or {}), **{k: str(v) for k, v in (metadata or {}).items()}})
+        self.key_column = key_column
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_bytes = 0
+        self.rows_written = 0
+        self.rows_skipped = 0
+        for stale in self.directory.glob(".*.tmp-*"):
+            stale.unlink()  # left by a writer that died mid-shard; never renamed, so never read
+        existing = shard_paths(self.directory)
+        self._next_index = 1 + max((_shard_index(p) for p in existing), default=-1)
+        self.keys: set[str] = set()
+        if key_column is not None:
+            for path in existing:
+                table = open_shard(path)
+                if key_column in table.column_names:
+                    self.keys.update(table.column(key_column).to_pylist())
+
+    def write(self, row: Mapping[str, Any]) -> bool:
+        """Buffer one row; returns False if a row with the same key was already written."""
+        if self.key_column is not None:
+            key = row[self.key_column]
+            if key in self.keys:
+                self.rows_skipped += 1
+                return False
+            self.keys.add(key)
+        self._buffer.append(dict(row))
+        self._buffer_bytes += _approx_size(row)
+        if len(self._buffer) >= self.max_rows or self._buffer_bytes >= self.max_bytes:
+            self.flush()
+        return True
+
+    def write_many(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        return sum(self.write(row) for row in rows)
+
+    def flush(self) -> Path | None:
+        """Commit the buffered rows as one complete shard; returns its path (None if nothing was buffered)."""
+        if not self._buffer:
+            return None
+        if self.schema.equals(ROW_SCHEMA, check_metadata=False):
+            table = rows_to_table(self._buffer).replace_schema_metadata(self.schema.metadata)
+        else:
+            table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        name = f"{self.split}-{self._next_index:05d}{SHARD_SUFFIX}"
+        final = self.directory / name
+        tmp = self.directory / f".{name}.tmp-{os.getpid()}"
+        with pa.OSFile(str(tmp), "wb") as sink:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table, max_chunksize=8192)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        self.rows_written += len(self._buffer)
+        self._next_index += 1
+        self._buffer = []
+        self._buffer_bytes = 0
+        return final
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On an exception the rows of finished work are still committed: nothing already produced is lost.
+        self.close()
+
+
+def _approx_size(row: Mapping[str, Any]) -> int:
+    size = 64
+    for value in row.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                size += len(item["content"]) + 16 if isinstance(item, Mapping) and "content" in item else 8
+    return size
+
+
+def _shard_index(path: Path) -> int:
+    try:
+        return int(path.stem.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+# ---------------------------------------------------------------------------------------------------------- reading
+
+
+def shard_paths(path: str | os.PathLike, split: str | None = None) -> list[Path]:
+    """The complete shards under `path`: a run directory (with `split`), a split directory, or one `.arrow` file."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if split is not None and (path / split).is_dir():
+        path = path / split
+    elif split is not None and path.is_dir() and not list(path.glob(f"*{SHARD_SUFFIX}")):
+        return []
+    if not path.exists():
+        raise UserError(f"{path}: no such directory")
+    return sorted(p for p in path.glob(f"*{SHARD_SUFFIX}") if not p.name.startswith("."))
+
+
+def open_shard(path: str | os.PathLike) -> pa.Table:
+    """Memory-map one shard (zero-copy); a corrupt or foreign file is a UserError naming it."""
+    path = Path(path)
+    try:
+        source = pa.memory_map(str(path), "r")
+        return pa.ipc.open_file(source).read_all()
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise UserError(f"{path}: not a readable Arrow shard ({str(exc).splitlines()[0]})") from None
+
+
+def read_table(path: str | os.PathLike, split: str = "train", columns: list[str] | None = None) -> pa.Table:
+    """All rows of one split as one (memory-mapped) table; an empty table with the row schema if there are none."""
+    tables = [open_shard(p) for p in shard_paths(path, split)]
+    if not tables:
+        empty = ROW_SCHEMA.empty_table()
+        return empty.select(columns) if columns else empty
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.select(columns) if columns else table
+
+
+def iter_rows(
+    path: str | os.PathLike, split: str = "train", columns: list[str] | None = None, batch_size: int = 1024
+) -> Iterator[dict[str, Any]]:
+    """Stream rows as dicts, one shard and one record batch at a time."""
+    for shard in shard_paths(path, split):
+        table = open_shard(shard)
+        if columns:
+            table = table.select(columns)
+        for batch in table.to_batches(max_chunksize=batch_size):
+            yield from batch.to_pylist()
+
+
+def list_splits(run_dir: str | os.PathLike) -> list[str]:
+    run_dir = Path(run_dir)
+    return sorted(d.name for d in run_dir.iterdir() if d.is_dir() and any(d.glob(f"*{SHARD_SUFFIX}")))
+
+
+# --------------------------------------------------------------------------------------------------------- manifest
+
+
+def redact(value: Any) -> Any:
+    """Drop secrets from a config before it is written anywhere: keys whose name says secret, and any value equal to
+    (or containing) an API key present in the environment."""
+    secrets = [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
+    if isinstance(value, Mapping):
+        return {
+            k: ("<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) and v not in (None, "", False) else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and any(s in value for s in secrets):
+        return "<redacted>"
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(
+    run_dir: str | os.PathLike,
+    *,
+    config: Mapping[str, Any] | None = None,
+    funnel: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """(Re)write `manifest.json` from what is on disk, so it always agrees with the shards.
+
+    Counts per split, each shard's rows/bytes/sha256, tokens spent, rows by method and round, rejections by reason,
+    plus the run's config (redacted) and the method's funnel (generated -> filtered -> kept).
+    """
+    run_dir = Path(run_dir)
+    previous = read_manifest(run_dir) if (run_dir / MANIFEST).exists() else {}
+    splits: dict[str, Any] = {}
+    for split in list_splits(run_dir):
+        shards = []
+        for path in shard_paths(run_dir, split):
+            table = open_shard(path)
+            shards.append({"file": f"{split}/{path.name}", "rows": table.num_rows, "bytes": path.stat().st_size,
+                           "sha256": _sha256(path)})
+        splits[split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
+    manifest = {
+        "kdforge_version": _version(),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": redact(dict(config)) if config is not None else previous.get("config", {}),
+        "splits": splits,
+        "stats": _stats(run_dir),
+        "funnel": dict(funnel) if funnel is not None else previous.get("funnel", {}),
+    }
+    for key, value in (extra or {}).items():
+        manifest[key] = redact(value)
+    for key, value in previous.items():
+        manifest.setdefault(key, value)
+    atomic_write_bytes(run_dir / MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    return manifest
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no manifest (is this a kdforge run directory?)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: malformed manifest ({exc})") from None
+
+
+def _stats(run_dir: Path) -> dict[str, Any]:
+    """Tokens and row counts by method/round/reason, read from the shards' columns (only conversational splits)."""
+    stats: dict[str, Any] = {}
+    for split in list_splits(run_dir):
+        table = read_table(run_dir, split)
+        if "usage" not in table.column_names:
+            continue
+        usage = table.column("usage").to_pylist()
+        by_method_round: dict[str, int] = {}
+        for method, rnd in zip(table.column("method").to_pylist(), table.column("round").to_pylist()):
+            label = f"{method}/round {rnd}" if rnd is not None else str(method)
+            by_method_round[label] = by_method_round.get(label, 0) + 1
+        entry = {
+            "rows": table.num_rows,
+            "prompt_tokens": sum((u or {}).get("prompt_tokens") or 0 for u in usage),
+            "completion_tokens": sum((u or {}).get("completion_tokens") or 0 for u in usage),
+            "by_method_round": dict(sorted(by_method_round.items())),
+        }
+        if split != "train" or any(table.column("filters").to_pylist()):
+            reasons: dict[str, int] = {}
+            for row_filters in table.column("filters").to_pylist():
+                for reason in row_filters or []:
+                    reasons[reason] = reasons.get(reason, 0) + 1
+            entry["by_reason"] = dict(sorted(reasons.items()))
+        stats[split] = entry
+    return stats
+
+
+def _version() -> str:
+    from gen import __version__
+
+    return __version__

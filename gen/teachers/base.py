@@ -1,0 +1,125 @@
+"""The one small interface every teacher backend implements, and the errors the engine reacts to.
+
+A teacher turns chat requests into completions. HTTP backends (OpenAI-compatible, Anthropic) implement
+`acomplete` for one request at a time and the engine keeps many in flight; in-process engines (vLLM) set
+`takes_whole_batch` and implement `complete_batch`, which receives a whole round at once (continuous batching does
+the rest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings sent with a request; part of the cache key."""
+
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+    def replace(self, **changes: Any) -> "SamplingParams":
+        if "stop" in changes and changes["stop"] is not None:
+            changes["stop"] = tuple(changes["stop"])
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request. `messages` are [{"role", "content"}]; a system message, if any, comes first."""
+
+    messages: tuple[tuple[str, str], ...]
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    @classmethod
+    def make(cls, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None,
+             system: str | None = None) -> "ChatRequest":
+        pairs = tuple((str(m["role"]), str(m["content"])) for m in messages)
+        if system:
+            pairs = (("system", system),) + pairs
+        return cls(messages=pairs, params=params or SamplingParams())
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    def cache_key(self, teacher_id: str) -> str:
+        """(teacher, model, messages, params) -> a hex digest; the request cache's key."""
+        blob = json.dumps([teacher_id, self.messages, self.params.to_dict()], ensure_ascii=False,
+                          separators=(",", ":"), sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+class TeacherError(Exception):
+    """Base of the errors a backend raises; the engine decides what to do from the subclass."""
+
+
+class RateLimited(TeacherError):
+    """HTTP 429 (or an overloaded signal): back off, shrink concurrency, honour `retry_after` seconds when given."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TransientError(TeacherError):
+    """5xx, timeouts, connection resets, malformed bodies: retry with exponential backoff and jitter."""
+
+
+class PermanentError(TeacherError):
+    """4xx other than 429 (bad request, auth): retrying the same request will not help."""
+
+
+class Teacher:
+    """Base class of the backends. `spec` is what the user typed (e.g. `openai:gpt-4o-mini`)."""
+
+    backend: str = "?"
+    takes_whole_batch: bool = False
+
+    def __init__(self, model: str):
+        self.model = model
+
+    @property
+    def teacher_id(self) -> str:
+        """`backend:model@revision` as written in every row's `teacher` column (and part of the cache key)."""
+        return f"{self.backend}:{self.model}"
+
+    async def acomplete(self, request: ChatRequest, timeout: float) -> Completion:
+        raise NotImplementedError(f"{type(self).__name__} takes whole batches: use complete_batch")
+
+    def complete_batch(self, requests: Sequence[ChatRequest]) -> list[Completion | TeacherError]:
+        raise NotImplementedError(f"{type(self).__name__} takes one request at a time: use acomplete")
+
+    def close(self) -> None:
+        """Release servers, engines, connections."""
+
+    def __enter__(self) -> "Teacher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

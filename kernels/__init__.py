@@ -1,0 +1,1 @@
+"""Fused distillation kernels (Triton) with their torch references. Depends on torch and triton only."""
