@@ -119,10 +119,7 @@ class ShardWriter:
         """Commit the buffered rows as one complete shard; returns its path (None if nothing was buffered)."""
         if not self._buffer:
             return None
-        if self.schema.equals(ROW_SCHEMA, check_metadata=False):
-            table = rows_to_table(self._buffer).replace_schema_metadata(self.schema.metadata)
-        else:
-            table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        table = self._buffer_to_table()
         name = f"{self.split}-{self._next_index:05d}{SHARD_SUFFIX}"
         final = self.directory / name
         tmp = self.directory / f".{name}.tmp-{os.getpid()}"
@@ -138,6 +135,13 @@ class ShardWriter:
         self._buffer = []
         self._buffer_bytes = 0
         return final
+
+    def _buffer_to_table(self) -> pa.Table:
+        """The buffered rows as one table in `self.schema`. Subclasses whose rows hold numpy arrays (logit shards)
+        override this to build columns without a per-value Python loop."""
+        if self.schema.equals(ROW_SCHEMA, check_metadata=False):
+            return rows_to_table(self._buffer).replace_schema_metadata(self.schema.metadata)
+        return pa.Table.from_pylist(self._buffer, schema=self.schema)
 
     def close(self) -> None:
         self.flush()
