@@ -317,10 +317,9 @@ def _finite_or_zero(x):
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------------
 
-# The kernels are plain functions jitted on first use (see _jit): triton.jit decides between compiling and the CPU
-# interpreter when it decorates, so a lazy decoration honours TRITON_INTERPRET whatever the import order.
 if HAS_TRITON:
 
+    @triton.jit
     def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, KD,
                    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
                    HAS_BIAS: tl.constexpr, ACCUMULATE: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
@@ -352,6 +351,7 @@ if HAS_TRITON:
             acc += tl.load(c_ptrs, mask=cmask, other=0.0).to(tl.float32)
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
 
+    @triton.jit
     def _row_lse_kernel(z_ptr, m_ptr, se_ptr, m1_ptr, se1_ptr, V, stride_z, inv_t,
                         TWO_TEMPS: tl.constexpr, BLOCK_V: tl.constexpr):
         """Online max / sum-exp over the V tiles of one row of z (top-k columns already -inf).
@@ -388,6 +388,7 @@ if HAS_TRITON:
             tl.store(m1_ptr + row, m1r)
             tl.store(se1_ptr + row, se1r)
 
+    @triton.jit
     def _dz_kernel(z_ptr, lse_ptr, coef_ptr, lse1_ptr, coef1_ptr, V, stride_z, inv_t,
                    TWO_TEMPS: tl.constexpr, BLOCK_V: tl.constexpr):
         """In place over one (row, V tile): z <- exp(z*inv_t - lse) * coef (+ exp(z - lse1) * coef1).
@@ -407,16 +408,6 @@ if HAS_TRITON:
             coef1 = tl.load(coef1_ptr + row)
             dz += tl.exp(z - lse1) * coef1
         tl.store(ptrs, dz, mask=mask)
-
-
-_JITTED = {}
-
-
-def _jit(fn):
-    key = (fn.__name__, _interpret_mode())
-    if key not in _JITTED:
-        _JITTED[key] = triton.jit(fn)
-    return _JITTED[key]
 
 
 def _dot_dtype(*tensors):
@@ -445,7 +436,7 @@ def _triton_mm(a, b, out, bias=None, accumulate=False):
     dot_dtype, ieee = _dot_dtype(a, b)
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
     kw = {} if _interpret_mode() else {"num_warps": warps, "num_stages": stages}
-    _jit(_mm_kernel)[grid](a, b, out, bias if bias is not None else out, M, N, KD,
+    _mm_kernel[grid](a, b, out, bias if bias is not None else out, M, N, KD,
                      a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
                      HAS_BIAS=bias is not None, ACCUMULATE=accumulate, DOT_DTYPE=dot_dtype, IEEE=ieee,
                      BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, **kw)
@@ -547,7 +538,7 @@ def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels
             se = torch.empty_like(m)
             m1 = torch.empty_like(m) if two_temps else m
             se1 = torch.empty_like(m) if two_temps else se
-            _jit(_row_lse_kernel)[(rows,)](z, m, se, m1, se1, V, z.stride(0), inv_t,
+            _row_lse_kernel[(rows,)](z, m, se, m1, se1, V, z.stride(0), inv_t,
                                      TWO_TEMPS=two_temps, BLOCK_V=_v_block(V))
             lse_tail = m + se.log()
             lse1_tail = (m1 + se1.log()) if two_temps else None
@@ -598,7 +589,7 @@ def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels
                 lse_safe = _finite_or_zero(lse_tail).contiguous()
                 lse1_safe = _finite_or_zero(lse1_tail).contiguous() if two_temps else lse_safe
                 BV = _v_block(V)
-                _jit(_dz_kernel)[(rows, triton.cdiv(V, BV))](z, lse_safe, coefA.contiguous(), lse1_safe,
+                _dz_kernel[(rows, triton.cdiv(V, BV))](z, lse_safe, coefA.contiguous(), lse1_safe,
                                                        coefB.contiguous() if two_temps else coefA, V, z.stride(0),
                                                        inv_t, TWO_TEMPS=two_temps, BLOCK_V=BV)
             else:
