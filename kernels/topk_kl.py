@@ -135,6 +135,14 @@ def _interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _kernels_interpreted() -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except Exception:  # pragma: no cover
+        return False
+    return isinstance(_dz_kernel, InterpretedFunction)
+
+
 def _resolve_impl(impl: str, hidden: torch.Tensor) -> str:
     if impl not in ("auto", "triton", "torch"):
         raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
@@ -143,9 +151,9 @@ def _resolve_impl(impl: str, hidden: torch.Tensor) -> str:
     if impl == "triton":
         if not HAS_TRITON:
             raise RuntimeError("impl='triton' but triton is not importable; use impl='torch'")
-        if not hidden.is_cuda and not _interpret_mode():
-            raise RuntimeError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before kernels.topk_kl is "
-                               "imported; use impl='torch' for the CPU path")
+        if not hidden.is_cuda and not (_interpret_mode() and _kernels_interpreted()):
+            raise RuntimeError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is first "
+                               "imported (triton decides at import/decoration time); use impl='torch' for the CPU path")
     return impl
 
 
