@@ -1,0 +1,116 @@
+"""The per-run request cache: one SQLite row per *completed* request, so a rerun pays for nothing twice.
+
+Key: `ChatRequest.cache_key(teacher_id)` (teacher, model, messages, sampling params). Value: the completion's text,
+finish reason and token usage. Nothing else is stored: no API key, no headers, no base URL. Failed requests are
+never stored, so a rerun retries them.
+
+Durability without per-request cost: the database runs in WAL mode with `synchronous=NORMAL`, where a commit
+appends to the write-ahead log without an fsync. That survives the process being killed (`kill -9`: the log is in
+the OS page cache) though not a power cut, which is the failure a resumable generation run has to survive. `put`
+buffers; the buffer is committed when it holds `batch_rows` rows or is older than `max_delay` seconds (the engine
+also calls `flush` from a timer and at the end of every run), so a kill loses at most the last fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable
+
+from gen.teachers.base import Completion
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    key TEXT PRIMARY KEY,
+    teacher TEXT NOT NULL,
+    text TEXT NOT NULL,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created REAL NOT NULL
+)
+"""
+# SQLite's default limit on host parameters in one statement is 32766 (999 before 3.32): stay well below both.
+_LOOKUP_CHUNK = 900
+
+
+class RequestCache:
+    """`get_many(keys) -> {key: Completion}`, `put(key, teacher_id, completion)`, `flush()`, `close()`.
+
+    A path of None keeps the cache in memory (nothing survives the process; used when no run directory exists).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, *, batch_rows: int = 256, max_delay: float = 0.2):
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False: the engine may drive its loop from a helper thread when called inside a running
+        # event loop; it never uses the connection from two threads at once.
+        self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", isolation_level=None,
+                                   check_same_thread=False)
+        if self.path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute(_SCHEMA)
+        self.batch_rows = batch_rows
+        self.max_delay = max_delay
+        self._pending: list[tuple] = []
+        self._oldest = 0.0
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, Completion] = {}
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start:start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM completions WHERE key IN ({marks})",
+                chunk,
+            )
+            for key, text, finish_reason, prompt_tokens, completion_tokens in rows:
+                found[key] = Completion(text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                                        completion_tokens=completion_tokens)
+        for key, _teacher, text, finish_reason, prompt_tokens, completion_tokens, _created in self._pending:
+            found.setdefault(key, Completion(text, finish_reason, prompt_tokens, completion_tokens))
+        return found
+
+    def put(self, key: str, teacher_id: str, completion: Completion) -> None:
+        """Buffer one completed request; committed by the next `flush` (at the latest `max_delay` seconds later)."""
+        now = time.monotonic()
+        if not self._pending:
+            self._oldest = now
+        self._pending.append((key, teacher_id, completion.text, completion.finish_reason,
+                              int(completion.prompt_tokens or 0), int(completion.completion_tokens or 0), time.time()))
+        if len(self._pending) >= self.batch_rows or now - self._oldest >= self.max_delay:
+            self.flush()
+
+    def flush(self) -> int:
+        """Commit buffered rows in one transaction; returns how many."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, []
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", pending)
+        return len(pending)
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] + len(self._pending)
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> "RequestCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
