@@ -1,0 +1,339 @@
+"""Logit shards: the teacher's top-k next-token distribution per token, as Arrow, and the tokenization both the
+capture (`gen logits`) and the trainer (`gen train`) share.
+
+One row per tokenized sequence (T tokens, K = top-k):
+
+| column | type | meaning |
+| --- | --- | --- |
+| `id` | string | the source conversational row's id (resume: rows already on disk are skipped) |
+| `input_ids` | list<int32> [T] | the conversation rendered with the teacher's chat template |
+| `labels` | list<int32> [T] | `input_ids` on assistant tokens, -100 on prompt/system/user tokens (HF convention, unshifted) |
+| `topk_ids` | list<fixed_size_list<int32, K>> [T, K] | teacher's K most likely next tokens, sorted by logprob desc |
+| `topk_logprobs` | list<fixed_size_list<float16, K>> [T, K] | their log-probabilities at temperature 1 |
+| `tail_logmass` | list<float32> [T] | log(1 - sum of the top-k probabilities): the teacher mass on every other token |
+
+Alignment ("next_token"): position t holds the teacher's distribution over token t+1 given tokens 0..t, so the
+loss at position t is weighted by `labels[t + 1]` (the same shift as a causal LM's cross-entropy). The last
+position holds the distribution after the final token (kept so every column has T entries).
+
+Schema metadata (bytes -> bytes in Arrow, strings here): `kdforge.kind` = "topk_logits", `teacher`,
+`tokenizer_hash` (see `tokenizer_fingerprint`), `vocab_size` (teacher logits width), `k`, `temperature` = "1.0",
+`alignment`, `tail_source` ("full_distribution": logsumexp of the non-top-k log-probs of the full teacher
+distribution; "topk_complement": log(1 - sum top-k p), all a backend that only returns top-k can do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from gen.errors import UserError
+from gen.shards import ShardWriter, open_shard, shard_paths
+
+KIND = "topk_logits"
+ALIGNMENT = "next_token"
+IGNORE_INDEX = -100
+TAIL_FULL = "full_distribution"
+TAIL_FROM_TOPK = "topk_complement"
+
+
+def logit_schema(k: int) -> pa.Schema:
+    """The Arrow schema of a logit shard with top-k width `k` (metadata is added by the writer)."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+            pa.field("labels", pa.list_(pa.int32()), nullable=False),
+            pa.field("topk_ids", pa.list_(pa.list_(pa.int32(), k)), nullable=False),
+            pa.field("topk_logprobs", pa.list_(pa.list_(pa.float16(), k)), nullable=False),
+            pa.field("tail_logmass", pa.list_(pa.float32()), nullable=False),
+        ]
+    )
+
+
+def logit_metadata(*, teacher: str, tokenizer_hash: str, vocab_size: int, k: int, tail_source: str,
+                   chat_template_hash: str | None = None) -> dict[str, str]:
+    return {
+        "kdforge.kind": KIND,
+        "teacher": teacher,
+        "tokenizer_hash": tokenizer_hash,
+        "vocab_size": str(int(vocab_size)),
+        "k": str(int(k)),
+        "temperature": "1.0",
+        "alignment": ALIGNMENT,
+        "alignment_doc": "position t holds the teacher distribution over token t+1; loss at t uses labels[t+1]",
+        "tail_source": tail_source,
+        "chat_template_hash": chat_template_hash or "",
+    }
+
+
+def read_logit_metadata(path: str | os.PathLike, split: str = "train") -> dict[str, Any] | None:
+    """The metadata of the logit shards under `path` (run dir, split dir or file) with `k`/`vocab_size` as ints;
+    None when there are no shards yet. A shard that is not a logit shard is a UserError naming it."""
+    paths = shard_paths(path, split)
+    if not paths:
+        return None
+    schema = open_shard(paths[0]).schema
+    meta = {key.decode(): value.decode() for key, value in (schema.metadata or {}).items()}
+    if meta.get("kdforge.kind") != KIND:
+        raise UserError(f"{paths[0]}: not a logit shard (no 'kdforge.kind: {KIND}' in its schema metadata)")
+    meta["k"] = int(meta["k"])
+    meta["vocab_size"] = int(meta["vocab_size"])
+    return meta
+
+
+def is_logit_dir(path: str | os.PathLike, split: str = "train") -> bool:
+    """True when the first shard under `path` carries logit-shard metadata (False for conversational shards)."""
+    paths = shard_paths(path, split)
+    if not paths:
+        return False
+    meta = open_shard(paths[0]).schema.metadata or {}
+    return meta.get(b"kdforge.kind") == KIND.encode()
+
+
+# ------------------------------------------------------------------------------------------------- tokenization
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the token-string -> id mapping (added tokens included). Two tokenizers with the same fingerprint give
+    token ids the same meaning, which is what token-level distillation needs (merges and chat templates may differ)."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    blob = json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def text_hash(text: str | None) -> str:
+    return hashlib.sha256((text or "").encode("utf-8")).hexdigest()[:16]
+
+
+def conversation(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A row's messages with its `system` column (Orca-style system message) prepended when it is not already there."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    system = row.get("system")
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def _render(tokenizer, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
+    if not messages:
+        return ""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def tokenize_conversation(tokenizer, messages: Sequence[Mapping[str, str]], max_length: int | None = None,
+                          row_id: str = "?") -> tuple[np.ndarray, np.ndarray]:
+    """Render `messages` with the tokenizer's chat template; return (input_ids [T] int32, labels [T] int32) where
+    labels = input_ids on assistant tokens (the content and the template's end-of-turn marker, so the student learns
+    to stop) and -100 elsewhere. Truncated to `max_length` tokens (the head is kept).
+
+    Assistant spans are found by rendering prefixes: the text of turn i spans from the end of
+    render(messages[:i], generation prompt) to the end of render(messages[:i+1]). Templates that rewrite earlier turns
+    (e.g. drop past reasoning) fall back to locating the turn's content in the full text. Needs a fast tokenizer
+    (character offsets)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("the tokenizer has no chat template: pass --chat-template FILE (a Jinja chat template)")
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError("a fast (Rust) tokenizer is needed to map assistant text to tokens")
+    try:
+        full = _render(tokenizer, messages, add_generation_prompt=False)
+        spans: list[tuple[int, int]] = []
+        cursor = 0
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start_text = _render(tokenizer, messages[:i], add_generation_prompt=True)
+            end_text = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+            if end_text.startswith(start_text) and full.startswith(end_text) and len(end_text) > len(start_text):
+                spans.append((len(start_text), len(end_text)))
+                cursor = len(end_text)
+            else:
+                at = full.find(message["content"], cursor)
+                if at >= 0:
+                    spans.append((at, at + len(message["content"])))
+                    cursor = at + len(message["content"])
+    except UserError:
+        raise
+    except Exception as exc:  # jinja2 TemplateError and friends: the row does not fit the template
+        raise UserError(f"row {row_id}: the chat template cannot render it ({str(exc).splitlines()[0]})") from None
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = np.asarray(encoding["input_ids"], dtype=np.int32)
+    starts = np.asarray([start for start, _ in encoding["offset_mapping"]], dtype=np.int64)
+    is_assistant = np.zeros(len(input_ids), dtype=bool)
+    for begin, end in spans:
+        is_assistant |= (starts >= begin) & (starts < end)
+    labels = np.where(is_assistant, input_ids, IGNORE_INDEX).astype(np.int32)
+    if max_length is not None and len(input_ids) > max_length:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return input_ids, labels
+
+
+# ------------------------------------------------------------------------------------------------------ writing
+
+
+def make_logit_row(row_id: str, input_ids: np.ndarray, labels: np.ndarray, topk_ids: np.ndarray,
+                   topk_logprobs: np.ndarray, tail_logmass: np.ndarray) -> dict[str, Any]:
+    """One logit-shard row from numpy arrays: input_ids/labels [T], topk_ids [T, K], topk_logprobs [T, K],
+    tail_logmass [T]. Stored as int32 / int32 / int32 / float16 / float32."""
+    T = len(input_ids)
+    if len(labels) != T or topk_ids.shape[0] != T or topk_logprobs.shape != topk_ids.shape or len(tail_logmass) != T:
+        raise ValueError(f"row {row_id}: column lengths disagree ({T} tokens)")
+    return {
+        "id": row_id,
+        "input_ids": np.ascontiguousarray(input_ids, dtype=np.int32),
+        "labels": np.ascontiguousarray(labels, dtype=np.int32),
+        "topk_ids": np.ascontiguousarray(topk_ids, dtype=np.int32),
+        "topk_logprobs": np.ascontiguousarray(topk_logprobs, dtype=np.float16),
+        "tail_logmass": np.ascontiguousarray(tail_logmass, dtype=np.float32),
+    }
+
+
+def _list_column(arrays: list[np.ndarray], k: int | None = None) -> pa.Array:
+    """A list<...> column (list<fixed_size_list<., k>> when k) from per-row numpy arrays, built from one flat
+    buffer and an offsets array: no per-value Python work."""
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = pa.array(np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0))
+    values = pa.FixedSizeListArray.from_arrays(flat, k) if k is not None else flat
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+class LogitShardWriter(ShardWriter):
+    """ShardWriter for logit rows (`make_logit_row`): columns are built from numpy buffers, and shards are cut by
+    the real byte size of the arrays (the base writer's estimate only counts strings)."""
+
+    def __init__(self, out_dir: str | os.PathLike, *, k: int, metadata: Mapping[str, str], split: str = "train",
+                 max_bytes: int = 256 * 1024 * 1024):
+        super().__init__(out_dir, split, schema=logit_schema(k), key_column="id", max_bytes=max_bytes,
+                         metadata=metadata)
+        self.k = k
+
+    def write(self, row: Mapping[str, Any]) -> bool:
+        if row["topk_ids"].shape[1] != self.k:
+            raise ValueError(f"row {row['id']}: top-k width {row['topk_ids'].shape[1]} != shard K {self.k}")
+        written = super().write(row)
+        if written:
+            self._buffer_bytes += sum(v.nbytes for v in row.values() if isinstance(v, np.ndarray))
+            if self._buffer_bytes >= self.max_bytes:
+                self.flush()
+        return written
+
+    def _buffer_to_table(self) -> pa.Table:
+        rows = self._buffer
+        columns = [
+            pa.array([r["id"] for r in rows], pa.string()),
+            _list_column([r["input_ids"] for r in rows]),
+            _list_column([r["labels"] for r in rows]),
+            _list_column([r["topk_ids"] for r in rows], self.k),
+            _list_column([r["topk_logprobs"] for r in rows], self.k),
+            _list_column([r["tail_logmass"] for r in rows]),
+        ]
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+
+
+@dataclass
+class LogitColumns:
+    """The logit shards of one directory as flat numpy views over the memory-mapped Arrow buffers (zero-copy).
+
+    Row r spans tokens offsets[r]:offsets[r+1] of input_ids/labels/tail_logmass [total_tokens] and of
+    topk_ids/topk_logprobs [total_tokens, K]."""
+
+    ids: list[str]
+    offsets: np.ndarray
+    input_ids: np.ndarray
+    labels: np.ndarray
+    topk_ids: np.ndarray
+    topk_logprobs: np.ndarray
+    tail_logmass: np.ndarray
+    metadata: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, r: int) -> dict[str, np.ndarray]:
+        a, b = int(self.offsets[r]), int(self.offsets[r + 1])
+        return {"input_ids": self.input_ids[a:b], "labels": self.labels[a:b], "topk_ids": self.topk_ids[a:b],
+                "topk_logprobs": self.topk_logprobs[a:b], "tail_logmass": self.tail_logmass[a:b]}
+
+
+def _flat(chunk: pa.Array, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [rows+1] relative to the returned values, values) of one list chunk, zero-copy when possible."""
+    offsets = chunk.offsets.to_numpy()
+    values = chunk.values
+    if k is not None:
+        values = values.values  # fixed_size_list child: K values per token
+    first, last = int(offsets[0]), int(offsets[-1])
+    scale = k or 1
+    flat = values.slice(first * scale, (last - first) * scale).to_numpy(zero_copy_only=True)
+    if k is not None:
+        flat = flat.reshape(-1, k)
+    return offsets - first, flat
+
+
+def load_logit_columns(path: str | os.PathLike, split: str = "train") -> LogitColumns:
+    """Memory-map every logit shard under `path` and expose its columns as flat numpy arrays (one array per column
+    per shard is concatenated only when there are several shards or chunks)."""
+    meta = read_logit_metadata(path, split)
+    if meta is None:
+        raise UserError(f"{path}: no logit shards")
+    k = meta["k"]
+    ids: list[str] = []
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in ("input_ids", "labels", "topk_ids", "topk_logprobs",
+                                                          "tail_logmass")}
+    offsets_parts = []
+    base = 0
+    for shard in shard_paths(path, split):
+        table = open_shard(shard)
+        if (table.schema.metadata or {}).get(b"k") != str(k).encode():
+            raise UserError(f"{shard}: top-k width differs from the other shards in {path}")
+        ids.extend(table.column("id").to_pylist())
+        for chunk in table.column("input_ids").chunks:
+            offsets, values = _flat(chunk)
+            offsets_parts.append(offsets[:-1] + base)
+            parts["input_ids"].append(values)
+            base += len(values)
+        for name in ("labels", "tail_logmass"):
+            parts[name].extend(_flat(chunk)[1] for chunk in table.column(name).chunks)
+        for name in ("topk_ids", "topk_logprobs"):
+            parts[name].extend(_flat(chunk, k)[1] for chunk in table.column(name).chunks)
+    offsets = np.concatenate(offsets_parts + [np.asarray([base])]).astype(np.int64)
+
+    def join(name: str) -> np.ndarray:
+        return parts[name][0] if len(parts[name]) == 1 else np.concatenate(parts[name])
+
+    columns = LogitColumns(ids, offsets, join("input_ids"), join("labels"), join("topk_ids"), join("topk_logprobs"),
+                           join("tail_logmass"), meta)
+    if not (len(columns.labels) == len(columns.tail_logmass) == len(columns.topk_ids) == base):
+        raise UserError(f"{path}: logit shard columns disagree in length (corrupt shard?)")
+    return columns
+
+
+def logit_shard_stats(path: str | os.PathLike, split: str = "train") -> dict[str, Any]:
+    """Rows, tokens, label tokens, bytes on disk and bytes per token of the logit shards under `path` (for
+    `gen stats`)."""
+    paths = shard_paths(path, split)
+    meta = read_logit_metadata(path, split) or {}
+    rows = tokens = label_tokens = 0
+    for shard in paths:
+        table = open_shard(shard)
+        rows += table.num_rows
+        for chunk in table.column("labels").chunks:
+            flat = _flat(chunk)[1]
+            tokens += len(flat)
+            label_tokens += int((flat != IGNORE_INDEX).sum())
+    size = sum(p.stat().st_size for p in paths)
+    return {"shards": len(paths), "rows": rows, "tokens": tokens, "label_tokens": label_tokens, "bytes": size,
+            "bytes_per_token": (size / tokens) if tokens else 0.0, "k": meta.get("k"),
+            "teacher": meta.get("teacher"), "vocab_size": meta.get("vocab_size"),
+            "tail_source": meta.get("tail_source")}
