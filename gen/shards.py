@@ -34,6 +34,15 @@ SPLITS = ("train", "rejected")
 
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "auth", "credential")
 _SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# Names that contain a secret word but count things: `max_tokens`, `prompt_tokens`, `tokenizer_hash` are not secrets.
+_NOT_SECRET_WORDS = ("tokens", "tokenizer")
+
+
+def _secret_name(key: Any) -> bool:
+    name = str(key).lower()
+    for word in _NOT_SECRET_WORDS:
+        name = name.replace(word, "")
+    return any(w in name for w in _SECRET_WORDS)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -235,7 +244,7 @@ def redact(value: Any) -> Any:
     secrets = [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
     if isinstance(value, Mapping):
         return {
-            k: ("<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) and v not in (None, "", False) else redact(v))
+            k: ("<redacted>" if _secret_name(k) and v not in (None, "", False) else redact(v))
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
