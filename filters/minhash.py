@@ -1,0 +1,583 @@
+"""MinHash near-duplicate detection: vectorized hashing, recall-biased LSH bands, exact Jaccard check.
+
+What counts as a duplicate (the ground truth every number here is measured against): two texts whose *shingle
+sets* have exact Jaccard similarity >= `threshold`. Shingles:
+
+- `shingle="word"`: word n-grams over the normalized tokens (lowercase `\\w+` runs, so case and punctuation
+  changes do not matter). Default n = 5 for answers / documents; instructions are short (often < 20 words),
+  so for instructions use n = 3 (or `shingle="char"`, n = 5).
+- `shingle="char"`: character n-grams over the normalized tokens joined by single spaces.
+- A text with fewer units (tokens or characters) than n has exactly one shingle: its whole normalized sequence.
+  Two such short texts are duplicates only when they normalize to the same sequence. A text with no token at
+  all has no shingle and is never anyone's duplicate (the `empty_answer` heuristic deals with it).
+
+How it is fast (datasketch's `MinHash.update` hashes one shingle per Python call with SHA-1):
+
+1. Tokens are hashed once each with xxh64 (memoized per distinct token); the n-gram hash of every position of a
+   document (or of a whole batch of documents) is one numpy expression over the token-hash array: a weighted sum
+   with one odd 64-bit constant per position in the n-gram, then the MurmurHash3 64-bit finalizer.
+2. The k permutations are h_k(x) = (a_k·x + b_k mod 2^64) >> 32 (a_k odd: a bijection before the shift; the
+   pre-mixed input makes it behave like a random permutation, the same argument as datasketch's "affine" schemes),
+   computed for all shingles × all permutations as one uint64 matrix and min-reduced per document.
+3. LSH bands are chosen for *recall* at the threshold (candidates are verified, so a false candidate costs one
+   cheap check while a missed pair is lost for good): among all (b, r) with b·r <= num_perm whose collision
+   probability 1 - (1 - t^r)^b at J = t is at least `min_recall` (0.998), the one minimizing the weighted integral
+   0.05·FP + 0.95·FN (datasketch's `_optimal_param` objective). For t = 0.7 and 128 permutations: 32 bands × 4 rows
+   (datasketch's default for the same setting is 14 × 9, which finds only ~44% of the pairs at J = 0.7).
+4. Every candidate pair is checked with the exact Jaccard of the shingle sets (sorted uint64 arrays, memory
+   proportional to the corpus), so precision against the ground truth is 1 by construction.
+
+Two front ends:
+
+- `MinHashIndex`: incremental, for use *inside* generation (check an instruction before paying the teacher to
+  answer it). It keeps its buckets in a datasketch `MinHashLSH` (dict or Redis storage: with Redis, every worker
+  sees one global index; the shingle sets for the exact check live in the same Redis under `<basename>_docs`).
+- `minhash_pairs(texts)`: the batch path for finished shards; bands are compared with numpy sorts instead of
+  per-document dict operations. `backend="datasketch"` runs the same bands through `MinHashLSH` (optionally in
+  Redis) and gives the same pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Hashable, Iterable, Sequence
+
+import numpy as np
+import xxhash
+
+_WORD = re.compile(r"\w+")
+_MASK32 = np.uint64(32)
+# Buckets larger than this are not expanded into all pairs (quadratic); each member is paired with the bucket's
+# first member and with its neighbour in the bucket instead. Real near-duplicate groups are far smaller.
+MAX_BUCKET_ALL_PAIRS = 64
+DEFAULT_MIN_RECALL = 0.998
+
+
+def normalized_tokens(text: str) -> list[str]:
+    """Lowercase word tokens (`\\w+` runs): case, punctuation and spacing changes do not change them."""
+    return _WORD.findall(text.lower())
+
+
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer: an avalanching bijection on uint64 (wraps modulo 2^64 by design)."""
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+class _TokenHashes(dict):
+    """Memoized xxh64 of tokens: each distinct token is hashed once per process (stable across processes)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def __missing__(self, token: str) -> int:
+        value = xxhash.xxh64_intdigest(token.encode("utf-8"), seed=self.seed)
+        if len(self) > 4_000_000:  # bound the memo on endless vocabularies; the hash itself is pure
+            self.clear()
+        self[token] = value
+        return value
+
+
+# ------------------------------------------------------------------------------------------------ band parameters
+
+
+def _collision_probability(similarity: np.ndarray | float, bands: int, rows: int):
+    return 1.0 - (1.0 - np.power(similarity, rows)) ** bands
+
+
+def choose_bands(
+    threshold: float,
+    num_perm: int,
+    *,
+    min_recall: float = DEFAULT_MIN_RECALL,
+    false_positive_weight: float = 0.05,
+    false_negative_weight: float = 0.95,
+) -> tuple[int, int]:
+    """(bands, rows) for verified LSH: P(candidate | J = threshold) >= min_recall, then the least weighted
+    FP/FN integral (FP = ∫_0^t P(s) ds, FN = ∫_t^1 (1 - P(s)) ds, trapezoid rule on 2,001 points)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    grid_low = np.linspace(0.0, threshold, 2001)
+    grid_high = np.linspace(threshold, 1.0, 2001)
+    best, best_error, fallback, fallback_recall = None, math.inf, None, -1.0
+    for rows in range(1, num_perm + 1):
+        bands = num_perm // rows
+        if bands < 2:
+            break
+        recall = float(_collision_probability(threshold, bands, rows))
+        if recall > fallback_recall:
+            fallback, fallback_recall = (bands, rows), recall
+        if recall < min_recall:
+            continue
+        fp = np.trapezoid(_collision_probability(grid_low, bands, rows), grid_low)
+        fn = np.trapezoid(1.0 - _collision_probability(grid_high, bands, rows), grid_high)
+        error = false_positive_weight * fp + false_negative_weight * fn
+        if error < best_error:
+            best, best_error = (bands, rows), error
+    return best if best is not None else fallback
+
+
+# ------------------------------------------------------------------------------------------------------- hashing
+
+
+@dataclass
+class ShingledTexts:
+    """Shingle hashes of many texts, flat: text i owns `hashes[offsets[i]:offsets[i+1]]` (unsorted, may repeat).
+
+    `signatures`: [N, num_perm] uint32 MinHash signatures; rows of texts with no shingle are all 0xFFFFFFFF.
+    """
+
+    hashes: np.ndarray
+    offsets: np.ndarray
+    signatures: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def shingle_set(self, i: int) -> np.ndarray:
+        """Sorted unique uint64 shingle hashes of text i."""
+        return np.unique(self.hashes[self.offsets[i]:self.offsets[i + 1]])
+
+
+class MinHasher:
+    """Shingling + MinHash signatures with fixed, seeded hash functions (the same in every process).
+
+    `shingle`: "word" or "char"; `ngram`: n; `num_perm`: signature length; `seed`: seeds the token hash and the
+    permutations, so signatures from different workers agree.
+    """
+
+    def __init__(self, num_perm: int = 128, shingle: str = "word", ngram: int = 5, seed: int = 1):
+        if shingle not in ("word", "char"):
+            raise ValueError(f"shingle must be 'word' or 'char', got {shingle!r}")
+        if ngram < 1:
+            raise ValueError(f"ngram must be >= 1, got {ngram}")
+        self.num_perm, self.shingle, self.ngram, self.seed = num_perm, shingle, ngram, seed
+        rng = np.random.default_rng(seed)
+        self._a = (rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
+        self._b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) << np.uint64(1)
+        # One odd multiplier per position inside an n-gram: the n-gram hash is order-sensitive.
+        self._position = (rng.integers(0, 2**63, size=max(ngram, 1), dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
+        self._short_tag = rng.integers(0, 2**63, size=1, dtype=np.uint64)
+        self._char_seed = np.uint64(rng.integers(0, 2**63))
+        self._tokens = _TokenHashes(seed)
+
+    # -- units: token hashes (word) or mixed code points (char), flat over many texts
+    def _units(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.shingle == "word":
+            lookup = self._tokens.__getitem__
+            per_text = [list(map(lookup, _WORD.findall(t.lower()))) for t in texts]
+            lengths = np.fromiter(map(len, per_text), dtype=np.int64, count=len(per_text))
+            units = np.fromiter((h for hs in per_text for h in hs), dtype=np.uint64, count=int(lengths.sum()))
+        else:
+            normalized = [" ".join(_WORD.findall(t.lower())) for t in texts]
+            lengths = np.fromiter(map(len, normalized), dtype=np.int64, count=len(normalized))
+            code_points = np.frombuffer("".join(normalized).encode("utf-32-le"), dtype="<u4").astype(np.uint64)
+            units = _fmix64(code_points ^ self._char_seed)
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return units, offsets
+
+    def shingle_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat uint64 shingle hashes and per-text offsets (see `ShingledTexts`)."""
+        n = self.ngram
+        units, unit_offsets = self._units(texts)
+        lengths = np.diff(unit_offsets)
+        total = len(units)
+        # n-gram starting at every position p: sum_k units[p + k] * position_k (zero-padded past the end).
+        padded = np.concatenate([units, np.zeros(n - 1, dtype=np.uint64)])
+        combined = np.zeros(total, dtype=np.uint64)
+        for k in range(n):
+            combined += padded[k:k + total] * self._position[k]
+        # Valid starts: the whole n-gram lies inside the same text.
+        ends = np.repeat(unit_offsets[1:], lengths)
+        valid = np.arange(total) + n <= ends
+        shingle_counts = np.maximum(lengths - n + 1, 0)
+        hashes = _fmix64(combined[valid])
+        # Texts shorter than n (but not empty): one shingle, the whole sequence (tagged so it never equals an n-gram).
+        short = np.nonzero((lengths > 0) & (lengths < n))[0]
+        if len(short):
+            short_hashes = np.empty(len(short), dtype=np.uint64)
+            for slot, i in enumerate(short.tolist()):
+                seq = units[unit_offsets[i]:unit_offsets[i + 1]]
+                # Array arithmetic wraps modulo 2^64 silently (numpy scalars would warn on overflow).
+                terms = np.append(seq * self._position[: len(seq)], self._short_tag * np.uint64(len(seq)))
+                short_hashes[slot] = terms.sum(dtype=np.uint64)
+            short_hashes = _fmix64(short_hashes)
+            shingle_counts[short] = 1
+            # Insert each short text's single shingle at its place in the flat order.
+            starts = np.zeros(len(texts) + 1, dtype=np.int64)
+            np.cumsum(shingle_counts, out=starts[1:])
+            merged = np.empty(int(starts[-1]), dtype=np.uint64)
+            is_short = np.zeros(len(texts), dtype=bool)
+            is_short[short] = True
+            long_positions = np.ones(len(merged), dtype=bool)
+            long_positions[starts[short]] = False
+            merged[long_positions] = hashes
+            merged[starts[short]] = short_hashes
+            return merged, starts
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(shingle_counts, out=offsets[1:])
+        return hashes, offsets
+
+    def signatures_from_hashes(self, hashes: np.ndarray, offsets: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """[N, num_perm] uint32: min over each text's shingles of h_k(x) = (a_k·x + b_k) >> 32 for every k.
+
+        Processed in chunks of whole texts holding <= `chunk` shingles, so the [shingles, num_perm] matrix stays small.
+        """
+        n_texts = len(offsets) - 1
+        out = np.full((n_texts, self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        counts = np.diff(offsets)
+        nonempty = np.nonzero(counts > 0)[0]
+        if len(nonempty) == 0:
+            return out
+        a, b = self._a[None, :], self._b[None, :]
+        start = 0
+        while start < len(nonempty):
+            # Take texts until the chunk is full (at least one text per chunk).
+            stop = int(np.searchsorted(offsets[nonempty + 1], offsets[nonempty[start]] + chunk, side="right"))
+            stop = max(stop, start + 1)
+            docs = nonempty[start:stop]
+            lo, hi = int(offsets[docs[0]]), int(offsets[docs[-1] + 1])
+            values = ((hashes[lo:hi, None] * a + b) >> _MASK32).astype(np.uint32)
+            # Texts in `docs` are consecutive among non-empty texts; empty ones in between own no shingle.
+            out[docs] = np.minimum.reduceat(values, offsets[docs] - lo, axis=0)
+            start = stop
+        return out
+
+    def shingle_texts(self, texts: Sequence[str]) -> ShingledTexts:
+        hashes, offsets = self.shingle_hashes(texts)
+        return ShingledTexts(hashes, offsets, self.signatures_from_hashes(hashes, offsets))
+
+    def one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique shingle hashes, signature [num_perm] uint32) of one text."""
+        hashes, offsets = self.shingle_hashes([text])
+        return np.unique(hashes), self.signatures_from_hashes(hashes, offsets)[0]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard of two sorted unique arrays; 0.0 if both are empty."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
+# ------------------------------------------------------------------------------------------- incremental index
+
+
+class MinHashIndex:
+    """A global near-duplicate index for use inside generation, checked before the teacher is paid.
+
+    `check_and_add(key, text)`: if an indexed text is a near-duplicate of `text` (exact Jaccard of shingle sets
+    >= threshold, or with `exact_check=False` the MinHash estimate), returns that text's key (the most similar one)
+    and does not insert; otherwise inserts `text` under `key` and returns None.
+
+    `storage_config`: datasketch's, e.g. `{"type": "redis", "basename": b"run1", "redis": {"host": ..., "port": ...}}`
+    for one index shared by several workers (two workers adding near-duplicates in the same instant can both get
+    None: the check and the insert are not one transaction).
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.7,
+        num_perm: int = 128,
+        shingle: str = "word",
+        ngram: int = 5,
+        seed: int = 1,
+        storage_config: dict | None = None,
+        exact_check: bool = True,
+        bands: tuple[int, int] | None = None,
+    ):
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self.exact_check = exact_check
+        self.hasher = MinHasher(num_perm=num_perm, shingle=shingle, ngram=ngram, seed=seed)
+        self.bands = bands or choose_bands(threshold, num_perm)
+        self.lsh = MinHashLSH(num_perm=num_perm, params=self.bands, storage_config=storage_config)
+        self._docs = _DocStore(storage_config)
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def _similarity(self, shingles: np.ndarray, signature: np.ndarray, other: tuple[np.ndarray, np.ndarray]) -> float:
+        other_shingles, other_signature = other
+        if self.exact_check:
+            return jaccard(shingles, other_shingles)
+        return float(np.mean(signature == other_signature))
+
+    def query(self, text: str) -> tuple[Hashable | None, float]:
+        """(key of the most similar indexed near-duplicate or None, its similarity) without inserting."""
+        shingles, signature = self.hasher.one(text)
+        return self._query(shingles, signature)
+
+    def _query(self, shingles: np.ndarray, signature: np.ndarray) -> tuple[Hashable | None, float]:
+        if len(shingles) == 0 or len(self._docs) == 0:
+            return None, 0.0
+        candidates = self.lsh.query(self._lean(signature))
+        best_key, best = None, -1.0
+        # Sorted by repr so ties resolve the same way whatever order the storage returns the keys in.
+        for key, stored in zip(sorted(candidates, key=repr), self._docs.get_many(sorted(candidates, key=repr))):
+            if stored is None:
+                continue
+            similarity = self._similarity(shingles, signature, stored)
+            if similarity >= self.threshold and similarity > best:
+                best_key, best = key, similarity
+        return best_key, max(best, 0.0)
+
+    def check_and_add(self, key: Hashable, text: str) -> Hashable | None:
+        shingles, signature = self.hasher.one(text)
+        if len(shingles) == 0:
+            return None  # nothing to compare: never a duplicate, never indexed
+        duplicate_of, _ = self._query(shingles, signature)
+        if duplicate_of is not None:
+            return duplicate_of
+        self.add(key, text, _hashed=(shingles, signature))
+        return None
+
+    def add(self, key: Hashable, text: str, _hashed: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Insert without checking (e.g. seed instructions, or rows of an earlier run being resumed)."""
+        shingles, signature = _hashed if _hashed is not None else self.hasher.one(text)
+        if len(shingles) == 0 or key in self._docs:
+            return
+        self.lsh.insert(key, self._lean(signature), check_duplication=False)
+        self._docs.put(key, shingles, signature)
+
+    def _lean(self, signature: np.ndarray):
+        from datasketch import LeanMinHash
+
+        # Our values are uint32 like datasketch's "affine32" scheme; only our own sketches ever meet in this index.
+        return LeanMinHash(seed=self.hasher.seed, hashvalues=signature, scheme="affine32")
+
+
+class _DocStore:
+    """key -> (sorted shingle hashes, signature) for the exact check: a dict, or a Redis hash beside the LSH."""
+
+    def __init__(self, storage_config: dict | None):
+        self._local: dict | None = None
+        self._redis = None
+        if storage_config and storage_config.get("type") == "redis":
+            import pickle
+
+            import redis
+
+            self._pickle = pickle
+            self._redis = redis.Redis(**storage_config.get("redis", {}))
+            self._name = bytes(storage_config.get("basename", b"kdforge")) + b"_docs"
+        else:
+            self._local = {}
+
+    def __len__(self) -> int:
+        return len(self._local) if self._local is not None else int(self._redis.hlen(self._name))
+
+    def __contains__(self, key: Hashable) -> bool:
+        if self._local is not None:
+            return key in self._local
+        return bool(self._redis.hexists(self._name, self._pickle.dumps(key)))
+
+    def put(self, key: Hashable, shingles: np.ndarray, signature: np.ndarray) -> None:
+        if self._local is not None:
+            self._local[key] = (shingles, signature)
+            return
+        blob = np.uint64(len(shingles)).tobytes() + shingles.astype("<u8").tobytes() + signature.astype("<u4").tobytes()
+        self._redis.hset(self._name, self._pickle.dumps(key), blob)
+
+    def get_many(self, keys: Sequence[Hashable]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        if not keys:
+            return []
+        if self._local is not None:
+            return [self._local.get(k) for k in keys]
+        out = []
+        for blob in self._redis.hmget(self._name, [self._pickle.dumps(k) for k in keys]):
+            if blob is None:
+                out.append(None)
+                continue
+            count = int(np.frombuffer(blob[:8], dtype="<u8")[0])
+            shingles = np.frombuffer(blob[8:8 + 8 * count], dtype="<u8").astype(np.uint64)
+            signature = np.frombuffer(blob[8 + 8 * count:], dtype="<u4").astype(np.uint32)
+            out.append((shingles, signature))
+        return out
+
+
+# -------------------------------------------------------------------------------------------------- batch path
+
+
+@dataclass
+class DuplicatePairs:
+    """Verified near-duplicate pairs: left[k] < right[k] (text positions), similarity[k] = exact Jaccard."""
+
+    left: np.ndarray
+    right: np.ndarray
+    similarity: np.ndarray
+    candidates: int = 0  # candidate pairs the bands produced (before the exact check)
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+
+def _band_keys(signatures: np.ndarray, start: int, rows: int) -> np.ndarray:
+    """One uint64 key per text for one band: equal bands give equal keys (unequal bands may rarely collide, which
+    only adds a candidate that the exact check then rejects)."""
+    band = signatures[:, start:start + rows].astype(np.uint64)
+    key = np.zeros(len(signatures), dtype=np.uint64)
+    for r in range(rows):
+        salt = np.uint64((0x9E3779B97F4A7C15 * (r + 1)) % 2**64)
+        key = _fmix64(key ^ (band[:, r] + salt))
+    return key
+
+
+def _bucket_pairs(order: np.ndarray, keys_sorted: np.ndarray) -> np.ndarray:
+    """Pairs (as [P, 2] positions) of texts that share a key; `order` sorts the texts by key."""
+    boundaries = np.nonzero(np.diff(keys_sorted))[0] + 1
+    starts = np.concatenate([[0], boundaries])
+    sizes = np.diff(np.concatenate([starts, [len(keys_sorted)]]))
+    pairs = []
+    for size in np.unique(sizes[sizes > 1]).tolist():
+        run_starts = starts[sizes == size]
+        members = order[run_starts[:, None] + np.arange(size)[None, :]]  # [runs, size]
+        if size <= MAX_BUCKET_ALL_PAIRS:
+            i, j = np.triu_indices(size, k=1)
+            pairs.append(np.stack([members[:, i].ravel(), members[:, j].ravel()], axis=1))
+        else:
+            star = np.stack([np.repeat(members[:, :1], size - 1, axis=1).ravel(), members[:, 1:].ravel()], axis=1)
+            chain = np.stack([members[:, :-1].ravel(), members[:, 1:].ravel()], axis=1)
+            pairs.extend([star, chain])
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+
+
+def candidate_pairs(signatures: np.ndarray, bands: int, rows: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """[P, 2] int64 unique candidate pairs (i < j) of texts agreeing on all rows of at least one band."""
+    n = len(signatures)
+    index = np.arange(n) if eligible is None else np.nonzero(eligible)[0]
+    sigs = signatures[index]
+    codes = []
+    for band in range(bands):
+        keys = _band_keys(sigs, band * rows, rows)
+        order = np.argsort(keys, kind="stable")
+        pairs = _bucket_pairs(order, keys[order])
+        if len(pairs):
+            a, b = index[pairs[:, 0]], index[pairs[:, 1]]
+            codes.append(np.minimum(a, b).astype(np.uint64) * np.uint64(n) + np.maximum(a, b).astype(np.uint64))
+    if not codes:
+        return np.zeros((0, 2), dtype=np.int64)
+    unique = np.unique(np.concatenate(codes))
+    return np.stack([(unique // np.uint64(n)).astype(np.int64), (unique % np.uint64(n)).astype(np.int64)], axis=1)
+
+
+def exact_jaccard_pairs(shingled: ShingledTexts, pairs: np.ndarray, chunk_elements: int = 4_000_000) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of each pair ([P, 2] -> [P] float64), vectorized.
+
+    The shingles of the texts involved are renumbered densely (uint32), each text's set becomes a sorted unique run,
+    and per chunk of pairs the two runs of every pair are concatenated with the pair number in the high 32 bits:
+    after one sort, equal neighbours are exactly the shared shingles.
+    """
+    if len(pairs) == 0:
+        return np.zeros(0)
+    docs = np.unique(pairs)
+    counts = shingled.counts[docs]
+    gather = _ranges(shingled.offsets[docs], counts)
+    values = shingled.hashes[gather]
+    owner = np.repeat(np.arange(len(docs), dtype=np.uint64), counts)
+    _, dense = np.unique(values, return_inverse=True)
+    if dense.max(initial=0) >= 2**32:
+        raise ValueError("more than 2^32 distinct shingles among candidate texts")
+    sets = np.unique((owner << _MASK32) | dense.astype(np.uint64))  # sorted by (text, shingle), unique
+    set_owner = (sets >> _MASK32).astype(np.int64)
+    set_ids = sets & np.uint64(0xFFFFFFFF)
+    set_starts = np.searchsorted(set_owner, np.arange(len(docs) + 1))
+    set_sizes = np.diff(set_starts)
+    left = np.searchsorted(docs, pairs[:, 0])
+    right = np.searchsorted(docs, pairs[:, 1])
+    la, lb = set_sizes[left], set_sizes[right]
+    inter = np.zeros(len(pairs), dtype=np.int64)
+    cumulative = np.cumsum(la + lb)
+    start = 0
+    while start < len(pairs):
+        done = int(cumulative[start - 1]) if start else 0
+        stop = max(int(np.searchsorted(cumulative, done + chunk_elements, side="right")), start + 1)
+        p = np.arange(start, stop)
+        tag_a = np.repeat(p.astype(np.uint64), la[p]) << _MASK32
+        tag_b = np.repeat(p.astype(np.uint64), lb[p]) << _MASK32
+        keys = np.concatenate([tag_a | set_ids[_ranges(set_starts[left[p]], la[p])],
+                               tag_b | set_ids[_ranges(set_starts[right[p]], lb[p])]])
+        keys.sort()
+        shared = keys[1:][keys[1:] == keys[:-1]] >> _MASK32
+        inter[start:stop] = np.bincount(shared.astype(np.int64) - start, minlength=stop - start)
+        start = stop
+    union = la + lb - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for every (s, l), vectorized."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    firsts = np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths)
+    return firsts + np.arange(total, dtype=np.int64)
+
+
+def minhash_pairs(
+    texts: Sequence[str] | None = None,
+    *,
+    threshold: float = 0.7,
+    num_perm: int = 128,
+    shingle: str = "word",
+    ngram: int = 5,
+    seed: int = 1,
+    bands: tuple[int, int] | None = None,
+    backend: str = "numpy",
+    storage_config: dict | None = None,
+    shingled: ShingledTexts | None = None,
+) -> DuplicatePairs:
+    """All pairs of `texts` whose shingle sets have exact Jaccard >= threshold (found through LSH, so a pair is
+    missed only when it shares no band: probability <= 1 - min_recall at J = threshold, less above it).
+
+    `backend="numpy"` compares bands with sorts; `"datasketch"` inserts the same signatures into a `MinHashLSH`
+    with the same (bands, rows) (in `storage_config`, e.g. Redis) and queries every text: the same candidates.
+    """
+    hasher = MinHasher(num_perm=num_perm, shingle=shingle, ngram=ngram, seed=seed)
+    if shingled is None:
+        shingled = hasher.shingle_texts(list(texts))
+    b, r = bands or choose_bands(threshold, num_perm)
+    eligible = shingled.counts > 0
+    if backend == "numpy":
+        pairs = candidate_pairs(shingled.signatures, b, r, eligible)
+    elif backend == "datasketch":
+        pairs = _datasketch_candidates(shingled.signatures, (b, r), eligible, seed, storage_config)
+    else:
+        raise ValueError(f"backend must be 'numpy' or 'datasketch', got {backend!r}")
+    similarity = exact_jaccard_pairs(shingled, pairs)
+    keep = similarity >= threshold
+    return DuplicatePairs(pairs[keep, 0], pairs[keep, 1], similarity[keep], candidates=len(pairs))
+
+
+def _datasketch_candidates(signatures, params, eligible, seed, storage_config) -> np.ndarray:
+    from datasketch import LeanMinHash, MinHashLSH
+
+    lsh = MinHashLSH(num_perm=signatures.shape[1], params=params, storage_config=storage_config)
+    index = np.nonzero(eligible)[0].tolist()
+    sketches = {i: LeanMinHash(seed=seed, hashvalues=signatures[i], scheme="affine32") for i in index}
+    with lsh.insertion_session() as session:
+        for i in index:
+            session.insert(i, sketches[i], check_duplication=False)
+    pairs = set()
+    for i in index:
+        for j in lsh.query(sketches[i]):
+            if j != i:
+                pairs.add((min(i, j), max(i, j)))
+    if not pairs:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.array(sorted(pairs), dtype=np.int64)
