@@ -354,10 +354,18 @@ class MinHashIndex:
         self._docs.put(key, shingles, signature)
 
     def _lean(self, signature: np.ndarray):
-        from datasketch import LeanMinHash
+        return _lean_minhash(self.hasher.seed, signature)
 
-        # Our values are uint32 like datasketch's "affine32" scheme; only our own sketches ever meet in this index.
-        return LeanMinHash(seed=self.hasher.seed, hashvalues=signature, scheme="affine32")
+
+def _lean_minhash(seed: int, signature: np.ndarray):
+    """Hand our signature to datasketch without recomputing anything. Our values are uint32 like datasketch 2's
+    "affine32" scheme (the label only guards against mixing schemes; only our own sketches meet in our index)."""
+    from datasketch import LeanMinHash
+
+    try:
+        return LeanMinHash(seed=seed, hashvalues=signature, scheme="affine32")
+    except TypeError:  # datasketch < 2.0 has no schemes
+        return LeanMinHash(seed=seed, hashvalues=signature.astype(np.uint64))
 
 
 class _DocStore:
@@ -565,11 +573,11 @@ def minhash_pairs(
 
 
 def _datasketch_candidates(signatures, params, eligible, seed, storage_config) -> np.ndarray:
-    from datasketch import LeanMinHash, MinHashLSH
+    from datasketch import MinHashLSH
 
     lsh = MinHashLSH(num_perm=signatures.shape[1], params=params, storage_config=storage_config)
     index = np.nonzero(eligible)[0].tolist()
-    sketches = {i: LeanMinHash(seed=seed, hashvalues=signatures[i], scheme="affine32") for i in index}
+    sketches = {i: _lean_minhash(seed, signatures[i]) for i in index}
     with lsh.insertion_session() as session:
         for i in index:
             session.insert(i, sketches[i], check_duplication=False)
