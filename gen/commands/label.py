@@ -1,0 +1,153 @@
+"""`gen label --input FILE --teacher SPEC --out DIR`: the teacher answers every instruction of FILE.
+
+The simplest method, and the engine's end-to-end proof: one request per input row (`gen.inputs`), answered
+through the request engine (cache, retries, budgets), one row per answer (`method="label"`) in `OUT/train`.
+`--system TEXT` sends a system message with every request (a row's own `system` wins).
+
+Resuming: a rerun of the same command re-sends only the requests that never completed (the rest come from
+`OUT/.cache/requests.sqlite`) and writes no duplicate row (a row's id hashes its prompt, system, teacher and
+sampling parameters; rows already in a shard are skipped).
+
+Exit status: 0 every row answered; 3 a budget (--max-tokens/--max-cost) stopped the run (rows so far committed:
+rerun with a larger budget to finish from the cache); 4 some requests failed after all retries (not written; a
+rerun retries them); 2 a user error.
+
+Extending: a method that labels with its own system messages or prompt templates builds its `ChatRequest`s and
+runs them through the engine and turns the results into rows with `rows_from_results(...)` (or calls `label`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from gen.commands.common import (
+    add_engine_arguments,
+    add_sampling_arguments,
+    add_teacher_arguments,
+    print_summary,
+    run_config,
+    sampling_from_args,
+)
+
+HELP = "answer the instructions of a JSONL/JSON/Arrow/Parquet file (or another run) with the teacher"
+
+METHOD = "label"
+EXIT_BUDGET = 3
+EXIT_FAILURES = 4
+# Requests handed to the engine at a time: shards are committed per chunk, so a long run has rows on disk early.
+DEFAULT_CHUNK = 4096
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, metavar="FILE",
+                        help=".jsonl/.json/.arrow/.parquet with `instruction` or `messages` per row, or a run dir")
+    parser.add_argument("--out", required=True, metavar="DIR", help="run directory (created; reruns resume)")
+    parser.add_argument("--field", default=None, metavar="NAME",
+                        help="take the instruction from this field instead of `instruction`/`messages`")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, metavar="N",
+                        help=f"requests per engine call and shard commit (default {DEFAULT_CHUNK})")
+    add_teacher_arguments(parser)
+    add_engine_arguments(parser)
+    add_sampling_arguments(parser)
+
+
+def build_requests(inputs, params, system: str | None):
+    """One ChatRequest per InputRow; the row's own system message wins over `system`."""
+    from gen.teachers.base import ChatRequest
+
+    return [ChatRequest.make(list(row.messages), params, system=row.system or system) for row in inputs]
+
+
+def rows_from_results(inputs, results, teacher_id: str, *, method: str = METHOD, operation: str | None = None,
+                      extra_params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows (ROW_SCHEMA dicts) for the successful results; failed ones are left out (a rerun retries them).
+
+    The id hashes what was asked (method, operation, system, prompt messages, teacher, params), not the answer:
+    asking the same thing twice never makes two rows.
+    """
+    from gen.records import content_id, make_row
+
+    rows = []
+    for row, result in zip(inputs, results):
+        if not result.ok:
+            continue
+        request = result.request
+        system = next((content for role, content in request.messages if role == "system"), None)
+        params = {**request.params.to_dict(), **(extra_params or {})}
+        prompt = [dict(m) for m in row.messages]
+        completion = result.completion
+        rows.append(make_row(
+            id=content_id(method, operation, system, prompt, teacher_id, params),
+            messages=prompt + [{"role": "assistant", "content": completion.text}],
+            method=method,
+            operation=operation,
+            parent_id=row.parent_id,
+            root_id=row.root_id,
+            system=system,
+            teacher=teacher_id,
+            params=params,
+            usage=completion.usage,
+            finish_reason=completion.finish_reason,
+        ))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from gen.commands.common import open_engine
+    from gen.errors import UserError
+    from gen.inputs import read_inputs
+    from gen.shards import ShardWriter, write_manifest
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be at least 1")
+    if args.chunk_size < 1:
+        raise UserError(f"--chunk-size {args.chunk_size}: must be at least 1")
+    inputs = read_inputs(args.input, field=args.field, limit=args.limit)
+    params = sampling_from_args(args)
+    funnel = {"inputs": len(inputs), "answered": 0, "failed": 0, "not_sent_budget": 0, "rows_written": 0,
+              "rows_already_on_disk": 0}
+    first_error: str | None = None
+    engine = open_engine(args, args.out)
+    try:
+        with ShardWriter(args.out, "train", metadata={"method": METHOD}) as writer:
+            for start in range(0, len(inputs), args.chunk_size):
+                chunk = inputs[start:start + args.chunk_size]
+                requests = build_requests(chunk, params, args.system)
+                results = engine.run(requests, desc=METHOD)
+                for result in results:
+                    if result.ok:
+                        funnel["answered"] += 1
+                    elif result.error == "budget exhausted":
+                        funnel["not_sent_budget"] += 1
+                    else:
+                        funnel["failed"] += 1
+                        first_error = first_error or result.error
+                writer.write_many(rows_from_results(chunk, results, engine.teacher_id))
+                writer.flush()  # a committed shard per chunk: finished work is on disk
+                if engine.exhausted:
+                    funnel["not_sent_budget"] += len(inputs) - start - len(chunk)
+                    break
+        funnel["rows_written"] = writer.rows_written
+        funnel["rows_already_on_disk"] = writer.rows_skipped
+        funnel["engine"] = {k: v for k, v in engine.stats.items() if k != "seconds"}
+        write_manifest(args.out, config=run_config(args), funnel=funnel,
+                       extra={"teacher": engine.teacher_id, "params": json.loads(json.dumps(params.to_dict()))})
+        print_summary(engine)
+    finally:
+        engine.close()
+    if first_error:
+        print(f"gen label: {funnel['failed']} requests failed (not written; rerun to retry); first error: "
+              f"{first_error}", file=sys.stderr)
+    if engine.exhausted:
+        return EXIT_BUDGET
+    return EXIT_FAILURES if funnel["failed"] else 0
+
+
+def label(inputs: Sequence, engine, params, system: str | None = None) -> list[dict[str, Any]]:
+    """Library use: answer `inputs` (InputRows) with `engine`; returns the rows (not written)."""
+    results = engine.run(build_requests(inputs, params, system), desc=METHOD)
+    return rows_from_results(inputs, results, engine.teacher_id)
