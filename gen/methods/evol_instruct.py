@@ -1,0 +1,324 @@
+"""Evol-Instruct (WizardLM, Xu et al. 2023, arXiv 2304.12244): make instructions harder and more diverse, round by
+round, and keep every round.
+
+Inputs: instructions (`SeedItem`s: the shipped Self-Instruct seed tasks, a jsonl/txt file, or another run's
+shards). Output: rows `[user: evolved instruction, assistant: teacher's answer]` with `method="evol_instruct"`,
+`operation` = the evolution operation, `round` = 1..N, `parent_id` = the row (or input) it was evolved from,
+`root_id` = the input it descends from; inputs that come with an answer are kept as round-0 rows (`operation="input"`),
+as the paper's final set mixes D(0)..D(M). Rejected evolutions go to the `rejected` split with their reason.
+
+One round (the paper's loop, §3):
+1. Every live instruction gets one operation drawn with the configured weights: five in-depth operations
+   (add_constraints, deepen, concretize, increase_reasoning, complicate_input — the last is in the paper but not in
+   its public code) and in-breadth mutation. Default weights are equal, so in-depth gets 5/6 and in-breadth 1/6 of
+   the draws (the paper gives no split; the public code's uniform choice among 4 depth ops + breadth gives 1/5).
+2. The teacher rewrites it (`evol_in_depth.txt` with the operation's text, or `evol_in_breadth.txt`).
+3. Cheap checks before paying for an answer: an empty rewrite (`empty_evolution`), a rewrite that leaks the
+   rewriting prompt's own words (`prompt_leak`, elimination rule 4), and a MinHash near-duplicate of any instruction
+   seen in any round or input (`near_duplicate`).
+4. The teacher answers the survivors and, in the same batch, judges whether the evolution adds information
+   (`evol_equality.txt`, rule 1: `no_information_gain` when judged the same).
+5. The eliminator on the answer: "sorry" in an answer shorter than 80 words (`apology`, rule 2), an answer of only
+   punctuation and stop words (`only_punctuation_stopwords`, rule 3).
+6. A surviving evolution replaces its parent in the pool; a rejected one leaves the parent in the pool unchanged, to
+   be evolved again (with a freshly drawn operation) next round. A failed request (after the engine's retries) is
+   not a row: the parent stays and a rerun retries the request.
+
+Rows are committed and the manifest rewritten at the end of each round. Every choice is seeded from (seed, round,
+item id), so a rerun after a kill makes the same requests (answered from the cache) and writes the same rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from gen.errors import UserError
+from gen.methods.base import MethodRun
+from gen.methods.inputs import SeedItem
+from gen.methods.parsing import contains_any, strip_prefix_labels, word_count
+from gen.methods.templates import Template, combined_hash, load_template
+from gen.teachers.base import ChatRequest, SamplingParams
+
+METHOD = "evol_instruct"
+DEPTH_OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
+BREADTH_OPERATIONS = ("in_breadth",)
+OPERATIONS = DEPTH_OPERATIONS + BREADTH_OPERATIONS
+# Equal weights: in-depth 5/6, in-breadth 1/6 of all draws (documented in the module docstring and the README).
+DEFAULT_WEIGHTS: dict[str, float] = {op: 1.0 for op in OPERATIONS}
+
+# Elimination reasons, as written into rejected rows' `filters`.
+NO_INFORMATION_GAIN = "no_information_gain"  # rule 1 (teacher-judged)
+APOLOGY = "apology"  # rule 2: "sorry" and shorter than 80 words
+ONLY_PUNCTUATION_STOPWORDS = "only_punctuation_stopwords"  # rule 3
+PROMPT_LEAK = "prompt_leak"  # rule 4: the evolution copies the rewriting prompt's words
+NEAR_DUPLICATE = "near_duplicate"  # MinHash, across all rounds and inputs, before answering
+EMPTY_EVOLUTION = "empty_evolution"  # nothing left after removing labels/markers
+REASONS = (NO_INFORMATION_GAIN, APOLOGY, ONLY_PUNCTUATION_STOPWORDS, PROMPT_LEAK, NEAR_DUPLICATE, EMPTY_EVOLUTION)
+
+APOLOGY_MAX_WORDS = 80
+# Words of the rewriting prompts that must never appear in an evolved instruction: the paper's own markers (which a
+# teacher trained on public Evol data may reproduce) and the markers of kdforge's templates.
+LEAK_MARKERS = (
+    "given prompt", "rewritten prompt", "#rewritten prompt#", "created prompt", "#created prompt#",
+    "old instruction", "harder version", "sample instruction", "new instruction", "<<<", ">>>",
+)
+# Labels a model may put before its rewrite; removed before the checks (a label alone is not a leak).
+_ANSWER_LABELS = ("harder version", "new instruction", "rewritten instruction", "rewritten prompt", "instruction",
+                  "request", "prompt")
+_FENCE = re.compile(r"^\s*<<<\s*|\s*>>>\s*$")
+
+
+def parse_weights(spec: str | Mapping[str, float] | None) -> dict[str, float]:
+    """`"add_constraints=1,deepen=2,in_breadth=0.5"` -> weights; operations not named get weight 0. None: defaults."""
+    if spec is None or spec == "":
+        return dict(DEFAULT_WEIGHTS)
+    if isinstance(spec, Mapping):
+        pairs = list(spec.items())
+    else:
+        pairs = []
+        for part in str(spec).split(","):
+            name, sep, value = part.strip().partition("=")
+            if not name:
+                continue
+            try:
+                pairs.append((name.strip(), float(value) if sep else 1.0))
+            except ValueError:
+                raise UserError(f"--ops {spec!r}: weight of {name!r} is not a number") from None
+    weights = {op: 0.0 for op in OPERATIONS}
+    for name, value in pairs:
+        if name not in weights:
+            raise UserError(f"--ops: unknown operation {name!r} (expected some of: {', '.join(OPERATIONS)})")
+        if value < 0:
+            raise UserError(f"--ops: weight of {name!r} must be >= 0")
+        weights[name] = float(value)
+    if sum(weights.values()) <= 0:
+        raise UserError(f"--ops {spec!r}: at least one operation needs a positive weight")
+    return weights
+
+
+def depth_share(weights: Mapping[str, float]) -> float:
+    """Fraction of draws that are in-depth operations."""
+    total = sum(weights.values())
+    return sum(weights.get(op, 0.0) for op in DEPTH_OPERATIONS) / total if total else 0.0
+
+
+# --------------------------------------------------------------------------------------------------- the eliminator
+
+
+def clean_evolution(text: str) -> str:
+    """The evolved instruction out of the teacher's reply: strip a leading label and the prompt's <<< >>> fence."""
+    text = strip_prefix_labels(text, _ANSWER_LABELS)
+    if text.startswith("<<<") and ">>>" in text:
+        text = _FENCE.sub("", text).strip()
+        text = strip_prefix_labels(text, _ANSWER_LABELS)
+    return text.strip()
+
+
+def check_evolution(evolved: str) -> str | None:
+    """Checks on the evolved instruction alone (before paying for an answer): `empty_evolution`, `prompt_leak`."""
+    if not evolved.strip() or not re.search(r"\w", evolved):
+        return EMPTY_EVOLUTION
+    if contains_any(evolved, LEAK_MARKERS):
+        return PROMPT_LEAK
+    return None
+
+
+def is_short_apology(answer: str) -> bool:
+    """Rule 2: the answer contains "sorry" and is short (< 80 words) — the teacher could not answer."""
+    return "sorry" in answer.lower() and word_count(answer) < APOLOGY_MAX_WORDS
+
+
+def check_answer(answer: str) -> list[str]:
+    """Rules 2 and 3 on the teacher's answer; all that apply."""
+    from filters.heuristics import only_punctuation_and_stopwords
+
+    reasons = []
+    if is_short_apology(answer):
+        reasons.append(APOLOGY)
+    if only_punctuation_and_stopwords(answer):
+        reasons.append(ONLY_PUNCTUATION_STOPWORDS)
+    return reasons
+
+
+def parse_equality(text: str) -> bool | None:
+    """The judge's verdict: True = the same (no information gain), False = different, None = unclear."""
+    words = re.findall(r"[a-z]+", text.lower())[:12]
+    for i, word in enumerate(words):
+        negated = any(w in ("not", "isn", "aren", "no") for w in words[max(0, i - 3):i])
+        if word in ("different", "differs", "unequal"):
+            return negated  # "not different" = the same
+        if word in ("same", "equal", "identical"):
+            return not negated
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- the method
+
+
+@dataclass
+class PoolItem:
+    """A live instruction: `id` is the row (or input) it is, `root_id` the input it descends from."""
+
+    id: str
+    instruction: str
+    root_id: str
+
+
+@dataclass(frozen=True)
+class EvolConfig:
+    rounds: int = 4
+    weights: Mapping[str, float] = None  # type: ignore[assignment]
+    judge: bool = True  # rule 1 needs one extra request per evolution
+    dedup_threshold: float = 0.7
+    keep_inputs: bool = True  # inputs that carry an answer become round-0 rows
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise UserError(f"--rounds {self.rounds}: must be at least 1")
+        if self.weights is None:
+            object.__setattr__(self, "weights", dict(DEFAULT_WEIGHTS))
+
+
+def rewrite_template(operation: str) -> tuple[Template, Template | None]:
+    """(frame, operation text) for in-depth operations; (breadth template, None) for in-breadth."""
+    if operation in BREADTH_OPERATIONS:
+        return load_template("evol_in_breadth"), None
+    return load_template("evol_in_depth"), load_template(f"evol_op_{operation}")
+
+
+def rewrite_messages(operation: str, instruction: str) -> tuple[list[dict[str, str]], str]:
+    """The rewrite request for one operation and its template hash."""
+    frame, op_text = rewrite_template(operation)
+    if op_text is None:
+        return [{"role": "user", "content": frame.render(instruction=instruction)}], frame.hash
+    content = frame.render(method=op_text.render(), instruction=instruction)
+    return [{"role": "user", "content": content}], combined_hash(frame, op_text)
+
+
+def judge_messages(original: str, evolved: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": load_template("evol_equality").render(original=original, evolved=evolved)}]
+
+
+class EvolInstruct:
+    """Runs N rounds over a pool of instructions. `answer_params` are the user's sampling settings (also used for
+    rewrites); the judge is greedy and short."""
+
+    def __init__(self, run: MethodRun, config: EvolConfig):
+        self.run = run
+        self.config = config
+        self.operations = [op for op in OPERATIONS if config.weights.get(op, 0) > 0]
+        self.op_weights = [config.weights[op] for op in self.operations]
+        self.judge_params = SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0)
+
+    def _draw_operation(self, round_: int, item: PoolItem) -> str:
+        rng = self.run.rng("operation", round_, item.id)
+        return rng.choices(self.operations, weights=self.op_weights, k=1)[0]
+
+    def _base_params(self, operation: str, template_hash: str) -> dict[str, Any]:
+        return {"template_hash": template_hash, "judge_template_hash": load_template("evol_equality").hash,
+                "depth_or_breadth": "breadth" if operation in BREADTH_OPERATIONS else "depth"}
+
+    def evolve(self, items: Sequence[SeedItem]) -> list[PoolItem]:
+        """Run all rounds (stopping early only if the engine's budget is exhausted); returns the final pool."""
+        from filters.minhash import MinHashIndex
+
+        run = self.run
+        pool = [PoolItem(id=item.id, instruction=item.instruction, root_id=item.id) for item in items]
+        run.funnel.add("inputs", len(pool))
+        # One index for the whole run: an evolution that near-copies any input or any earlier evolution is caught
+        # before its answer is paid for.
+        index = MinHashIndex(threshold=self.config.dedup_threshold)
+        for item in items:
+            index.check_and_add(item.id, item.instruction)
+            if self.config.keep_inputs and item.response:
+                row = run.row(messages=[{"role": "user", "content": item.instruction},
+                                        {"role": "assistant", "content": item.response}],
+                              operation="input", round=0, root_id=item.id, params={"source_id": item.source_id})
+                row["id"], row["root_id"], row["teacher"], row["finish_reason"] = item.id, item.id, "input", None
+                run.keep(row, round=0)
+        run.commit(extra=self._extra(0))
+
+        for round_ in range(1, self.config.rounds + 1):
+            run.log(f"round {round_}/{self.config.rounds}: evolving {len(pool)} instructions")
+            pool = self._round(round_, pool, index)
+            run.commit(extra=self._extra(round_))
+            if run.stopped:
+                run.log(f"round {round_}/{self.config.rounds}: budget exhausted; stopping (rerun to continue)")
+                break
+        return pool
+
+    def _extra(self, completed_round: int) -> dict[str, Any]:
+        return {"evol": {"rounds": self.config.rounds, "completed_round": completed_round,
+                         "weights": dict(self.config.weights), "depth_share": round(depth_share(self.config.weights), 4)}}
+
+    def _round(self, round_: int, pool: list[PoolItem], index: Any) -> list[PoolItem]:
+        run = self.run
+        operations = [self._draw_operation(round_, item) for item in pool]
+        rewrites, hashes = [], []
+        for item, op in zip(pool, operations):
+            messages, template_hash = rewrite_messages(op, item.instruction)
+            hashes.append(template_hash)
+            rewrites.append(ChatRequest.make(messages, run.params_for("rewrite", round_, item.id, op)))
+        results = run.ask(rewrites, desc=f"round {round_} rewrite", round=round_)
+
+        # Cheap checks, in pool order (the MinHash index is order-dependent, so the order is fixed).
+        candidates: list[tuple[int, str]] = []  # (pool position, evolved instruction)
+        for pos, (item, op, result) in enumerate(zip(pool, operations, results)):
+            if not result.ok:
+                continue
+            run.funnel.add("evolved", 1, round_)
+            evolved = clean_evolution(result.completion.text)
+            reason = check_evolution(evolved)
+            duplicate_of = None
+            if reason is None:
+                duplicate_of = index.check_and_add(f"r{round_}:{item.id}", evolved)
+                reason = NEAR_DUPLICATE if duplicate_of is not None else None
+            if reason is not None:
+                row = run.row(messages=[{"role": "user", "content": evolved}], operation=op, round=round_,
+                              parent_id=item.id, root_id=item.root_id, params=self._base_params(op, hashes[pos]),
+                              completions=[result.completion])
+                run.reject(row, reason, round=round_, duplicate_of=duplicate_of)
+                continue
+            candidates.append((pos, evolved))
+
+        # Answers and equality judgements for the survivors, in one batch.
+        answer_requests = [ChatRequest.make([{"role": "user", "content": evolved}],
+                                            run.params_for("answer", round_, pool[pos].id, evolved))
+                           for pos, evolved in candidates]
+        judge_requests = [ChatRequest.make(judge_messages(pool[pos].instruction, evolved),
+                                           run.params_for("judge", round_, pool[pos].id, base=self.judge_params))
+                          for pos, evolved in candidates] if self.config.judge else []
+        answered = run.ask(answer_requests + judge_requests, desc=f"round {round_} answer", round=round_)
+        answers, judgements = answered[:len(candidates)], answered[len(candidates):]
+
+        next_pool = list(pool)
+        for k, (pos, evolved) in enumerate(candidates):
+            item, op = pool[pos], operations[pos]
+            answer = answers[k]
+            judgement = judgements[k] if self.config.judge else None
+            if not answer.ok or (judgement is not None and not judgement.ok):
+                continue  # a failed request: the parent stays; a rerun retries (failures are never cached)
+            text = answer.completion.text.strip()
+            params = self._base_params(op, hashes[pos])
+            reasons = []
+            if judgement is not None:
+                verdict = parse_equality(judgement.completion.text)
+                params["judge"] = {True: "same", False: "different", None: "unclear"}[verdict]
+                if verdict is True:
+                    reasons.append(NO_INFORMATION_GAIN)
+            reasons += check_answer(text)
+            row = run.row(messages=[{"role": "user", "content": evolved}, {"role": "assistant", "content": text}],
+                          operation=op, round=round_, parent_id=item.id, root_id=item.root_id, params=params,
+                          completions=[results[pos].completion, answer.completion,
+                                       judgement.completion if judgement is not None else None],
+                          finish_reason=answer.completion.finish_reason)
+            if reasons:
+                run.reject(row, reasons, round=round_)
+                continue
+            run.keep(row, round=round_)
+            next_pool[pos] = PoolItem(id=row["id"], instruction=evolved, root_id=item.root_id)
+        carried = sum(1 for a, b in zip(pool, next_pool) if a is b)
+        run.funnel.add("carried_over_unchanged", carried, round_)
+        return next_pool
