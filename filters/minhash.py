@@ -13,12 +13,14 @@ sets* have exact Jaccard similarity >= `threshold`. Shingles:
 
 How it is fast (datasketch's `MinHash.update` hashes one shingle per Python call with SHA-1):
 
-1. Tokens are hashed once each with xxh64 (memoized per distinct token); the n-gram hash of every position of a
-   document (or of a whole batch of documents) is one numpy expression over the token-hash array: a weighted sum
-   with one odd 64-bit constant per position in the n-gram, then the MurmurHash3 64-bit finalizer.
-2. The k permutations are h_k(x) = (a_k·x + b_k mod 2^64) >> 32 (a_k odd: a bijection before the shift; the
-   pre-mixed input makes it behave like a random permutation, the same argument as datasketch's "affine" schemes),
-   computed for all shingles × all permutations as one uint64 matrix and min-reduced per document.
+1. Tokenizing and hashing run on the whole batch's code-point array at once (word characters by a lookup table,
+   token hashes by `np.add.reduceat` of mixed (character, position) values); the n-gram hash of every position is
+   one numpy expression over the token-hash array: a weighted sum with one odd 64-bit constant per position in the
+   n-gram, then the MurmurHash3 64-bit finalizer. No Python call per token or per shingle.
+2. The k permutations are h_k(x) = a_k·x + b_k mod 2^32 on the high 32 bits x of the shingle hash (a_k odd: a
+   bijection; the pre-mixed input makes it behave like a random permutation, the argument behind datasketch 2's
+   "affine32" scheme), computed for all permutations × all shingles of a chunk of texts as one uint32 matrix and
+   min-reduced per text with `np.minimum.reduceat`.
 3. LSH bands are chosen for *recall* at the threshold (candidates are verified, so a false candidate costs one
    cheap check while a missed pair is lost for good): among all (b, r) with b·r <= num_perm whose collision
    probability 1 - (1 - t^r)^b at J = t is at least `min_recall` (0.998), the one minimizing the weighted integral
@@ -45,7 +47,6 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
-import xxhash
 
 _WORD = re.compile(r"\w+")
 _MASK32 = np.uint64(32)
@@ -69,19 +70,23 @@ def _fmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(33))
 
 
-class _TokenHashes(dict):
-    """Memoized xxh64 of tokens: each distinct token is hashed once per process (stable across processes)."""
+_WORD_CHAR_TABLE: np.ndarray | None = None
 
-    def __init__(self, seed: int):
-        super().__init__()
-        self.seed = seed
 
-    def __missing__(self, token: str) -> int:
-        value = xxhash.xxh64_intdigest(token.encode("utf-8"), seed=self.seed)
-        if len(self) > 4_000_000:  # bound the memo on endless vocabularies; the hash itself is pure
-            self.clear()
-        self[token] = value
-        return value
+def _word_chars(code_points: np.ndarray) -> np.ndarray:
+    """Boolean mask: which code points `\\w` matches (Python's rule: str.isalnum() or "_"), vectorized with a
+    lookup table of the Basic Multilingual Plane (built once) and a per-value check above it."""
+    global _WORD_CHAR_TABLE
+    if _WORD_CHAR_TABLE is None:
+        table = np.fromiter((chr(c).isalnum() for c in range(0x10000)), dtype=bool, count=0x10000)
+        table[ord("_")] = True
+        _WORD_CHAR_TABLE = table
+    mask = _WORD_CHAR_TABLE[np.minimum(code_points, 0xFFFF)]
+    astral = code_points > 0xFFFF
+    if astral.any():
+        values, inverse = np.unique(code_points[astral], return_inverse=True)
+        mask[astral] = np.array([chr(int(v)).isalnum() for v in values], dtype=bool)[inverse]
+    return mask
 
 
 # ------------------------------------------------------------------------------------------------ band parameters
@@ -169,23 +174,53 @@ class MinHasher:
         self._position = (rng.integers(0, 2**63, size=max(ngram, 1), dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
         self._short_tag = rng.integers(0, 2**63, size=1, dtype=np.uint64)
         self._char_seed = np.uint64(rng.integers(0, 2**63))
-        self._tokens = _TokenHashes(seed)
+        self._token_salt = rng.integers(0, 2**63, size=2, dtype=np.uint64) | np.uint64(1)
+        # The permutations work on 32-bit values (the high half of the 64-bit shingle hash): half the memory traffic
+        # of 64-bit arithmetic, and uint32 wraparound is the modulo.
+        self._a32 = (self._a >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
+        self._b32 = (self._b >> np.uint64(32)).astype(np.uint32)
 
     # -- units: token hashes (word) or mixed code points (char), flat over many texts
     def _units(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        lowered = [t.lower() for t in texts]
         if self.shingle == "word":
-            lookup = self._tokens.__getitem__
-            per_text = [list(map(lookup, _WORD.findall(t.lower()))) for t in texts]
-            lengths = np.fromiter(map(len, per_text), dtype=np.int64, count=len(per_text))
-            units = np.fromiter((h for hs in per_text for h in hs), dtype=np.uint64, count=int(lengths.sum()))
-        else:
-            normalized = [" ".join(_WORD.findall(t.lower())) for t in texts]
-            lengths = np.fromiter(map(len, normalized), dtype=np.int64, count=len(normalized))
-            code_points = np.frombuffer("".join(normalized).encode("utf-32-le"), dtype="<u4").astype(np.uint64)
-            units = _fmix64(code_points ^ self._char_seed)
+            return self._token_hashes(lowered)
+        normalized = [" ".join(_WORD.findall(t)) for t in lowered]
+        lengths = np.fromiter(map(len, normalized), dtype=np.int64, count=len(normalized))
+        code_points = np.frombuffer("".join(normalized).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        units = _fmix64(code_points.astype(np.uint64) ^ self._char_seed)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return units, offsets
+
+    def _token_hashes(self, lowered: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One uint64 hash per `\\w+` token of every text, without a Python call per token.
+
+        The texts are joined by newlines and seen as one code-point array; a token is a maximal run of word
+        characters. Its hash is Σ_i fmix64(c_i ^ (i·s1 + s2)) over its characters c_i at positions i, summed with
+        `np.add.reduceat` (a random-oracle-style function of (character, position) pairs, so distinct tokens
+        collide with probability ~2^-64), then mixed once more.
+        """
+        lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered))
+        starts = np.zeros(len(lowered) + 1, dtype=np.int64)
+        np.cumsum(lengths + 1, out=starts[1:])  # +1: the newline after each text (never a word character)
+        code_points = np.frombuffer("\n".join(lowered).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        word = np.flatnonzero(_word_chars(code_points))
+        offsets = np.zeros(len(lowered) + 1, dtype=np.int64)
+        if len(word) == 0:
+            return np.zeros(0, dtype=np.uint64), offsets
+        first = np.empty(len(word), dtype=bool)
+        first[0] = True
+        np.not_equal(word[1:], word[:-1] + 1, out=first[1:])
+        token_starts = np.flatnonzero(first)
+        token_lengths = np.diff(np.append(token_starts, len(word)))
+        position = np.arange(len(word), dtype=np.uint64) - np.repeat(token_starts, token_lengths).astype(np.uint64)
+        salt1, salt2 = self._token_salt
+        mixed = _fmix64(code_points[word].astype(np.uint64) ^ (position * salt1 + salt2))
+        hashes = _fmix64(np.add.reduceat(mixed, token_starts) ^ self._char_seed)
+        token_text = np.searchsorted(starts, word[token_starts], side="right") - 1
+        np.cumsum(np.bincount(token_text, minlength=len(lowered)), out=offsets[1:])
+        return hashes, offsets
 
     def shingle_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat uint64 shingle hashes and per-text offsets (see `ShingledTexts`)."""
@@ -229,34 +264,49 @@ class MinHasher:
         np.cumsum(shingle_counts, out=offsets[1:])
         return hashes, offsets
 
-    def signatures_from_hashes(self, hashes: np.ndarray, offsets: np.ndarray, chunk: int = 8192) -> np.ndarray:
-        """[N, num_perm] uint32: min over each text's shingles of h_k(x) = (a_k·x + b_k) >> 32 for every k.
+    def signatures_from_hashes(self, hashes: np.ndarray, offsets: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """[N, num_perm] uint32: min over each text's shingles x of h_k(x) = a_k·x + b_k mod 2^32 for every k
+        (x = the high 32 bits of the shingle hash, a_k odd).
 
-        Processed in chunks of whole texts holding <= `chunk` shingles, so the [shingles, num_perm] matrix stays small.
+        Laid out [num_perm, shingles] so the per-text minimum is a `minimum.reduceat` along contiguous rows, and
+        processed in chunks of whole texts holding about `chunk` shingles, so the matrix stays in cache.
         """
         n_texts = len(offsets) - 1
         out = np.full((n_texts, self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
-        counts = np.diff(offsets)
-        nonempty = np.nonzero(counts > 0)[0]
+        nonempty = np.flatnonzero(np.diff(offsets) > 0)
         if len(nonempty) == 0:
             return out
-        a, b = self._a[None, :], self._b[None, :]
+        x = (hashes >> _MASK32).astype(np.uint32)
+        a, b = self._a32[:, None], self._b32[:, None]
+        buffer = np.empty((self.num_perm, chunk), dtype=np.uint32)
+        ends = offsets[nonempty + 1]
         start = 0
         while start < len(nonempty):
             # Take texts until the chunk is full (at least one text per chunk).
-            stop = int(np.searchsorted(offsets[nonempty + 1], offsets[nonempty[start]] + chunk, side="right"))
-            stop = max(stop, start + 1)
+            stop = max(int(np.searchsorted(ends, offsets[nonempty[start]] + chunk, side="right")), start + 1)
             docs = nonempty[start:stop]
             lo, hi = int(offsets[docs[0]]), int(offsets[docs[-1] + 1])
-            values = ((hashes[lo:hi, None] * a + b) >> _MASK32).astype(np.uint32)
+            values = buffer[:, : hi - lo] if hi - lo <= chunk else np.empty((self.num_perm, hi - lo), np.uint32)
+            np.multiply(a, x[None, lo:hi], out=values)
+            np.add(values, b, out=values)
             # Texts in `docs` are consecutive among non-empty texts; empty ones in between own no shingle.
-            out[docs] = np.minimum.reduceat(values, offsets[docs] - lo, axis=0)
+            out[docs] = np.minimum.reduceat(values, offsets[docs] - lo, axis=1).T
             start = stop
         return out
 
-    def shingle_texts(self, texts: Sequence[str]) -> ShingledTexts:
-        hashes, offsets = self.shingle_hashes(texts)
-        return ShingledTexts(hashes, offsets, self.signatures_from_hashes(hashes, offsets))
+    def shingle_texts(self, texts: Sequence[str], batch: int = 8192) -> ShingledTexts:
+        """Shingles and signatures of many texts, `batch` texts at a time (bounded temporary memory)."""
+        hash_parts, count_parts, signature_parts = [], [], []
+        for lo in range(0, len(texts), batch):
+            hashes, offsets = self.shingle_hashes(texts[lo:lo + batch])
+            hash_parts.append(hashes)
+            count_parts.append(np.diff(offsets))
+            signature_parts.append(self.signatures_from_hashes(hashes, offsets))
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        if not texts:
+            return ShingledTexts(np.zeros(0, np.uint64), offsets, np.zeros((0, self.num_perm), np.uint32))
+        np.cumsum(np.concatenate(count_parts), out=offsets[1:])
+        return ShingledTexts(np.concatenate(hash_parts), offsets, np.concatenate(signature_parts))
 
     def one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(sorted unique shingle hashes, signature [num_perm] uint32) of one text."""
