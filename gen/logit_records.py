@@ -77,6 +77,8 @@ def logit_metadata(*, teacher: str, tokenizer_hash: str, vocab_size: int, k: int
 def read_logit_metadata(path: str | os.PathLike, split: str = "train") -> dict[str, Any] | None:
     """The metadata of the logit shards under `path` (run dir, split dir or file) with `k`/`vocab_size` as ints;
     None when there are no shards yet. A shard that is not a logit shard is a UserError naming it."""
+    if not Path(path).exists():
+        return None
     paths = shard_paths(path, split)
     if not paths:
         return None

@@ -1,0 +1,52 @@
+"""`gen logits`: capture a teacher's top-k next-token log-probs over conversational shards, as logit shards."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HELP = "capture teacher top-k logprobs (+ exact tail mass) over conversational shards for distillation"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--shards", required=True, help="conversational run directory (or split dir / .arrow file)")
+    parser.add_argument("--split", default="train", help="split of --shards to read (default: train)")
+    parser.add_argument("--teacher", required=True,
+                        help="hf:PATH (local transformers model dir or .gguf: exact tail) | vllm:PATH (prompt logprobs)")
+    parser.add_argument("-k", "--top-k", dest="k", type=int, default=64, help="teacher top-k per token (default 64)")
+    parser.add_argument("--out", required=True, help="output directory for the logit shards (resumable)")
+    parser.add_argument("--max-length", type=int, default=2048, help="truncate sequences to this many tokens")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per teacher forward pass")
+    parser.add_argument("--max-batch-tokens", type=int, default=8192,
+                        help="cap on padded tokens per forward pass (bounds the [tokens, vocab] logits memory)")
+    parser.add_argument("--chat-template", help="Jinja chat template file, for teachers whose tokenizer has none")
+    parser.add_argument("--device", help="torch device for hf: teachers (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="teacher weights dtype")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from gen.capture import capture_logits, open_logit_teacher
+    from gen.errors import UserError
+
+    template = None
+    if args.chat_template:
+        try:
+            template = Path(args.chat_template).read_text()
+        except OSError as exc:
+            raise UserError(f"--chat-template {args.chat_template}: {exc.strerror}") from None
+    options = {"chat_template": template, "dtype": args.dtype}
+    if args.teacher.startswith("hf:"):
+        options["device"] = args.device
+    teacher = open_logit_teacher(args.teacher, **options)
+    config = {"command": "logits", "shards": str(args.shards), "split": args.split, "teacher": args.teacher,
+              "k": args.k, "max_length": args.max_length}
+    try:
+        summary = capture_logits(args.shards, args.out, teacher, args.k, split=args.split,
+                                 max_length=args.max_length, batch_size=args.batch_size,
+                                 max_batch_tokens=args.max_batch_tokens, progress=not args.no_progress, config=config)
+    finally:
+        teacher.close()
+    print(json.dumps(summary, indent=2), file=sys.stdout)
+    return 0

@@ -1,0 +1,264 @@
+"""`gen train`: fine-tune any Hugging Face causal LM from shards -- SFT, top-k KD, or both -- with a
+`transformers.Trainer` subclass whose loss goes through the fused top-k KL op (train/losses.py).
+
+Why a Trainer subclass: checkpoints, resume, LR schedules, bf16, gradient accumulation, and `accelerate launch`
+with FSDP or DeepSpeed come with it unchanged; we only replace `compute_loss`:
+
+1. run the wrapped model's own forward with `logits_to_keep=1` (so full logits are never computed) and catch the
+   decoder's final hidden states [B, L, H] with a forward hook -- going through the wrapped forward keeps
+   FSDP/DeepSpeed parameter gathering and DDP gradient sync in charge;
+2. hand hidden states and the `lm_head` weight to the op, which returns the summed loss and stores dW/dh;
+3. divide by `num_items_in_batch`, the number of loss tokens of the whole accumulated batch counted by the Trainer
+   over every micro-batch (and every device, `average_tokens_across_devices`), so that accumulation over uneven
+   micro-batches gives exactly the gradient of one big batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import Trainer
+
+from gen.errors import UserError
+from gen.logit_records import tokenizer_fingerprint
+from train.losses import LossConfig, batch_loss_sum
+
+# Config attributes of models whose logits are not plain `h @ W.T + b`: the op would train a different distribution.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak accelerator memory allocated by torch (CUDA), else this process's peak resident set size, in MiB."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class DistillTrainer(Trainer):
+    """A Trainer whose loss is `train.losses.batch_loss_sum` / tokens-in-accumulated-batch.
+
+    Extra batch keys (from train.data.DistillCollator) are consumed here and never reach the model's forward."""
+
+    def __init__(self, *args, loss_config: LossConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        # We normalize by num_items_in_batch ourselves: make the Trainer count it and not divide again by the number
+        # of accumulation steps.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        core = self.accelerator.unwrap_model(self.model)
+        self._head = core.get_output_embeddings()
+        self._hidden: torch.Tensor | None = None
+        core.get_decoder().register_forward_hook(self._keep_hidden)
+        self._forward_takes = set(inspect.signature(core.forward).parameters)
+        self._window = {"tokens": 0, "kd_tokens": 0.0, "sft_tokens": 0.0, "kd_loss_sum": 0.0, "sft_loss_sum": 0.0}
+        self._window_start = time.perf_counter()
+
+    def _keep_hidden(self, module, args, output) -> None:
+        self._hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def _lm_head_params(self):
+        """The lm_head weight/bias, gathered when DeepSpeed ZeRO-3 partitions them (FSDP keeps the root unit --
+        which holds the lm_head under transformer-layer wrapping -- unsharded after forward)."""
+        params = [p for p in (self._head.weight, getattr(self._head, "bias", None)) if p is not None]
+        if getattr(self.accelerator.state, "deepspeed_plugin", None) is not None and any(
+                hasattr(p, "ds_id") for p in params):
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        forward = {"input_ids": inputs["input_ids"], "use_cache": False}
+        for key in ("attention_mask", "position_ids"):
+            if key in inputs:
+                forward[key] = inputs[key]
+        if "logits_to_keep" in self._forward_takes:
+            forward["logits_to_keep"] = 1  # [B, 1, V] instead of [B, L, V]: the loss uses hidden states
+        self._hidden = None
+        model(**forward)
+        hidden, self._hidden = self._hidden, None
+        with self._lm_head_params():
+            weight = self._head.weight
+            if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+                raise RuntimeError(f"lm_head weight has shape {tuple(weight.shape)} at loss time: it is sharded; see "
+                                   f"README 'Training' for the FSDP/DeepSpeed settings that keep it gathered")
+            loss_sum, stats = batch_loss_sum(hidden, weight, getattr(self._head, "bias", None), inputs,
+                                             self.loss_config)
+        if num_items_in_batch is None:
+            num_items_in_batch = (inputs["labels"][:, 1:] != -100).sum()
+        loss = loss_sum / num_items_in_batch.clamp_min(1) if torch.is_tensor(num_items_in_batch) else \
+            loss_sum / max(int(num_items_in_batch), 1)
+        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            # num_items_in_batch is the global count; DDP/FSDP average gradients over processes, so scale back up
+            loss = loss * self.accelerator.num_processes
+        if model.training:
+            self._window["tokens"] += int(inputs["num_tokens"]) if "num_tokens" in inputs else \
+                int(inputs["input_ids"].numel())
+            for key, value in stats.items():
+                self._window[key] += value
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add throughput, memory and the loss split since the last one
+            elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+            w = self._window
+            logs["tokens_per_second"] = round(w["tokens"] / elapsed, 1)
+            logs["peak_memory_mb"] = round(peak_memory_mb(self.args.device), 1)
+            if w["kd_tokens"]:
+                logs["kd_loss"] = w["kd_loss_sum"] / w["kd_tokens"]
+            if w["sft_tokens"]:
+                logs["sft_loss"] = w["sft_loss_sum"] / w["sft_tokens"]
+            self._window = dict.fromkeys(w, 0.0)
+            self._window_start = time.perf_counter()
+        super().log(logs, start_time)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `gen train` needs (flag names in gen/commands/train.py)."""
+
+    student: str
+    data: Sequence[str]
+    out: str
+    loss: LossConfig = field(default_factory=LossConfig)
+    max_steps: int = -1
+    epochs: float = 1.0
+    lr: float = 5e-5
+    scheduler: str = "cosine"
+    warmup: float = 0.0  # steps, or a fraction of all steps when < 1
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 2048
+    packing: bool = False
+    save_steps: int = 500
+    save_total_limit: int | None = 3
+    logging_steps: int = 10
+    resume: str | bool | None = None
+    bf16: str = "auto"  # auto | on | off
+    seed: int = 0
+    chat_template: str | None = None
+    gradient_checkpointing: bool = False
+    split: str = "train"
+    report_to: str = "none"
+    extra_callbacks: list = field(default_factory=list)
+
+
+def check_tokenizers(student_tokenizer, student_vocab_rows: int, metadata: dict[str, Any] | None,
+                     data_dir: str = "logit shards") -> None:
+    """Token-level KD is only meaningful when teacher and student ids mean the same tokens: the tokenizer hash in
+    the logit shards must equal the student tokenizer's, and the vocabularies may differ only by padding rows
+    beyond the tokenizer (never below it)."""
+    if metadata is None:
+        return
+    student_hash = tokenizer_fingerprint(student_tokenizer)
+    if metadata["tokenizer_hash"] != student_hash:
+        raise UserError(f"{data_dir}: the teacher's tokenizer ({metadata['teacher']}, hash "
+                        f"{metadata['tokenizer_hash']}) differs from the student's (hash {student_hash}): top-k KD "
+                        f"needs teacher and student to share one tokenizer")
+    tokens = len(student_tokenizer)
+    teacher_vocab = int(metadata["vocab_size"])
+    if teacher_vocab != student_vocab_rows and min(teacher_vocab, student_vocab_rows) < tokens:
+        raise UserError(f"{data_dir}: teacher vocab size {teacher_vocab} != student vocab size {student_vocab_rows} "
+                        f"(tokenizer has {tokens} tokens): vocab size mismatch between teacher and student")
+
+
+def _use_bf16(choice: str) -> bool:
+    if choice == "on":
+        return True
+    if choice == "off":
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _latest_checkpoint(out: Path) -> str | None:
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def load_student(student: str, chat_template: str | None = None):
+    """(model, tokenizer) of the student; a missing path/id is a UserError naming --student."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(student)
+        model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    except OSError as exc:
+        raise UserError(f"--student {student}: cannot load ({str(exc).splitlines()[0]})") from None
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(model.config, name, None) or getattr(model.config.get_text_config(), name, None)
+        if value not in (None, 1, 1.0):
+            raise UserError(f"--student {student}: its logits use {name}={value}; the fused KD op computes plain "
+                            f"h @ W.T logits, so this student is not supported")
+    if model.get_output_embeddings() is None:
+        raise UserError(f"--student {student}: no lm_head (not a causal LM)")
+    return model, tokenizer
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Build data, model and trainer from `config`, train, save the final model, the loss curve and the log.
+    Returns a summary (steps, final loss, paths)."""
+    from transformers import TrainingArguments
+
+    from train.data import load_training_data
+    from train.plot import plot_loss_curve
+
+    out = Path(config.out)
+    model, tokenizer = load_student(config.student, config.chat_template)
+    data = load_training_data(config.data, tokenizer, max_length=config.max_length, packing=config.packing,
+                              split=config.split)
+    check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], data.logit_metadata,
+                     ", ".join(map(str, config.data)))
+    if config.loss.loss not in ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl"):
+        raise UserError(f"--loss {config.loss.loss}: unknown")
+    if not 0.0 <= config.loss.kd_weight <= 1.0:
+        raise UserError(f"--kd-weight {config.loss.kd_weight}: must be in [0, 1]")
+    resume = config.resume
+    if resume is True or resume == "latest":
+        resume = _latest_checkpoint(out)
+        if resume is None:
+            raise UserError(f"--resume: no checkpoint-* directory in {out}")
+    elif resume and not Path(resume).is_dir():
+        raise UserError(f"--resume {resume}: no such checkpoint directory")
+    bf16 = _use_bf16(config.bf16)
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=config.max_steps, num_train_epochs=config.epochs,
+        learning_rate=config.lr, lr_scheduler_type=config.scheduler, warmup_steps=config.warmup,
+        weight_decay=config.weight_decay, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, bf16=bf16, seed=config.seed,
+        data_seed=config.seed, report_to=config.report_to, remove_unused_columns=False,
+        dataloader_num_workers=0, gradient_checkpointing=config.gradient_checkpointing,
+        average_tokens_across_devices=True, disable_tqdm=True,
+    )
+    trainer = DistillTrainer(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
+                             processing_class=tokenizer, loss_config=config.loss,
+                             callbacks=list(config.extra_callbacks))
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    history = trainer.state.log_history
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))
+        (out / "log_history.json").write_text(json.dumps(history, indent=1) + "\n")
+        plot_loss_curve(history, out / "loss_curve.png")
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    summary = {
+        "out": str(out), "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
+        "rows": {"conversational": data.n_conversation_rows, "logit": data.n_logit_rows},
+        "examples": len(data.dataset), "bf16": bf16, "loss": asdict(config.loss),
+        "loss_curve": str(out / "loss_curve.png"), "resumed_from": resume,
+    }
+    if trainer.is_world_process_zero():
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
