@@ -404,12 +404,8 @@ class Engine:
             try:
                 completion = await _with_timeout(self.teacher.acomplete(request, self.timeout), self.timeout)
             except RateLimited as exc:
-                limiter.release()
-                self._unreserve(est_tokens, est_cost)
-                self._refund_tpm(est_tokens)
+                # Pause and shrink *before* giving the slot back, or release() hands it straight to a waiter.
                 limiter.overloaded(epoch)
-                self.stats["rate_limited"] += 1
-                error = one_line_error(exc)
                 if exc.retry_after is not None and exc.retry_after > 0:
                     wait = min(float(exc.retry_after), _MAX_RETRY_AFTER)
                     limiter.pause(wait)
@@ -417,16 +413,21 @@ class Engine:
                     wait += random.uniform(0.0, min(1.0, 0.1 * wait + 0.05))
                 else:
                     wait = self._backoff(attempt)
+                limiter.release()
+                self._unreserve(est_tokens, est_cost)
+                self._refund_tpm(est_tokens)
+                self.stats["rate_limited"] += 1
+                error = one_line_error(exc)
             except PermanentError as exc:
                 limiter.release()
                 self._unreserve(est_tokens, est_cost)
                 self._refund_tpm(est_tokens)
                 return one_line_error(exc)
             except (TimeoutError, asyncio.TimeoutError) as exc:
+                limiter.overloaded(epoch)  # a timeout is also how an overloaded server looks
                 limiter.release()
                 self._unreserve(est_tokens, est_cost)
                 self._refund_tpm(est_tokens)
-                limiter.overloaded(epoch)  # a timeout is also how an overloaded server looks
                 error = f"timed out after {self.timeout:g} s" if not str(exc) else one_line_error(exc)
                 wait = self._backoff(attempt)
             except _TRANSIENT_EXCEPTIONS as exc:

@@ -16,7 +16,10 @@ class TokenBucket:
     `acquire(cost)` waits until the bucket holds `min(cost, capacity)` and then takes the whole `cost`, so the level
     may go negative ("debt"): a request larger than the bucket still gets through once the debt is paid back, and the
     long-run rate never exceeds `rate_per_minute`. `adjust(delta)` corrects an estimate after the fact (the TPM bucket
-    is charged an estimate before sending and the true usage once the completion arrives).
+    is charged an estimate before sending and the true usage once the completion arrives); a refund wakes the
+    waiter at once instead of at the end of the wait computed before it.
+
+    Waiters queue behind one lock (first come, first served), so only the head of the line holds a timer.
     """
 
     def __init__(self, rate_per_minute: float, capacity: float | None = None):
@@ -27,6 +30,8 @@ class TokenBucket:
         self.capacity = float(capacity) if capacity is not None else max(1.0, self.rate)
         self.level = self.capacity
         self._stamp = time.monotonic()
+        self._lock: asyncio.Lock | None = None
+        self._wakeup: asyncio.Future | None = None
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -47,14 +52,31 @@ class TokenBucket:
         """Charge `delta` more (negative: refund) without waiting."""
         self._refill()
         self.level = min(self.capacity, self.level - delta)
+        if delta < 0 and self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     async def acquire(self, cost: float = 1.0) -> None:
-        while True:
-            delay = self.wait_time(cost)
-            if delay <= 0:
-                self.take(cost)
-                return
-            await asyncio.sleep(delay)
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            while True:
+                delay = self.wait_time(cost)
+                if delay <= 0:
+                    self.take(cost)
+                    return
+                loop = asyncio.get_running_loop()
+                self._wakeup = wakeup = loop.create_future()
+                timer = loop.call_later(delay, _resolve, wakeup)
+                try:
+                    await wakeup
+                finally:
+                    timer.cancel()
+                    self._wakeup = None
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class AdaptiveConcurrency:

@@ -13,7 +13,7 @@ latency for the same request, and the ideal schedule can be computed from the re
 
 Faults (`faults=`): a callable `(arrival_number, body) -> str | None` or a spec string such as `429:2@0,500@3,reset@5`
 (`KIND@N`: request number N gets the fault; `KIND%P`: each request with probability P, seeded). Kinds: `429[:S]`
-(with `Retry-After: S`), `500`, `slow:S` (S extra seconds), `reset` (connection dropped with a TCP RST), `malformed`
+(with `Retry-After: S`), `400`, `500`, `slow:S` (S extra seconds), `reset` (connection dropped with a TCP RST), `malformed`
 (a 200 with a truncated JSON body).
 
 Not the bottleneck by construction: listen backlog 4096, TCP_NODELAY on every connection, one small JSON encode per
@@ -139,6 +139,8 @@ class LatencyServer:
         self.faults_served: collections.Counter[str] = collections.Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.arrivals: list[float] = []  # time.monotonic() of every chat request, in arrival order
+        self.authorizations: set[str] = set()  # Authorization headers seen (tests check a key was sent, not stored)
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "answered": sum(self.answered.values()), "latencies": self.latencies,
@@ -166,6 +168,7 @@ class LatencyServer:
 
         def main() -> None:
             self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
             try:
                 self._loop.run_until_complete(self.serve())
             except BaseException as exc:  # surface bind errors to the caller
@@ -175,7 +178,11 @@ class LatencyServer:
             ready.set()
             self._loop.run_forever()
             self._server.close()
-            self._loop.run_until_complete(self._server.wait_closed())
+            # Connection handlers still waiting on idle keep-alive sockets: cancel them before the loop closes.
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.close()
 
         self._thread = threading.Thread(target=main, name="latency-server", daemon=True)
@@ -219,11 +226,15 @@ class LatencyServer:
                 length = int(headers.get("content-length") or 0)
                 body = await reader.readexactly(length) if length else b""
                 keep_alive = headers.get("connection", "").lower() != "close"
+                if "authorization" in headers:
+                    self.authorizations.add(headers["authorization"])
                 dropped = await self._route(method, path, body, writer)
                 if dropped or not keep_alive:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            return  # server shutting down: end quietly (asyncio logs a cancelled handler as an error)
         finally:
             if not writer.is_closing():
                 writer.close()
@@ -255,6 +266,7 @@ class LatencyServer:
             self.requests += 1
         key = request_key(body)
         self.seen[key] += 1
+        self.arrivals.append(time.monotonic())
         fault = self.faults(number, body) if self.faults else None
         if fault:
             kind, _, arg = fault.partition(":")
@@ -263,6 +275,9 @@ class LatencyServer:
                 retry_after = arg or "1"
                 self._send(writer, 429, {"error": {"message": "rate limited (test)", "type": "rate_limit_error"}},
                            extra=f"Retry-After: {retry_after}\r\n")
+                return False
+            if kind == "400":
+                self._send(writer, 400, {"error": {"message": "bad request (test)", "type": "invalid_request_error"}})
                 return False
             if kind == "500":
                 self._send(writer, 500, {"error": {"message": "internal error (test)", "type": "server_error"}})
