@@ -1,0 +1,144 @@
+"""What the HTTP teachers (OpenAI-compatible, Anthropic) share: a connection pool sized for many requests in flight,
+one SDK client per event loop, `Retry-After` parsing, and the key/base-url rules.
+
+Why a client per event loop: an SDK client holds an httpx pool whose sockets belong to the loop that opened them.
+The engine may call `asyncio.run` once per round, so a pool opened in round 1 must not be reused in round 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import time
+import weakref
+from typing import Any, AsyncIterator, Callable, Mapping
+
+from gen.errors import UserError
+
+# The engine keeps up to 256 requests in flight; the pool must hold that many *kept-alive* connections, or every
+# burst closes and reopens the surplus (the SDK default keeps only 100 alive), paying a TCP connect each time and
+# hitting small listen backlogs (llama.cpp's HTTP server listens with a backlog of a few connections).
+DEFAULT_MAX_CONNECTIONS = 512
+
+# Servers close idle keep-alive connections after ~5 s (uvicorn under `vllm serve`, llama.cpp's httplib). Dropping
+# ours a little earlier avoids reusing a socket the server is closing at that very moment ("server disconnected").
+KEEPALIVE_EXPIRY_S = 4.0
+
+# A local server needs no key, but the SDKs refuse to start without one.
+PLACEHOLDER_KEY = "no-key-needed"
+
+
+def pooled_http_client(sdk: Any, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Any:
+    """An httpx AsyncClient for `sdk` (the `openai` or `anthropic` module), keeping `max_connections` alive.
+
+    Built from the SDK's own default client class so its timeouts and redirect rules stay as the SDK expects.
+    TCP_NODELAY is already set on every socket by the async transport, so small request bodies are not held back
+    by Nagle's algorithm.
+    """
+    import httpx2  # the HTTP library both SDKs are built on (a fork of httpx)
+
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                           keepalive_expiry=KEEPALIVE_EXPIRY_S)
+    return sdk.DefaultAsyncHttpxClient(limits=limits)
+
+
+class LoopLocalClient:
+    """Hands out one SDK client per running event loop (`await clients.get()`); `factory()` builds one.
+
+    Each client is closed inside its own loop before that loop ends: it is tied to a started async generator, and
+    `asyncio.run` finalizes the async generators of its loop (`loop.shutdown_asyncgens()`) before closing it, which
+    runs the generator's `finally`. Without this, a pool opened in one `asyncio.run` leaks its sockets.
+    """
+
+    def __init__(self, factory: Callable[[], Any]):
+        self._factory = factory
+        self._loop_ref: weakref.ref | None = None
+        self._client: Any = None
+        self._lifetime: Any = None  # the async generator that owns the current client
+
+    async def get(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop_ref is None or self._loop_ref() is not loop:
+            client = self._factory()
+            lifetime = _client_lifetime(client)
+            await lifetime.__anext__()  # started: the loop now tracks it and will finalize it
+            self._client, self._lifetime, self._loop_ref = client, lifetime, weakref.ref(loop)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the pool of the running loop (call from inside that loop)."""
+        lifetime, loop = self._lifetime, self._loop_ref() if self._loop_ref else None
+        if lifetime is not None and loop is asyncio.get_running_loop():
+            self._client, self._lifetime, self._loop_ref = None, None, None
+            await lifetime.aclose()
+
+    def close(self) -> None:
+        """Close the current pool now when its loop can still run it; otherwise that loop's end closes it."""
+        lifetime, loop = self._lifetime, self._loop_ref() if self._loop_ref else None
+        self._client, self._lifetime, self._loop_ref = None, None, None
+        if lifetime is None or loop is None or loop.is_closed() or loop.is_running():
+            return
+        try:
+            loop.run_until_complete(lifetime.aclose())
+        except Exception:  # closing is best effort; the connections die with the process anyway
+            pass
+
+
+async def _client_lifetime(client: Any) -> AsyncIterator[Any]:
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a 429/503 response's headers, or None when it names none.
+
+    `retry-after-ms` (milliseconds, sent by OpenAI) wins over `Retry-After`, which is either delay-seconds or an
+    HTTP-date (RFC 9110 §10.2.3). Negative or unparseable values count as absent.
+    """
+    if not headers:
+        return None
+    lowered = {str(k).lower(): str(v).strip() for k, v in headers.items()}
+    millis = lowered.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis) / 1000.0
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+    raw = lowered.get("retry-after")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+        return value if value >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def resolve_key(env_var: str, base_url: str | None, official_host: str, flag: str = "--base-url") -> str:
+    """The API key from `env_var`; a placeholder for any other server than `official_host` (local servers need
+    none); a one-line UserError naming the variable when the official service is used without one."""
+    key = os.environ.get(env_var, "").strip()
+    if key:
+        return key
+    if base_url and official_host not in base_url:
+        return PLACEHOLDER_KEY
+    raise UserError(f"{env_var} is not set: export it (keys are read from the environment only), "
+                    f"or point {flag} at a server that needs none")
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """A server's error text squeezed onto one line (the engine and CLI print errors as one line)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

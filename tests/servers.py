@@ -1,0 +1,60 @@
+"""Real servers and engines shared by the whole test session, as pytest fixtures.
+
+Use them from any test module with
+    from tests.servers import llamacpp_server  # noqa: F401
+and point a teacher at them:
+    load_teacher(f"openai:{llamacpp_server.model}", base_url=llamacpp_server.openai_base_url)
+    load_teacher(f"anthropic:{llamacpp_server.model}", base_url=llamacpp_server.base_url)
+
+Heavy imports stay inside the fixtures: the vLLM venv imports this module but has no xllamacpp, and the main venv
+has no vllm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def llamacpp_server():
+    """ONE real llama.cpp server (xllamacpp, in-process) on the bundled Gemma-3-270M GGUF for the whole session.
+
+    Yields a `gen.teachers.llamacpp.EmbeddedServer`: `.base_url` ("http://127.0.0.1:PORT"; Anthropic's
+    `/v1/messages` lives under it), `.openai_base_url` (base_url + "/v1"), `.model` (the name it serves),
+    `.gguf_path`. It ends turns with the transcript template's stop strings by itself, so plain OpenAI/Anthropic
+    clients get short answers; still keep `max_tokens` small (~30 tok/s single stream on 2 shared cores).
+    """
+    from gen.teachers.llamacpp import BUNDLED_MODEL, EmbeddedServer, bundled_gguf_path
+
+    server = EmbeddedServer(bundled_gguf_path(), BUNDLED_MODEL, "transcript", n_parallel=8, ctx_per_slot=2048)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (with tokenizer and chat template) saved once per session; see tests/tiny_models.py."""
+    from tests.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def vllm_teacher(tiny_llama_dir):
+    """ONE in-process vLLM teacher (`vllm:<tiny llama dir>`) for the session. Only for `@pytest.mark.vllm` tests,
+    which run in the vLLM venv (`make test-vllm`)."""
+    from gen.teachers import load_teacher
+
+    teacher = load_teacher(f"vllm:{tiny_llama_dir}", **VLLM_TEST_ENGINE_OPTIONS)
+    try:
+        yield teacher
+    finally:
+        teacher.close()
+
+
+# Small and quick on CPU: short context, no CUDA-graph-style compilation.
+VLLM_TEST_ENGINE_OPTIONS = {"max_model_len": 512, "enforce_eager": True, "seed": 0}
