@@ -244,33 +244,51 @@ class LogitShardWriter(ShardWriter):
 # ------------------------------------------------------------------------------------------------------ reading
 
 
+COLUMNS = ("input_ids", "labels", "topk_ids", "topk_logprobs", "tail_logmass")
+
+
 @dataclass
-class LogitColumns:
-    """The logit shards of one directory as flat numpy views over the memory-mapped Arrow buffers (zero-copy).
+class LogitSegment:
+    """One record batch of one shard as flat numpy views over the memory-mapped Arrow buffers (zero-copy).
+    Local row r spans tokens offsets[r]:offsets[r+1] of input_ids/labels/tail_logmass [tokens] and of
+    topk_ids/topk_logprobs [tokens, K]."""
 
-    Row r spans tokens offsets[r]:offsets[r+1] of input_ids/labels/tail_logmass [total_tokens] and of
-    topk_ids/topk_logprobs [total_tokens, K]."""
-
-    ids: list[str]
     offsets: np.ndarray
     input_ids: np.ndarray
     labels: np.ndarray
     topk_ids: np.ndarray
     topk_logprobs: np.ndarray
     tail_logmass: np.ndarray
+
+
+@dataclass
+class LogitColumns:
+    """Every logit shard under a directory, row-addressable, without copying: `row(i)` returns numpy views into
+    the memory-mapped files (read-only; the collator copies them once into the batch tensors)."""
+
+    ids: list[str]
+    segments: list[LogitSegment]
+    row_segment: np.ndarray  # [rows] which segment holds row i
+    row_local: np.ndarray  # [rows] its index inside that segment
     metadata: dict[str, Any]
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def row(self, r: int) -> dict[str, np.ndarray]:
-        a, b = int(self.offsets[r]), int(self.offsets[r + 1])
-        return {"input_ids": self.input_ids[a:b], "labels": self.labels[a:b], "topk_ids": self.topk_ids[a:b],
-                "topk_logprobs": self.topk_logprobs[a:b], "tail_logmass": self.tail_logmass[a:b]}
+    @property
+    def tokens(self) -> int:
+        return sum(len(segment.input_ids) for segment in self.segments)
+
+    def row(self, i: int) -> dict[str, np.ndarray]:
+        segment = self.segments[self.row_segment[i]]
+        r = self.row_local[i]
+        a, b = int(segment.offsets[r]), int(segment.offsets[r + 1])
+        return {name: getattr(segment, name)[a:b] for name in COLUMNS}
 
 
 def _flat(chunk: pa.Array, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets [rows+1] relative to the returned values, values) of one list chunk, zero-copy when possible."""
+    """(offsets [rows+1] relative to the returned values, values [tokens] or [tokens, k]) of one list<...> chunk,
+    zero-copy: list offsets + the flat child buffer, no per-token Python work."""
     offsets = chunk.offsets.to_numpy()
     values = chunk.values
     if k is not None:
@@ -280,45 +298,37 @@ def _flat(chunk: pa.Array, k: int | None = None) -> tuple[np.ndarray, np.ndarray
     flat = values.slice(first * scale, (last - first) * scale).to_numpy(zero_copy_only=True)
     if k is not None:
         flat = flat.reshape(-1, k)
-    return offsets - first, flat
+    return (offsets - first).astype(np.int64), flat
 
 
 def load_logit_columns(path: str | os.PathLike, split: str = "train") -> LogitColumns:
-    """Memory-map every logit shard under `path` and expose its columns as flat numpy arrays (one array per column
-    per shard is concatenated only when there are several shards or chunks)."""
+    """Memory-map every logit shard under `path`; rows are served as views (see LogitColumns)."""
     meta = read_logit_metadata(path, split)
     if meta is None:
         raise UserError(f"{path}: no logit shards")
     k = meta["k"]
     ids: list[str] = []
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in ("input_ids", "labels", "topk_ids", "topk_logprobs",
-                                                          "tail_logmass")}
-    offsets_parts = []
-    base = 0
+    segments: list[LogitSegment] = []
+    row_segment: list[np.ndarray] = []
+    row_local: list[np.ndarray] = []
     for shard in shard_paths(path, split):
         table = open_shard(shard)
         if (table.schema.metadata or {}).get(b"k") != str(k).encode():
             raise UserError(f"{shard}: top-k width differs from the other shards in {path}")
         ids.extend(table.column("id").to_pylist())
-        for chunk in table.column("input_ids").chunks:
-            offsets, values = _flat(chunk)
-            offsets_parts.append(offsets[:-1] + base)
-            parts["input_ids"].append(values)
-            base += len(values)
-        for name in ("labels", "tail_logmass"):
-            parts[name].extend(_flat(chunk)[1] for chunk in table.column(name).chunks)
-        for name in ("topk_ids", "topk_logprobs"):
-            parts[name].extend(_flat(chunk, k)[1] for chunk in table.column(name).chunks)
-    offsets = np.concatenate(offsets_parts + [np.asarray([base])]).astype(np.int64)
-
-    def join(name: str) -> np.ndarray:
-        return parts[name][0] if len(parts[name]) == 1 else np.concatenate(parts[name])
-
-    columns = LogitColumns(ids, offsets, join("input_ids"), join("labels"), join("topk_ids"), join("topk_logprobs"),
-                           join("tail_logmass"), meta)
-    if not (len(columns.labels) == len(columns.tail_logmass) == len(columns.topk_ids) == base):
-        raise UserError(f"{path}: logit shard columns disagree in length (corrupt shard?)")
-    return columns
+        for batch in table.to_batches():
+            offsets, input_ids = _flat(batch.column("input_ids"))
+            arrays = {"input_ids": input_ids}
+            for name in ("labels", "tail_logmass"):
+                arrays[name] = _flat(batch.column(name))[1]
+            for name in ("topk_ids", "topk_logprobs"):
+                arrays[name] = _flat(batch.column(name), k)[1]
+            if any(len(array) != len(input_ids) for array in arrays.values()):
+                raise UserError(f"{shard}: logit shard columns disagree in length (corrupt shard?)")
+            row_segment.append(np.full(batch.num_rows, len(segments), dtype=np.int64))
+            row_local.append(np.arange(batch.num_rows, dtype=np.int64))
+            segments.append(LogitSegment(offsets=offsets, **arrays))
+    return LogitColumns(ids, segments, np.concatenate(row_segment), np.concatenate(row_local), meta)
 
 
 def logit_shard_stats(path: str | os.PathLike, split: str = "train") -> dict[str, Any]:

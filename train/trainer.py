@@ -239,7 +239,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         gradient_accumulation_steps=config.grad_accum, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, bf16=bf16, seed=config.seed,
         data_seed=config.seed, report_to=config.report_to, remove_unused_columns=False,
-        dataloader_num_workers=0, gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), gradient_checkpointing=config.gradient_checkpointing,
         average_tokens_across_devices=True, disable_tqdm=True,
     )
     trainer = DistillTrainer(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
