@@ -12,8 +12,9 @@ Reasons:
 - `copies_question`: the answer repeats the instruction (ROUGE-L >= 0.9 and not more than 1.5× its length),
   a classic failure of small teachers that would teach the student to echo.
 - `too_short` / `too_long`: the last answer outside [min_chars, max_chars] characters.
-- `non_text_task`: the instruction asks for something a text model cannot do or see (images, audio, files,
-  plots...), Self-Instruct's rule (§2.3: "image, picture, graph").
+- `non_text_task`: the instruction asks for something a text model cannot do or see (images, audio, video,
+  diagrams, attachments), Self-Instruct's rule (§2.3: "image, picture, graph"). Its code also dropped "file",
+  "map", "plot" and "go to"; those words are common in text tasks (coding, stories), so they are left out here.
 - `trivial_instruction`: the instruction is only punctuation and stop words.
 """
 
@@ -73,8 +74,8 @@ _APOLOGY_ONLY = re.compile(r"^\s*(?:i\s*(?:'m|\s+am)\s+sorry|sorry|i\s+apologi[s
 
 # Things a text-only model can neither see nor produce (Self-Instruct drops instructions that mention them).
 _NON_TEXT = re.compile(
-    r"""\b(images?|pictures?|photos?|photographs?|graphs?|plot|draw|drawing|diagrams?|flowcharts?|maps?|videos?|
-        audio|music|recordings?|files?|attachments?|attached|screenshots?|go\s+to)\b""",
+    r"""\b(images?|pictures?|photos?|photographs?|graphs?|drawings?|draw|diagrams?|flowcharts?|videos?|audio|music|
+        recordings?|attachments?|attached|screenshots?)\b""",
     re.VERBOSE,
 )
 
@@ -102,7 +103,7 @@ def only_punctuation_and_stopwords(text: str) -> bool:
 
 
 def mentions_non_text(text: str) -> bool:
-    """True when an instruction refers to images, audio, files, plots... (Self-Instruct's keyword rule)."""
+    """True when an instruction refers to images, audio, video, diagrams... (Self-Instruct's keyword rule)."""
     return _NON_TEXT.search(text.lower()) is not None
 
 

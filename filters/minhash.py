@@ -41,6 +41,7 @@ Two front ends:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ def _collision_probability(similarity: np.ndarray | float, bands: int, rows: int
     return 1.0 - (1.0 - np.power(similarity, rows)) ** bands
 
 
+@functools.lru_cache(maxsize=64)
 def choose_bands(
     threshold: float,
     num_perm: int,

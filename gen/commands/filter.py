@@ -1,0 +1,85 @@
+"""`gen filter DIR`: heuristic quality filters (and optionally ROUGE-L novelty) over a finished run's shards.
+
+Every train row is checked by `filters.heuristics` (empty_answer, truncated, refusal, copies_question, too_short,
+too_long, non_text_task, trivial_instruction) and, with --rouge-l T, by the Self-Instruct novelty rule over the
+instructions in row order (reason `rouge_l_duplicate`, `duplicate_of` = the earlier row it matched). Rejected rows
+move to the `rejected` split with every reason they failed; counts per reason go to the manifest's funnel and
+`gen stats`. Output and safety as `gen dedup` (default in place, swapped in atomically; reruns identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "move low-quality rows (empty, truncated, refusals, echoes, length bounds, non-text tasks) to `rejected`"
+
+ROUGE_DUPLICATE = "rouge_l_duplicate"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="DIR", help="a kdforge run directory")
+    parser.add_argument("--min-chars", type=int, default=1, help="shortest last answer kept, in characters (default 1)")
+    parser.add_argument("--max-chars", type=int, default=None, help="longest last answer kept, in characters")
+    parser.add_argument("--copies-question", type=float, default=0.9, metavar="T",
+                        help="reject answers with ROUGE-L >= T against the instruction (default 0.9; 0 disables)")
+    parser.add_argument("--keep-truncated", action="store_true", help="keep rows with finish_reason 'length'")
+    parser.add_argument("--keep-refusals", action="store_true", help="keep refusals and apologies")
+    parser.add_argument("--keep-non-text", action="store_true", help="keep instructions about images, audio, ...")
+    parser.add_argument("--keep-trivial", action="store_true",
+                        help="keep instructions made only of punctuation and stop words")
+    parser.add_argument("--rouge-l", type=float, default=None, metavar="T",
+                        help="also reject instructions with ROUGE-L >= T against an earlier kept one (Self-Instruct: 0.7)")
+    parser.add_argument("--out", default=None, metavar="OUT", help="write here instead of rewriting DIR in place")
+
+
+def run(args: argparse.Namespace) -> int:
+    from filters.heuristics import QualityConfig, row_quality_reasons
+    from filters.rouge import RougeLNovelty
+    from gen.commands.dedup import add_rejections, count_reasons, load_train, rewrite_run, row_text
+    from gen.errors import UserError
+
+    if args.min_chars is not None and args.max_chars is not None and args.min_chars > args.max_chars:
+        raise UserError(f"--min-chars {args.min_chars} is larger than --max-chars {args.max_chars}")
+    if args.rouge_l is not None and not 0.0 < args.rouge_l <= 1.0:
+        raise UserError(f"--rouge-l {args.rouge_l}: must be in (0, 1]")
+    config = QualityConfig(
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        truncated=not args.keep_truncated,
+        refusal=not args.keep_refusals,
+        copies_question=args.copies_question or None,
+        non_text_task=not args.keep_non_text,
+        trivial_instruction=not args.keep_trivial,
+    )
+    run_dir = Path(args.run_dir)
+    table = load_train(run_dir)
+    columns = [c for c in ("id", "messages", "finish_reason") if c in table.column_names]
+    rows = table.select(columns).to_pylist()
+    rejected: dict[int, tuple[list[str], str | None]] = {}
+    for position, row in enumerate(rows):
+        reasons = row_quality_reasons(row, config)
+        if reasons:
+            add_rejections(rejected, position, reasons)
+    if args.rouge_l is not None:
+        # Rows already rejected for quality do not enter the pool: a bad row must not block a good later one.
+        novelty = RougeLNovelty(args.rouge_l)
+        pool_rows: list[int] = []
+        for position, row in enumerate(rows):
+            if position in rejected:
+                continue
+            instruction = row_text(row["messages"], "instruction")
+            novel, _, _ = novelty.check_and_add(instruction)
+            if novel:
+                pool_rows.append(position)
+            elif instruction.strip():
+                _, match = novelty.best_match(instruction)
+                add_rejections(rejected, position, [ROUGE_DUPLICATE], rows[pool_rows[match]]["id"])
+    reasons = count_reasons(rejected)
+    funnel = {"rows_in": len(rows), "kept": len(rows) - len(rejected), "rejected": len(rejected), "by_reason": reasons}
+    settings = {**config.as_dict(), "rouge_l": args.rouge_l}
+    destination = rewrite_run(run_dir, Path(args.out) if args.out else None, table, rejected, step="filter",
+                              settings=settings, funnel_entry=funnel)
+    by = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
+    print(f"gen filter: {len(rows)} rows -> {funnel['kept']} kept, {len(rejected)} rejected ({by}) in {destination}")
+    return 0
