@@ -243,25 +243,25 @@ def _string_arrays(array: pa.Array) -> Iterable[pa.Array]:
             yield from _string_arrays(array.field(i))
 
 
-def check_no_secrets(plan: ExportPlan, folder: Path, secrets: dict[str, str]) -> None:
-    """Raise UserError naming the file (and row) if any exported row or file contains a secret's value.
+def check_rows_for_secrets(plan: ExportPlan, secrets: dict[str, str]) -> None:
+    """Raise UserError naming the split, row and column if any published row contains a secret's value.
 
-    Rows are checked as Arrow strings (Parquet compresses them, so its bytes would hide a key); the card and the
-    plots are checked as raw bytes. The message names the variable, never its value.
+    Rows are checked as Arrow strings, before Parquet compresses them (compressed bytes would hide a key). The
+    message names the variable, never its value.
     """
-    if not secrets:
-        return
     for config in plan.configs:
         if config.aggregate:
             continue
         for part in config.parts:
             for name, value in secrets.items():
                 for column in part.table.column_names:
-                    hits = [pc.any(pc.match_substring(a, value)).as_py() for a in _string_arrays(part.table[column])]
-                    if any(hits):
-                        row = _first_row_with(part.table, value)
-                        raise UserError(f"{plan.run_dir}/{part.split}: row {row} ({column}) contains the value of "
-                                        f"{name}; refusing to publish it")
+                    if any(pc.any(pc.match_substring(a, value)).as_py() for a in _string_arrays(part.table[column])):
+                        raise UserError(f"{plan.run_dir}/{part.split}: row {_first_row_with(part.table, value)} "
+                                        f"({column}) contains the value of {name}; refusing to publish it")
+
+
+def check_files_for_secrets(folder: Path, secrets: dict[str, str]) -> None:
+    """Raise UserError naming the file if any exported file's bytes (the card, the plots) contain a secret's value."""
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             data = path.read_bytes()
@@ -321,8 +321,7 @@ def write_export(
     folder = Path(folder)
     facts = card_facts(plan, repo_id=repo_id, license=license, languages=languages, pretty_name=pretty_name)
     secrets = environment_secrets()
-    # Checked before writing as well as after: a key in a row should stop the export before it lands anywhere.
-    check_no_secrets(plan, folder / "__nothing__", secrets)
+    check_rows_for_secrets(plan, secrets)  # before writing: a key in a row must not land anywhere, even locally
     _prepare_folder(folder)
     for config in plan.configs:
         if config.aggregate:
@@ -334,7 +333,7 @@ def write_export(
     write_plots(plan, folder)
     card = render_card(facts)
     (folder / "README.md").write_text(card, encoding="utf-8")
-    check_no_secrets(plan, folder, secrets)
+    check_files_for_secrets(folder, secrets)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return ExportResult(folder, files, card, facts)
 

@@ -24,13 +24,13 @@ def add_export_arguments(parser: argparse.ArgumentParser, *, repo_required: bool
     parser.add_argument("--language", action="append", default=None, metavar="CODE",
                         help="language code for the card (repeatable; default: en)")
     parser.add_argument("--pretty-name", default=None, help="the card's title (default: from the repo name)")
-    parser.add_argument("--max-file-mb", type=int, default=512,
+    parser.add_argument("--max-file-mb", type=float, default=512,
                         help="cut a split into several Parquet files above this many MB of rows (default 512)")
 
 
 def export_options(args: argparse.Namespace) -> dict:
     return {"config_by": args.config_by, "include_rejected": args.include_rejected,
-            "max_file_bytes": max(1, args.max_file_mb) * 1024 * 1024}
+            "max_file_bytes": max(1, int(args.max_file_mb * 1024 * 1024))}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,11 +18,11 @@ import pytest
 
 from gen.errors import UserError
 from gen.publish import publish, upload
+from tests.publish.conftest import REPO, SMALL_FILE_MB
 from tests.publish.hub_server import HubServer
 from tests.publish.runs import build_run
 
 TOKEN = "hf_kdforgeFAKEtoken0123456789abcdefXYZ"
-REPO = "alice/kd-set"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,11 +33,6 @@ def hub_env(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return build_run(tmp_path_factory.mktemp("run") / "run")
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -52,9 +47,9 @@ def assert_no_secret(files: dict[str, bytes], secret: str) -> None:
             assert secret not in json.dumps(pq.read_table(io.BytesIO(data)).to_pylist()), path
 
 
-def test_publish_creates_the_repo_and_pushes_one_commit(run_dir, tmp_path, hub_env):
-    options = dict(include_rejected=True, max_file_bytes=20_000)
-    expected = folder_files(publish(run_dir, REPO, dry_run_dir=tmp_path / "dry", **options).export.folder)
+def test_publish_creates_the_repo_and_pushes_one_commit(run_dir, export, hub_env):
+    options = dict(include_rejected=True, max_file_bytes=int(float(SMALL_FILE_MB) * 1024 * 1024))
+    expected = folder_files(export)  # the `gen publish --dry-run` of the same run with the same options
     with HubServer(TOKEN) as hub:
         result = publish(run_dir, REPO, private=True, endpoint=hub.url, **options)
         creates = hub.requests_to("POST", r"^/api/repos/create$")
@@ -81,12 +76,13 @@ def test_publish_creates_the_repo_and_pushes_one_commit(run_dir, tmp_path, hub_e
 
 
 def test_republishing_is_idempotent_and_a_changed_run_replaces_stale_files(run_dir, tmp_path, hub_env):
+    small = int(float(SMALL_FILE_MB) * 1024 * 1024)
     with HubServer(TOKEN) as hub:
-        publish(run_dir, REPO, endpoint=hub.url, include_rejected=True, max_file_bytes=20_000)
+        publish(run_dir, REPO, endpoint=hub.url, include_rejected=True, max_file_bytes=small)
         hub.repo(REPO).files["notes/mine.md"] = b"the owner's own file"  # not ours: must survive republishing
         before = len(hub.requests)
 
-        again = publish(run_dir, REPO, endpoint=hub.url, include_rejected=True, max_file_bytes=20_000)
+        again = publish(run_dir, REPO, endpoint=hub.url, include_rejected=True, max_file_bytes=small)
         assert again.upload.commit_url is None and again.upload.added == [] and again.upload.deleted == []
         assert len(again.upload.unchanged) == len(again.export.files)
         later = hub.requests[before:]
@@ -124,8 +120,8 @@ def test_a_secret_in_a_row_or_the_card_stops_the_publish_before_any_request(tmp_
         publish(clean, REPO, dry_run_dir=tmp_path / "dry2", pretty_name=f"set {key}")
 
 
-def test_missing_token_offline_mode_and_a_refusing_hub_are_user_errors(run_dir, tmp_path, hub_env, monkeypatch):
-    folder = publish(run_dir, REPO, dry_run_dir=tmp_path / "dry").export.folder
+def test_missing_token_offline_mode_and_a_refusing_hub_are_user_errors(export, hub_env, monkeypatch):
+    folder = export
     with HubServer(TOKEN) as hub:
         monkeypatch.delenv("HF_TOKEN")
         with pytest.raises(UserError, match="no Hugging Face token: set HF_TOKEN"):
