@@ -174,3 +174,19 @@ def test_max_cost_needs_a_price(start_server):
     with pytest.raises(UserError, match="--max-cost"):
         Engine(teacher, max_cost=1.0)
     teacher.close()
+
+
+def test_cost_budget_with_given_price(start_server):
+    from gen.pricing import Price
+
+    server = start_server("fixed:0.01")
+    price = Price(1000.0, 2000.0)  # $ per 1M tokens: ~$0.03 a request here
+    with engine_for(server, concurrency=2, max_cost=0.2, price=price) as engine:
+        results = engine.run(make_requests(40))
+        cost = engine.stats["cost"]
+        assert engine.exhausted
+    done = sum(r.ok for r in results)
+    assert 3 <= done < 40
+    assert 0.2 <= cost < 0.2 + 0.09  # stops at the budget, overshooting by at most one request's worst case ($0.085)
+    assert cost == pytest.approx(sum(price.cost(r.completion.prompt_tokens, r.completion.completion_tokens)
+                                     for r in results if r.ok))

@@ -194,3 +194,15 @@ def test_prices():
     assert parse_price("0.5:1.5").cost(2_000_000, 1_000_000) == pytest.approx(2.5)
     with pytest.raises(ValueError):
         parse_price("3")
+
+
+def test_progress_postfix_reports_rates_hits_failures_and_spend():
+    from gen.progress import Progress
+
+    progress = Progress(100, "label", enabled=False)
+    progress.started -= 2.0  # two seconds in
+    progress.update(done=50, sent=40, cache_hits=10, failures=3, tokens=1000, cost=0.0123)
+    text = progress.postfix()
+    assert "20.0 req/s" in text and "500 tok/s" in text and "hits 10" in text and "fail 3" in text
+    assert "tokens 1000" in text and "$0.0123" in text
+    assert not progress.enabled  # off when asked (and whenever stderr is not a terminal)
