@@ -11,7 +11,7 @@ teacher, ``teacher_topk_ids`` [B, L, K] int32, ``teacher_topk_logprobs`` [B, L, 
 [B, L] fp32 and ``teacher_mask`` [B, L] bool (which positions carry teacher data). Without packing it has an
 ``attention_mask``; with packing (several examples per row) it has ``position_ids`` that restart at every example
 and no attention mask: transformers then builds a block-diagonal causal mask, so packed examples never see each
-other.
+other (only with `use_cache=False` in the forward: with a KV cache it silently falls back to one causal mask).
 """
 
 from __future__ import annotations

@@ -232,14 +232,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
     elif resume and not Path(resume).is_dir():
         raise UserError(f"--resume {resume}: no such checkpoint directory")
     bf16 = _use_bf16(config.bf16)
+    # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing
+    checkpointing = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                     else "gradient_checkpointing")
     args = TrainingArguments(
+        **{checkpointing: config.gradient_checkpointing},
         output_dir=str(out), max_steps=config.max_steps, num_train_epochs=config.epochs,
         learning_rate=config.lr, lr_scheduler_type=config.scheduler, warmup_steps=config.warmup,
         weight_decay=config.weight_decay, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, bf16=bf16, seed=config.seed,
         data_seed=config.seed, report_to=config.report_to, remove_unused_columns=False,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         average_tokens_across_devices=True, disable_tqdm=True,
     )
     trainer = DistillTrainer(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
