@@ -1,6 +1,6 @@
 """`gen dedup DIR [--minhash] [--embedding]`: near-duplicate removal over a finished run's shards.
 
-Reads DIR's `train` split, clusters rows by MinHash (exact Jaccard of word n-gram sets >= --threshold, found through
+Reads DIR's `train` split, takes each row's instruction (or --on conversation / answer), clusters rows by MinHash (exact Jaccard of word n-gram sets >= --threshold, found through
 recall-biased LSH bands) and/or sentence embeddings (cosine >= --embedding-threshold); both together merge into one
 set of clusters. Each cluster keeps one row (--keep longest|first|score); the others move to the `rejected` split
 with `filters` += [minhash_duplicate | embedding_duplicate] and `duplicate_of` = the kept row's id.
@@ -33,13 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minhash", action="store_true", help="MinHash near-duplicates (the default if neither "
                         "--minhash nor --embedding is given)")
     parser.add_argument("--embedding", action="store_true", help="sentence-embedding near-duplicates")
-    parser.add_argument("--on", choices=TEXT_FIELDS, default="conversation",
-                        help="text compared: all messages (default), the first user message, or the answers")
+    parser.add_argument("--on", choices=TEXT_FIELDS, default="instruction",
+                        help="text compared: the first user message (default), all messages, or the answers")
     parser.add_argument("--threshold", type=float, default=0.7, help="MinHash: Jaccard threshold (default 0.7)")
     parser.add_argument("--num-perm", type=int, default=128, help="MinHash: permutations (default 128)")
     parser.add_argument("--shingle", choices=("word", "char"), default="word", help="MinHash: shingle unit")
     parser.add_argument("--ngram", type=int, default=None,
-                        help="MinHash: shingle size (default 5 for word, 5 for char; use 3 for short instructions)")
+                        help="MinHash: shingle size (default: word 3-grams on instructions, which are short; "
+                             "word 5-grams on conversations and answers; character 5-grams)")
     parser.add_argument("--bands", type=int, nargs=2, default=None, metavar=("B", "R"),
                         help="MinHash: LSH bands and rows (default: chosen for recall at the threshold)")
     parser.add_argument("--embedding-threshold", type=float, default=None,
@@ -63,6 +64,12 @@ def row_text(messages: Sequence[dict] | None, on: str) -> str:
     if on == "answer":
         return "\n".join(m["content"] or "" for m in messages if m["role"] == "assistant")
     return "\n".join(m["content"] or "" for m in messages)
+
+
+def default_ngram(shingle: str, on: str) -> int:
+    """Word 3-grams for instructions (often < 20 words: 5-grams leave too few shingles for a stable Jaccard),
+    word 5-grams for longer texts, character 5-grams."""
+    return 3 if shingle == "word" and on == "instruction" else 5
 
 
 def answer_length(messages: Sequence[dict] | None) -> int:
@@ -231,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 < args.threshold < 1.0:
             raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
         minhash = {"threshold": args.threshold, "num_perm": args.num_perm, "shingle": args.shingle,
-                   "ngram": args.ngram or 5, "bands": tuple(args.bands) if args.bands else None}
+                   "ngram": args.ngram or default_ngram(args.shingle, args.on), "bands": tuple(args.bands) if args.bands else None}
     embedding = None
     if args.embedding:
         from filters.embedding import DEFAULT_THRESHOLD
