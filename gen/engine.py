@@ -99,7 +99,7 @@ class Engine:
 
     Args:
         teacher: any `gen.teachers.base.Teacher`; the engine takes ownership and closes it in `close()` unless
-            `own_teacher=False`.
+            `own_teacher=False`. An optional `teacher.max_in_flight` (int) caps concurrency.
         cache_path: SQLite file of the request cache (None: an in-memory cache that dies with the engine).
         concurrency: requests in flight at the start; max_concurrency: the ceiling adaptive growth may reach.
         rpm, tpm: optional requests / tokens per minute limits.
@@ -155,6 +155,12 @@ class Engine:
         self.cache = RequestCache(cache_path)
         self.concurrency = int(concurrency)
         self.max_concurrency = max(int(max_concurrency), self.concurrency)
+        # A backend that knows its capacity (e.g. a local server's slot count) may cap growth with `max_in_flight`:
+        # past it, requests only queue inside the server and eat into their own timeouts.
+        ceiling = getattr(teacher, "max_in_flight", None)
+        if isinstance(ceiling, int) and ceiling > 0:
+            self.max_concurrency = min(self.max_concurrency, ceiling)
+            self.concurrency = min(self.concurrency, ceiling)
         self.limiter = AdaptiveConcurrency(self.concurrency, self.max_concurrency)
         self.rpm_bucket = TokenBucket(rpm) if rpm else None
         self.tpm_bucket = TokenBucket(tpm) if tpm else None

@@ -190,3 +190,13 @@ def test_cost_budget_with_given_price(start_server):
     assert 0.2 <= cost < 0.2 + 0.09  # stops at the budget, overshooting by at most one request's worst case ($0.085)
     assert cost == pytest.approx(sum(price.cost(r.completion.prompt_tokens, r.completion.completion_tokens)
                                      for r in results if r.ok))
+
+
+def test_teacher_capacity_hint_caps_concurrency(start_server):
+    server = start_server("fixed:0.02")
+    teacher = load_teacher("openai:test-model", base_url=server.v1_url)
+    teacher.max_in_flight = 3  # what a backend that knows its server's slots declares
+    with Engine(teacher, concurrency=16, max_concurrency=64, progress=False) as engine:
+        assert all(r.ok for r in engine.run(make_requests(30)))
+        assert engine.limiter.maximum == 3
+    assert server.max_in_flight == 3
