@@ -67,6 +67,15 @@ buffer, then ``dh = dz W`` and ``dW += dz^T h`` (dW accumulated in fp32 across c
 the end; the bias gradient is the fp32 column sum of dz). The chunk size comes from ``memory_budget_bytes`` (the
 fp32 ``[chunk, V]`` buffer(s) must fit in it; defaults ``DEFAULT_BUDGET_CUDA`` / ``DEFAULT_BUDGET_CPU``).
 
+Per chunk of kept rows (both fused paths; Triton kernels named in brackets): (1) ``z [chunk, V]`` fp32 logits
+[``_mm_kernel``: tiled over V and H, fp32 accumulation, bias in the epilogue -- logits are never rounded to bf16];
+(2) gather the K student logits (and the label logit), then set the top-k columns to ``-inf``; (3) online max /
+sum-exp over V tiles of the masked row [``_row_lse_kernel``] -> ``lse_tail`` (and the T = 1 one for CE); (4) the
+per-row head on ``[chunk, K+1]`` tensors (torch, shared by all paths); (5) dz in place in the buffer
+[``_dz_kernel``], the top-k (and label) columns written by a scatter; (6) ``dh = dz W`` and ``dW += dz^T h``
+[``_mm_kernel``, fp32 accumulation; dz is cast to bf16 per tile for bf16 weights, as any bf16 GEMM would]. Under
+TRITON_INTERPRET the dots run in fp32 on the exact bf16 values (the interpreter's bf16 ``tl.dot`` is wrong).
+
 Reductions: ``"mean"`` divides by the number of kept rows (0 when every row is ignored -- not NaN -- with zero
 gradients), ``"sum"`` sums over kept rows (what a trainer that divides by a global token count wants), ``"none"``
 returns the per-token loss ``[N]`` with zeros at ignored rows. For ``"mean"``/``"sum"`` the backward only scales
@@ -106,9 +115,9 @@ REDUCTIONS = ("mean", "sum", "none")
 LOG_P_FLOOR = -69.0
 # Transient memory for the [chunk, V] fp32 buffer(s). CUDA: at V = 128256 this gives 2048-row chunks (4 chunks at
 # N = 8192, each one pass over W and one read-modify-write of the fp32 dW), well under the 2 GB transient goal.
-# CPU: 512-row chunks at V = 32768, ~1/20 of the naive implementation's extra memory.
+# CPU: 256-row chunks at V = 32768: measured ~1/20 of a naive implementation's extra memory (bench/kernel.py).
 DEFAULT_BUDGET_CUDA = 1 << 30
-DEFAULT_BUDGET_CPU = 64 << 20
+DEFAULT_BUDGET_CPU = 32 << 20
 # Row chunks are rounded down to a multiple of this when larger (GEMM-friendly), never below 1 row.
 CHUNK_ROW_MULTIPLE = 64
 
