@@ -62,6 +62,32 @@ def normalized_tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values by sort + neighbour compare (numpy 2's hash-based `np.unique` is several times
+    slower on large uint64 arrays)."""
+    if len(values) == 0:
+        return values.copy()
+    ordered = np.sort(values)
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def _dense_ranks(values: np.ndarray) -> np.ndarray:
+    """[len(values)] int64: the rank of each value among the distinct values (equal values, equal rank)."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(values)
+    ordered = values[order]
+    step = np.empty(len(ordered), dtype=np.int64)
+    step[0] = 0
+    np.not_equal(ordered[1:], ordered[:-1], out=step[1:])
+    ranks = np.empty(len(values), dtype=np.int64)
+    ranks[order] = np.cumsum(step)
+    return ranks
+
+
 def _fmix64(x: np.ndarray) -> np.ndarray:
     """MurmurHash3's 64-bit finalizer: an avalanching bijection on uint64 (wraps modulo 2^64 by design)."""
     x = x ^ (x >> np.uint64(33))
@@ -153,7 +179,7 @@ class ShingledTexts:
 
     def shingle_set(self, i: int) -> np.ndarray:
         """Sorted unique uint64 shingle hashes of text i."""
-        return np.unique(self.hashes[self.offsets[i]:self.offsets[i + 1]])
+        return sorted_unique(self.hashes[self.offsets[i]:self.offsets[i + 1]])
 
 
 class MinHasher:
@@ -176,7 +202,7 @@ class MinHasher:
         self._position = (rng.integers(0, 2**63, size=max(ngram, 1), dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
         self._short_tag = rng.integers(0, 2**63, size=1, dtype=np.uint64)
         self._char_seed = np.uint64(rng.integers(0, 2**63))
-        self._token_salt = rng.integers(0, 2**63, size=2, dtype=np.uint64) | np.uint64(1)
+        self._char_multipliers = (rng.integers(0, 2**63, size=256, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
         # The permutations work on 32-bit values (the high half of the 64-bit shingle hash): half the memory traffic
         # of 64-bit arithmetic, and uint32 wraparound is the modulo.
         self._a32 = (self._a >> np.uint64(32)).astype(np.uint32) | np.uint32(1)
@@ -199,9 +225,9 @@ class MinHasher:
         """One uint64 hash per `\\w+` token of every text, without a Python call per token.
 
         The texts are joined by newlines and seen as one code-point array; a token is a maximal run of word
-        characters. Its hash is Σ_i fmix64(c_i ^ (i·s1 + s2)) over its characters c_i at positions i, summed with
-        `np.add.reduceat` (a random-oracle-style function of (character, position) pairs, so distinct tokens
-        collide with probability ~2^-64), then mixed once more.
+        characters. Its hash is fmix64(Σ_i c_i·m_i) over its characters c_i at positions i, with random odd 64-bit
+        multipliers m_i, summed with `np.add.reduceat` (two distinct tokens collide only if Σ (c_i - c'_i)·m_i = 0
+        mod 2^64: probability ~2^-60 for random multipliers).
         """
         lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered))
         starts = np.zeros(len(lowered) + 1, dtype=np.int64)
@@ -216,9 +242,11 @@ class MinHasher:
         np.not_equal(word[1:], word[:-1] + 1, out=first[1:])
         token_starts = np.flatnonzero(first)
         token_lengths = np.diff(np.append(token_starts, len(word)))
-        position = np.arange(len(word), dtype=np.uint64) - np.repeat(token_starts, token_lengths).astype(np.uint64)
-        salt1, salt2 = self._token_salt
-        mixed = _fmix64(code_points[word].astype(np.uint64) ^ (position * salt1 + salt2))
+        position = np.arange(len(word), dtype=np.int64) - np.repeat(token_starts, token_lengths)
+        # Σ_i c_i · m_i over a token's characters, with one random odd 64-bit multiplier per position (positions
+        # past 256 reuse a multiplier, offset by the position): a linear hash, made avalanching by one fmix64.
+        multipliers = self._char_multipliers[position & 255] + (position >> 8).astype(np.uint64)
+        mixed = code_points[word].astype(np.uint64) * multipliers
         hashes = _fmix64(np.add.reduceat(mixed, token_starts) ^ self._char_seed)
         token_text = np.searchsorted(starts, word[token_starts], side="right") - 1
         np.cumsum(np.bincount(token_text, minlength=len(lowered)), out=offsets[1:])
@@ -313,7 +341,7 @@ class MinHasher:
     def one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(sorted unique shingle hashes, signature [num_perm] uint32) of one text."""
         hashes, offsets = self.shingle_hashes([text])
-        return np.unique(hashes), self.signatures_from_hashes(hashes, offsets)[0]
+        return sorted_unique(hashes), self.signatures_from_hashes(hashes, offsets)[0]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -485,53 +513,74 @@ class DuplicatePairs:
         return len(self.left)
 
 
-def _band_keys(signatures: np.ndarray, start: int, rows: int) -> np.ndarray:
-    """One uint64 key per text for one band: equal bands give equal keys (unequal bands may rarely collide, which
-    only adds a candidate that the exact check then rejects)."""
-    band = signatures[:, start:start + rows].astype(np.uint64)
-    key = np.zeros(len(signatures), dtype=np.uint64)
-    for r in range(rows):
-        salt = np.uint64((0x9E3779B97F4A7C15 * (r + 1)) % 2**64)
-        key = _fmix64(key ^ (band[:, r] + salt))
-    return key
+_BAND_MULTIPLIERS = (np.random.default_rng(0x5EED).integers(0, 2**63, size=(2, 256), dtype=np.uint64)
+                     << np.uint64(1)) | np.uint64(1)
 
 
-def _bucket_pairs(order: np.ndarray, keys_sorted: np.ndarray) -> np.ndarray:
-    """Pairs (as [P, 2] positions) of texts that share a key; `order` sorts the texts by key."""
-    boundaries = np.nonzero(np.diff(keys_sorted))[0] + 1
+def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """[N, bands] uint64: one key per text and band. Equal bands give equal keys; unequal bands (or the same
+    values in different bands) collide only by chance, which adds a candidate that the exact check rejects and
+    never loses one."""
+    n = len(signatures)
+    values = np.ascontiguousarray(signatures[:, : bands * rows])
+    if rows % 2 == 0:
+        # Two 32-bit rows per uint64 word: half the multiply-adds.
+        values, words = values.view(np.uint64).reshape(n, bands, rows // 2), rows // 2
+    else:
+        values, words = values.reshape(n, bands, rows), rows
+    key = np.broadcast_to(_BAND_MULTIPLIERS[1, :bands], (n, bands)).copy()  # a different offset per band
+    for r in range(words):
+        key += values[:, :, r] * _BAND_MULTIPLIERS[0, r]
+    return _fmix64(key)
+
+
+def _bucket_pairs(members: np.ndarray, keys_sorted: np.ndarray) -> np.ndarray:
+    """Pairs (as [P, 2] text positions) of texts sharing a key; `members[k]` holds the key `keys_sorted[k]`."""
+    boundaries = np.flatnonzero(keys_sorted[1:] != keys_sorted[:-1]) + 1
     starts = np.concatenate([[0], boundaries])
     sizes = np.diff(np.concatenate([starts, [len(keys_sorted)]]))
     pairs = []
-    for size in np.unique(sizes[sizes > 1]).tolist():
+    for size in sorted(set(sizes[sizes > 1].tolist())):
         run_starts = starts[sizes == size]
-        members = order[run_starts[:, None] + np.arange(size)[None, :]]  # [runs, size]
+        group = members[run_starts[:, None] + np.arange(size)[None, :]]  # [runs, size]
         if size <= MAX_BUCKET_ALL_PAIRS:
             i, j = np.triu_indices(size, k=1)
-            pairs.append(np.stack([members[:, i].ravel(), members[:, j].ravel()], axis=1))
+            pairs.append(np.stack([group[:, i].ravel(), group[:, j].ravel()], axis=1))
         else:
-            star = np.stack([np.repeat(members[:, :1], size - 1, axis=1).ravel(), members[:, 1:].ravel()], axis=1)
-            chain = np.stack([members[:, :-1].ravel(), members[:, 1:].ravel()], axis=1)
+            star = np.stack([np.repeat(group[:, :1], size - 1, axis=1).ravel(), group[:, 1:].ravel()], axis=1)
+            chain = np.stack([group[:, :-1].ravel(), group[:, 1:].ravel()], axis=1)
             pairs.extend([star, chain])
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
 
 
 def candidate_pairs(signatures: np.ndarray, bands: int, rows: int, eligible: np.ndarray | None = None) -> np.ndarray:
-    """[P, 2] int64 unique candidate pairs (i < j) of texts agreeing on all rows of at least one band."""
+    """[P, 2] int64 unique candidate pairs (i < j) of texts agreeing on all rows of at least one band.
+
+    All bands at once: the [N·bands] keys are sorted once to find the keys held more than once; only the (few)
+    entries holding such a key are grouped into buckets. No per-band dict, no per-text Python work.
+    """
     n = len(signatures)
-    index = np.arange(n) if eligible is None else np.nonzero(eligible)[0]
-    sigs = signatures[index]
-    codes = []
-    for band in range(bands):
-        keys = _band_keys(sigs, band * rows, rows)
-        order = np.argsort(keys, kind="stable")
-        pairs = _bucket_pairs(order, keys[order])
-        if len(pairs):
-            a, b = index[pairs[:, 0]], index[pairs[:, 1]]
-            codes.append(np.minimum(a, b).astype(np.uint64) * np.uint64(n) + np.maximum(a, b).astype(np.uint64))
-    if not codes:
+    index = np.arange(n) if eligible is None else np.flatnonzero(eligible)
+    if len(index) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    unique = np.unique(np.concatenate(codes))
-    return np.stack([(unique // np.uint64(n)).astype(np.int64), (unique % np.uint64(n)).astype(np.int64)], axis=1)
+    keys = _band_keys(signatures[index], bands, rows).ravel()  # entry e = local text e // bands, band e % bands
+    # Sort keys and entry numbers together in one uint64: the high bits keep the key, the low bits the entry.
+    # Dropping the key's low bits only merges a few unrelated buckets by chance (more candidates, never fewer).
+    entry_bits = max(int(len(keys) - 1).bit_length(), 1)
+    packed = (keys >> np.uint64(entry_bits) << np.uint64(entry_bits)) | np.arange(len(keys), dtype=np.uint64)
+    packed.sort()
+    key_part = packed >> np.uint64(entry_bits)
+    same = key_part[1:] == key_part[:-1]
+    in_bucket = np.zeros(len(packed), dtype=bool)
+    in_bucket[1:] |= same
+    in_bucket[:-1] |= same
+    if not in_bucket.any():
+        return np.zeros((0, 2), dtype=np.int64)
+    entries = (packed[in_bucket] & np.uint64((1 << entry_bits) - 1)).astype(np.int64)
+    pairs = _bucket_pairs(index[entries // bands], key_part[in_bucket])
+    a, b = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    codes = sorted_unique(a[a != b].astype(np.uint64) * np.uint64(n) + b[a != b].astype(np.uint64))
+    return np.stack([(codes // np.uint64(n)).astype(np.int64), (codes % np.uint64(n)).astype(np.int64)], axis=1)
 
 
 def exact_jaccard_pairs(shingled: ShingledTexts, pairs: np.ndarray, chunk_elements: int = 4_000_000) -> np.ndarray:
@@ -543,15 +592,15 @@ def exact_jaccard_pairs(shingled: ShingledTexts, pairs: np.ndarray, chunk_elemen
     """
     if len(pairs) == 0:
         return np.zeros(0)
-    docs = np.unique(pairs)
+    docs = sorted_unique(pairs.ravel())
     counts = shingled.counts[docs]
     gather = _ranges(shingled.offsets[docs], counts)
     values = shingled.hashes[gather]
     owner = np.repeat(np.arange(len(docs), dtype=np.uint64), counts)
-    _, dense = np.unique(values, return_inverse=True)
+    dense = _dense_ranks(values)
     if dense.max(initial=0) >= 2**32:
         raise ValueError("more than 2^32 distinct shingles among candidate texts")
-    sets = np.unique((owner << _MASK32) | dense.astype(np.uint64))  # sorted by (text, shingle), unique
+    sets = sorted_unique((owner << _MASK32) | dense.astype(np.uint64))  # sorted by (text, shingle), unique
     set_owner = (sets >> _MASK32).astype(np.int64)
     set_ids = sets & np.uint64(0xFFFFFFFF)
     set_starts = np.searchsorted(set_owner, np.arange(len(docs) + 1))
