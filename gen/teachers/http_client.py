@@ -138,6 +138,17 @@ def resolve_key(env_var: str, base_url: str | None, official_host: str, flag: st
                     f"or point {flag} at a server that needs none")
 
 
+def status_message(exc: Any) -> str:
+    """`<status>: <the server's own message>` for an SDK status error, on one line.
+
+    Both OpenAI's and Anthropic's error bodies carry `error.message`; the SDKs' own `.message` sometimes embeds the
+    whole body instead."""
+    body = getattr(exc, "body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"{exc.status_code}: {one_line(message or getattr(exc, 'message', exc))}"
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """A server's error text squeezed onto one line (the engine and CLI print errors as one line)."""
     flat = " ".join(str(text).split())

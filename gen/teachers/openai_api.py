@@ -22,7 +22,7 @@ from gen.errors import UserError
 from gen.teachers.base import (ChatRequest, Completion, PermanentError, RateLimited, Teacher, TeacherError,
                                TransientError)
 from gen.teachers.http_client import (DEFAULT_MAX_CONNECTIONS, LoopLocalClient, one_line, pooled_http_client,
-                                      resolve_key, retry_after_seconds)
+                                      resolve_key, retry_after_seconds, status_message)
 
 OFFICIAL_HOST = "api.openai.com"
 KEY_ENV = "OPENAI_API_KEY"
@@ -121,11 +121,11 @@ class OpenAITeacher(Teacher):
 def map_openai_error(openai: Any, exc: BaseException) -> TeacherError:
     """An exception from the openai SDK (or the JSON decoding under it) -> the engine's error class."""
     if isinstance(exc, openai.RateLimitError):
-        return RateLimited(f"429 rate limited: {one_line(exc.message)}",
+        return RateLimited(status_message(exc),
                            retry_after=retry_after_seconds(exc.response.headers))
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        text = f"{status}: {one_line(exc.message)}"
+        text = status_message(exc)
         if status >= 500 or status in TRANSIENT_4XX:
             return TransientError(text)
         return PermanentError(text)
