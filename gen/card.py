@@ -59,7 +59,8 @@ _SIZE_BUCKETS = [
 
 # Config keys that describe deduplication / novelty filtering (rendered in the "Deduplication" section).
 _DEDUP_KEY = re.compile(r"dedup|minhash|num_perm|shingle|ngram|threshold|rouge|embedding|novelty|similar|lsh", re.I)
-_SEED_KEY = re.compile(r"seed", re.I)
+# Where the run's instructions came from: `--input`, seed files, the sampling seed.
+_SEED_KEY = re.compile(r"seed|^inputs?$|(^|\.)input(_file|_dir|s)?$", re.I)
 _TEMPLATE_KEY = re.compile(r"template", re.I)
 _HUB_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.\-_]*$")
 
@@ -97,6 +98,11 @@ def parse_teacher(teacher: str) -> tuple[str, str]:
     backend, _, model = (teacher or "").partition(":")
     model = model.rsplit("@", 1)[0] if "@" in model else model
     return backend.strip().lower() or "unknown", model.strip()
+
+
+def is_teacher_spec(teacher: str) -> bool:
+    """`backend:model...` or the bare embedded `llamacpp`: a model that wrote text (not a seed-input marker)."""
+    return ":" in teacher or teacher.strip().lower() == "llamacpp"
 
 
 def _gemma_terms_file() -> tuple[str | None, str | None]:
@@ -249,6 +255,26 @@ def _duplicates(rejected: pa.Table) -> int:
     return sum(1 for a, b in zip(kept, by_reason) if a or b)
 
 
+def _funnel_rows(funnel: Mapping[str, Any]) -> dict[str, Any]:
+    """The funnel as a table: {"columns": [...], "rows": [[stage, cell, ...]]}.
+
+    kdforge's methods record `{"total": {stage: n}, "rounds": {round: {stage: n}}}` (gen.methods.base.Funnel): that
+    becomes one row per stage with a column per round and the total. Any other shape (a method's own nested dict)
+    is flattened to `a.b.c | value` rows, so whatever was recorded is shown.
+    """
+    total = funnel.get("total")
+    rounds = funnel.get("rounds")
+    if isinstance(total, Mapping) and all(not isinstance(v, Mapping) for v in total.values()):
+        rounds = rounds if isinstance(rounds, Mapping) else {}
+        labels = sorted(rounds, key=lambda r: (not str(r).lstrip("-").isdigit(), int(r) if str(r).lstrip("-").isdigit() else 0, str(r)))
+        rows = [[stage] + [_format_value((rounds[r] or {}).get(stage, 0)) for r in labels] + [_format_value(n)]
+                for stage, n in total.items()]
+        extra = {k: v for k, v in funnel.items() if k not in ("total", "rounds")}
+        rows += [[key, *([""] * len(labels)), _format_value(value)] for key, value in _flatten(extra)]
+        return {"columns": [f"round {r}" for r in labels] + ["total"], "rows": rows}
+    return {"columns": ["count"], "rows": [[key, _format_value(value)] for key, value in _flatten(funnel)]}
+
+
 def _fence(text: str) -> str:
     """A Markdown code fence longer than any backtick run inside `text`, so row content cannot close it."""
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
@@ -305,7 +331,9 @@ def card_facts(
     train, rejected = plan.train, plan.rejected
     everything = pa.concat_tables([train, rejected]) if rejected.num_rows else train
 
-    teachers = [t for t, _ in _count_by(everything, "teacher") if t]
+    # Rows that were not generated (round-0 seed inputs) carry a pseudo-teacher such as "input": only specs that
+    # name a backend are teachers whose terms apply. With none in the rows, the run's --teacher decides.
+    teachers = [t for t, _ in _count_by(everything, "teacher") if t and is_teacher_spec(t)]
     terms = [teacher_terms(t) for t in teachers] or [teacher_terms(str(config.get("teacher") or "unknown"))]
     # One entry per distinct set of terms: ten revisions of one model need not repeat Google's terms ten times.
     unique_terms = list({(t.title, t.url): t for t in terms}.values())
@@ -372,7 +400,9 @@ def _body_context(plan: "ExportPlan", *, repo_id: str, terms: list[TeacherTerms]
     operations = [(op, n) for op, n in _count_by(everything, "operation") if op]
 
     sampling, templates = _sampling_summary(everything, config)
-    seeds = [(k, _format_value(v)) for k, v in _flatten(config) if _SEED_KEY.search(k) and v not in (None, "", [])]
+    # None is shown too: "input: default" says the command's shipped seeds were used, which is a seed source.
+    seeds = [(k, "(the command's default)" if v in (None, "", []) else _format_value(v))
+             for k, v in _flatten(config) if _SEED_KEY.search(k)]
     dedup = [(k, _format_value(v)) for k, v in _flatten(config) if _DEDUP_KEY.search(k)]
 
     splits = manifest.get("splits") or {}
@@ -429,7 +459,7 @@ def _body_context(plan: "ExportPlan", *, repo_id: str, terms: list[TeacherTerms]
         "checked_rows": checked,
         "duplicates": duplicates,
         "duplicate_rate": f"{100.0 * duplicates / checked:.2f}%" if checked else "n/a",
-        "funnel": [(k, _format_value(v)) for k, v in _flatten(manifest.get("funnel") or {})],
+        "funnel": _funnel_rows(manifest.get("funnel") or {}),
         "by_reason": by_reason,
         "by_method_round": sorted(by_method_round.items()),
         "tokens": tokens,

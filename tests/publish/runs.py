@@ -18,8 +18,8 @@ def _params(temperature: float, template_hash: str) -> dict:
 
 
 def build_run(out: Path, *, evol_roots: int = 30, rounds: int = 3, self_instruct: int = 25, max_rows: int = 40,
-              extra_text: str = "") -> Path:
-    """Write a run to `out` and return it. Counts: evol_instruct `evol_roots * (rounds + 1)` candidate rows (round 0
+              extra_text: str = "", funnel: dict | None = None) -> Path:
+    """Write a run to `out` and return it (`funnel=` overrides the recorded funnel). Counts: evol_instruct `evol_roots * (rounds + 1)` candidate rows (round 0
     seeds + one evolution per round), every 5th evolution rejected; self_instruct `self_instruct` rows, every 4th a
     near-duplicate of the previous one. `extra_text` is appended to one answer (to plant a secret)."""
     kept, rejected = [], []
@@ -35,7 +35,8 @@ def build_run(out: Path, *, evol_roots: int = 30, rounds: int = 3, self_instruct
             bad = rnd > 0 and (r + rnd) % 5 == 0
             row = make_row(
                 messages=[{"role": "user", "content": instruction}, {"role": "assistant", "content": answer}],
-                method="evol_instruct", operation=op, round=rnd, parent_id=parent, root_id=root, teacher=TEACHER,
+                method="evol_instruct", operation=op, round=rnd, parent_id=parent, root_id=root,
+                teacher=TEACHER if rnd else "input",  # round-0 seeds were not generated, as in `gen evol`
                 params=_params(0.7, "evol0a1b2c3d"), usage={"prompt_tokens": 40 + rnd, "completion_tokens": 9 + r},
                 finish_reason="stop",
                 filters=(["no_new_information"] if r % 2 else ["apology", "too_short"]) if bad else (),
@@ -63,13 +64,14 @@ def build_run(out: Path, *, evol_roots: int = 30, rounds: int = 3, self_instruct
         writer.write_many(kept)
     with ShardWriter(out, "rejected", max_rows=max_rows) as writer:
         writer.write_many(rejected)
-    n_rejected_evol = sum(1 for row in rejected if row["method"] == "evol_instruct")
-    n_evol = evol_roots * (rounds + 1)
-    funnel = {
-        "evol_instruct": {"generated": n_evol, "kept": n_evol - n_rejected_evol,
-                          "rejected": {"no_new_information": 0, "apology": 0}},
-        "self_instruct": {"generated": self_instruct, "kept": self_instruct - (len(rejected) - n_rejected_evol)},
-    }
+    # The funnel in the shape kdforge's methods record (gen.methods.base.Funnel): totals and per-round stages.
+    recorded: dict = {"total": {"generated": 0, "kept": 0}, "rounds": {}}
+    for row in kept + rejected:
+        stages = ["generated"] + ([f"rejected:{r}" for r in row["filters"]] if row["filters"] else ["kept"])
+        per_round = recorded["rounds"].setdefault(str(row["round"]), {})
+        for stage in stages:
+            recorded["total"][stage] = recorded["total"].get(stage, 0) + 1
+            per_round[stage] = per_round.get(stage, 0) + 1
     config = {
         "method": "evol_instruct+self_instruct", "teacher": "llamacpp", "rounds": rounds,
         "seed_file": "shared/data/self_instruct_seed_tasks.jsonl", "seed": 1234,
@@ -77,5 +79,5 @@ def build_run(out: Path, *, evol_roots: int = 30, rounds: int = 3, self_instruct
         "dedup": {"minhash_threshold": 0.7, "num_perm": 128, "ngram": 5, "rouge_l_threshold": 0.7},
         "api_key": "sk-should-be-redacted",
     }
-    write_manifest(out, config=config, funnel=funnel)
+    write_manifest(out, config=config, funnel=funnel if funnel is not None else recorded)
     return out

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -89,8 +90,8 @@ def _table(body: str, heading: str) -> list[list[str]]:
     """The rows (cells) of the first Markdown table under `### heading` / `## heading`."""
     section = re.search(rf"^#+ {re.escape(heading)}\n(.*?)(?=^#+ |\Z)", body, re.S | re.M)
     assert section, heading
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.group(1).splitlines()
-            if line.startswith("|")]
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in section.group(1).splitlines()
+            if line.startswith("|")]  # cells split on unescaped pipes
     return [r for r in rows[2:]]  # drop the header and the --- line
 
 
@@ -126,9 +127,12 @@ def test_card_yaml_parses_and_its_numbers_match_the_manifest(run_dir, export):
     per_round = {r[0]: (_int(r[1]), _int(r[2])) for r in _table(body, "Rows per method and round")}
     for split, index in (("train", 0), ("rejected", 1)):
         assert {k: v[index] for k, v in per_round.items() if v[index]} == manifest["stats"][split]["by_method_round"]
-    funnel = {r[0]: _int(r[1]) for r in _table(body, "Funnel")}
-    assert funnel["evol_instruct.generated"] == manifest["funnel"]["evol_instruct"]["generated"] == 120
-    assert funnel["self_instruct.kept"] == manifest["funnel"]["self_instruct"]["kept"]
+    recorded = manifest["funnel"]
+    rounds = sorted(recorded["rounds"], key=int)
+    funnel = {r[0]: [_int(c) for c in r[1:]] for r in _table(body, "Funnel")}
+    assert funnel == {stage: [recorded["rounds"][r].get(stage, 0) for r in rounds] + [n]
+                      for stage, n in recorded["total"].items()}
+    assert funnel["generated"][-1] == published and funnel["rejected:apology"][-1] == reasons["apology"]
     # Duplicate rate: rows rejected with duplicate_of, counted from the shards.
     rejected = read_table(run_dir, "rejected").column("duplicate_of").to_pylist()
     dups = sum(1 for d in rejected if d)
@@ -140,8 +144,9 @@ def test_card_yaml_parses_and_its_numbers_match_the_manifest(run_dir, export):
     # Generation facts that exist in the rows are rendered; the secret in the config is not.
     assert "template_hash: evol0a1b2c3d" in body and "template_hash: si99887766aa" in body
     teachers = _table(body, "Teacher")
+    seeds = len(read_table(run_dir, "train").filter(pc.equal(read_table(run_dir, "train")["teacher"], "input")))
     assert teachers == [["llamacpp", "gemma-3-270m-q4_k_m.gguf", "`llamacpp:gemma-3-270m-q4_k_m.gguf@a5fd3b62230a`",
-                         f"{published:,}"]]
+                         f"{published - seeds:,}"], ["input", "", "`input`", f"{seeds}"]]
     assert {r[0].strip("`"): r[1] for r in _table(body, "Sampling parameters")}["temperature"] == "`0.7`"
     assert "seed_file" in body and "sk-should-be-redacted" not in body and "<redacted>" in body
     # Terms, plots, examples, usage.
@@ -183,6 +188,16 @@ def test_gen_card_renders_the_card_that_gen_publish_exports(run_dir, export, tmp
     assert gen_main(["card", str(run_dir), "--repo", REPO, "--include-rejected", "--max-file-mb", SMALL_FILE_MB,
                      "-o", str(card)]) == 0
     assert card.read_text() == (export / "README.md").read_text()
+
+
+def test_a_funnel_of_any_shape_is_rendered_as_recorded(tmp_path):
+    funnel = {"evol_instruct": {"generated": 12, "kept": 9, "rejected": {"apology": 2, "too_short": 1}}, "note": "x|y"}
+    run = build_run(tmp_path / "run", evol_roots=3, rounds=1, self_instruct=4, funnel=funnel)
+    publish(run, REPO, dry_run_dir=tmp_path / "out")
+    _, body = split_front_matter((tmp_path / "out" / "README.md").read_text())
+    rows = {r[0]: r[1] for r in _table(body, "Funnel")}
+    assert rows == {"evol_instruct.generated": "12", "evol_instruct.kept": "9", "evol_instruct.rejected.apology": "2",
+                    "evol_instruct.rejected.too_short": "1", "note": "x\\|y"}
 
 
 def test_user_errors_name_what_is_wrong(run_dir, tmp_path):
