@@ -16,8 +16,9 @@ forward it untouched). It is any callable `(n, request) -> Fault | None`, or for
 a list (request n gets `plan[n]`, later ones none) or a dict `{n: Fault}`. Helpers: `first(m, fault)`,
 `every(k, fault)`, `always(fault)`. `proxy.plan` can be replaced while it runs.
 
-`proxy.counts` (a snapshot dict): `requests` received, `forwarded` (answered by the upstream server), and one
-count per fault kind injected. The proxy runs its own event loop in a daemon thread, so synchronous and asynchronous
+`proxy.counts` (a snapshot dict): `requests` received, `forwarded` (answered by the upstream server),
+`connections` accepted from clients, and one count per fault kind injected. `proxy.received` lists the requests as
+they arrived (method, path, headers, body), to check what a client really sent. The proxy runs its own event loop in a daemon thread, so synchronous and asynchronous
 tests drive it alike.
 """
 
@@ -150,6 +151,7 @@ class FaultProxy:
         self._counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._arrivals = 0
+        self._received: list[ProxyRequest] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -168,15 +170,21 @@ class FaultProxy:
     @property
     def counts(self) -> dict[str, int]:
         with self._lock:
-            snapshot = collections.Counter({"requests": 0, "forwarded": 0})
+            snapshot = collections.Counter({"requests": 0, "forwarded": 0, "connections": 0})
             snapshot.update(self._counts)
             return dict(snapshot)
+
+    @property
+    def received(self) -> list[ProxyRequest]:
+        with self._lock:
+            return list(self._received)
 
     def reset(self, plan: Plan | Fault | list | dict | None = None) -> None:
         """New plan, counts and arrival numbers back to zero."""
         with self._lock:
             self._counts.clear()
             self._arrivals = 0
+            self._received.clear()
         self.plan = plan
 
     def start(self) -> "FaultProxy":
@@ -238,23 +246,26 @@ class FaultProxy:
         with self._lock:
             self._counts[key] += n
 
-    def _next_arrival(self) -> int:
+    def _next_arrival(self, request: ProxyRequest) -> int:
         with self._lock:
             n = self._arrivals
             self._arrivals += 1
             self._counts["requests"] += 1
+            if len(self._received) < 100_000:
+                self._received.append(request)
             return n
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._handlers.add(task)
+        self._count("connections")
         _nodelay(writer)
         try:
             while True:
                 request = await _read_request(reader)
                 if request is None:
                     break
-                n = self._next_arrival()
+                n = self._next_arrival(request)
                 fault = self._plan(n, request)
                 keep_open = await self._answer(request, fault, writer)
                 if not keep_open:
