@@ -43,11 +43,24 @@ class Funnel:
             out["rounds"] = {k: dict(v) for k, v in self.rounds.items()}
         return out
 
+    _LAST = ("kept", "carried_over_unchanged", "not_needed")
+
+    def _stage_rank(self, stage: str) -> tuple[int, int]:
+        """Requests first, then what was generated (in the order first counted), the rejections, and what was kept."""
+        order = list(self.total).index(stage)
+        if stage.startswith("requests"):
+            return 0, order
+        if stage.startswith("rejected:"):
+            return 2, order
+        if stage in self._LAST:
+            return 3, self._LAST.index(stage)
+        return 1, order
+
     def table(self) -> str:
         """A small markdown table: one line per stage, one column per round (if any) and the total."""
-        stages: list[str] = list(self.total)
-        columns = list(self.rounds)
-        header = ["stage"] + [f"round {c}" for c in columns] + ["total"]
+        stages = sorted(self.total, key=self._stage_rank)
+        columns = list(self.rounds) if len(self.rounds) <= 8 else []  # a long bootstrap: totals only
+        header = ["stage"] + [f"round {c}" if c.isdigit() else c for c in columns] + ["total"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for stage in stages:
             cells = [stage] + [str(self.rounds[c].get(stage, 0)) for c in columns] + [str(self.total[stage])]

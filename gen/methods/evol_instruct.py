@@ -205,9 +205,10 @@ class EvolInstruct:
     """Runs N rounds over a pool of instructions. `answer_params` are the user's sampling settings (also used for
     rewrites); the judge is greedy and short."""
 
-    def __init__(self, run: MethodRun, config: EvolConfig):
+    def __init__(self, run: MethodRun, config: EvolConfig, rewrite_max_tokens: int | None = None):
         self.run = run
         self.config = config
+        self.rewrite_params = run.sampling.replace(max_tokens=rewrite_max_tokens or run.sampling.max_tokens)
         self.operations = [op for op in OPERATIONS if config.weights.get(op, 0) > 0]
         self.op_weights = [config.weights[op] for op in self.operations]
         self.judge_params = SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0)
@@ -226,7 +227,7 @@ class EvolInstruct:
 
         run = self.run
         pool = [PoolItem(id=item.id, instruction=item.instruction, root_id=item.id) for item in items]
-        run.funnel.add("inputs", len(pool))
+        run.funnel.add("inputs", len(pool), round=0)
         # One index for the whole run: an evolution that near-copies any input or any earlier evolution is caught
         # before its answer is paid for.
         index = MinHashIndex(threshold=self.config.dedup_threshold)
@@ -260,7 +261,8 @@ class EvolInstruct:
         for item, op in zip(pool, operations):
             messages, template_hash = rewrite_messages(op, item.instruction)
             hashes.append(template_hash)
-            rewrites.append(ChatRequest.make(messages, run.params_for("rewrite", round_, item.id, op)))
+            rewrites.append(ChatRequest.make(messages, run.params_for("rewrite", round_, item.id, op,
+                                                                      base=self.rewrite_params)))
         results = run.ask(rewrites, desc=f"round {round_} rewrite", round=round_)
 
         # Cheap checks, in pool order (the MinHash index is order-dependent, so the order is fixed).

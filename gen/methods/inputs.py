@@ -112,7 +112,7 @@ def _records(path: Path) -> Iterator[tuple[Any, str]]:
     else:
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
-                if line.strip():
+                if line.strip() and not line.lstrip().startswith("#"):  # '#' lines are comments
                     yield line, f"{path}:{n}"
 
 
