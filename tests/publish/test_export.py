@@ -172,11 +172,12 @@ def test_rejected_split_is_optional_and_configs_can_be_chosen(run_dir, tmp_path)
     ds = load(out, "evol_instruct-deepen", tmp_path / "cache")
     assert list(ds) == ["train"] and sorted(ds["train"]["id"]) == sorted(deepen)
 
-    single = tmp_path / "single"
+    single = out  # re-exporting into a previous export replaces its data/ and assets/, stale configs included
     hostile = 'KD set: "v2"\n---\nlicense: mit'  # front matter is safe_dump'ed, so a title cannot break it
     publish(run_dir, REPO, dry_run_dir=single, config_by="single", license="cc-by-4.0", pretty_name=hostile)
     meta, _ = split_front_matter((single / "README.md").read_text())
     assert meta["license"] == "cc-by-4.0" and meta["pretty_name"] == hostile
+    assert sorted(p.name for p in (single / "data").iterdir()) == ["default"]
     assert meta["configs"] == [{"config_name": "default", "data_files": [
         {"split": "train", "path": "data/default/train-*.parquet"}], "default": True}]
     assert load(single, None, tmp_path / "cache")["train"].num_rows == sum(len(v) for (m, s), v in ids.items()
