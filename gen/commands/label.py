@@ -53,13 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_teacher_arguments(parser)
     add_engine_arguments(parser)
     add_sampling_arguments(parser)
+    from gen.methods import orca
+
+    orca.add_arguments(parser)  # --system-messages orca|FILE, --cot
 
 
-def build_requests(inputs, params, system: str | None):
-    """One ChatRequest per InputRow; the row's own system message wins over `system`."""
+def build_requests(inputs, params, system: str | None, system_for=None):
+    """One ChatRequest per InputRow; the row's own system message wins over `system`. `system_for(messages)`, if
+    given (Orca-style system messages / --cot, see `gen.methods.orca`), chooses a row's system message instead."""
     from gen.teachers.base import ChatRequest
 
-    return [ChatRequest.make(list(row.messages), params, system=row.system or system) for row in inputs]
+    def row_system(row):
+        if row.system:
+            return row.system
+        return system_for(row.messages) if system_for is not None else system
+
+    return [ChatRequest.make(list(row.messages), params, system=row_system(row)) for row in inputs]
 
 
 def rows_from_results(inputs, results, teacher_id: str, *, method: str = METHOD, operation: str | None = None,
@@ -100,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from gen.commands.common import open_engine
     from gen.errors import UserError
     from gen.inputs import read_inputs
+    from gen.methods import orca
     from gen.shards import ShardWriter, write_manifest
 
     if args.limit is not None and args.limit < 1:
@@ -108,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--chunk-size {args.chunk_size}: must be at least 1")
     inputs = read_inputs(args.input, field=args.field, limit=args.limit)
     params = sampling_from_args(args)
+    system_for = orca.system_chooser(args)
     funnel = {"inputs": len(inputs), "answered": 0, "failed": 0, "not_sent_budget": 0, "rows_written": 0,
               "rows_already_on_disk": 0}
     first_error: str | None = None
@@ -116,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         with ShardWriter(args.out, "train", metadata={"method": METHOD}) as writer:
             for start in range(0, len(inputs), args.chunk_size):
                 chunk = inputs[start:start + args.chunk_size]
-                requests = build_requests(chunk, params, args.system)
+                requests = build_requests(chunk, params, args.system, system_for=system_for)
                 results = engine.run(requests, desc=METHOD)
                 for result in results:
                     if result.ok:
@@ -126,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
                     else:
                         funnel["failed"] += 1
                         first_error = first_error or result.error
-                writer.write_many(rows_from_results(chunk, results, engine.teacher_id))
+                writer.write_many(rows_from_results(chunk, results, engine.teacher_id,
+                                                    extra_params=orca.label_params(args) or None))
                 writer.flush()  # a committed shard per chunk: finished work is on disk
                 if engine.exhausted:
                     funnel["not_sent_budget"] += len(inputs) - start - len(chunk)

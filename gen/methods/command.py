@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from gen.methods.base import MethodRun
+if TYPE_CHECKING:
+    from gen.methods.base import MethodRun
 
 EXIT_BUDGET = 3
 EXIT_FAILURES = 4
@@ -27,9 +28,10 @@ def add_out_argument(parser: argparse.ArgumentParser, default: str | None = None
 
 
 @contextmanager
-def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator[MethodRun]:
+def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator["MethodRun"]:
     """Engine + MethodRun for a command; the engine (and its teacher) is closed on the way out."""
     from gen.commands.common import open_engine, run_config
+    from gen.methods.base import MethodRun
 
     engine = open_engine(args, args.out)
     try:
@@ -40,7 +42,7 @@ def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator[Meth
         engine.close()
 
 
-def finish(run: MethodRun, command: str) -> int:
+def finish(run: "MethodRun", command: str) -> int:
     """Print where the shards are and the funnel (stdout) and the engine line (stderr); the exit status."""
     from gen.commands.common import print_summary
 
