@@ -669,7 +669,8 @@ class TopKKLFunction(torch.autograd.Function):
 
     forward(hidden [N, H], weight [V, H], bias [V] or None, topk_ids [N, K] int32/int64, topk_logprobs [N, K]
     fp16/fp32, tail_logmass [N] fp32 or None, labels [N] int64 or None, cfg) -> loss: scalar, or [N] for "none".
-    Saved: dh [N, H] (hidden.dtype), dW [V, H] (fp32 accumulation, stored in weight.dtype), db [V].
+    Kept on ctx: dh [N, H] (hidden.dtype), dW [V, H] (fp32 accumulation, stored in weight.dtype), db [V]; handed
+    to autograd (scaled in place by the incoming gradient) by the first backward.
     backward(grad_loss: scalar or [N]) -> (dh, dW, db, None...).
     """
 
@@ -683,32 +684,37 @@ class TopKKLFunction(torch.autograd.Function):
         out_dtype = torch.float64 if loss_tok.dtype == torch.float64 else torch.float32
         ctx.cfg = cfg
         ctx.grads = (dh, None if dW is None else dW.to(weight.dtype), None if db is None else db.to(bias.dtype))
-        if cfg.reduction == "none":
-            ctx.save_for_backward(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels)
+        # references only (no copies): used if backward runs twice or "none" gets per-row weights
+        ctx.save_for_backward(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels)
         return _reduce(loss_tok, labels, cfg, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         cfg = ctx.cfg
-        dh, dW, db = ctx.grads
+        hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None  # hand the tensors over: autograd then stores them as .grad, no copy
+        wants = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        row_weight = None
         if cfg.reduction == "none":
-            hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels = ctx.saved_tensors
-            go = grad_out
-            if labels is not None:
-                kept = go[labels != cfg.ignore_index]
-            else:
-                kept = go
+            kept = grad_out[labels != cfg.ignore_index] if labels is not None else grad_out
             if kept.numel() and not bool((kept == kept[0]).all()):
-                _, dh, dW, db = _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels, cfg,
-                                         dh is not None, dW is not None, db is not None, row_weight=go.detach())
-                dW = None if dW is None else dW.to(weight.dtype)
-                db = None if db is None else db.to(bias.dtype)
+                row_weight = grad_out.detach()
+            else:
+                grad_out = kept[0] if kept.numel() else grad_out.new_zeros(())
+        if grads is None or row_weight is not None:  # second backward (retain_graph) or per-row weights: recompute
+            _, dh, dW, db = _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels, cfg,
+                                     *wants, row_weight=row_weight)
+            dW = None if dW is None else dW.to(weight.dtype)
+            db = None if db is None else db.to(bias.dtype)
+            if row_weight is not None:
                 return dh, dW, db, None, None, None, None, None
-            grad_out = kept[0] if kept.numel() else go.new_zeros(())
+        else:
+            dh, dW, db = grads
         if not (grad_out.numel() == 1 and float(grad_out) == 1.0):
-            dh = None if dh is None else dh * grad_out.to(dh.dtype)
-            dW = None if dW is None else dW * grad_out.to(dW.dtype)
-            db = None if db is None else db * grad_out.to(db.dtype)
+            go = grad_out.reshape(())
+            dh = None if dh is None else dh.mul_(go.to(dh.dtype))
+            dW = None if dW is None else dW.mul_(go.to(dW.dtype))
+            db = None if db is None else db.mul_(go.to(db.dtype))
         return dh, dW, db, None, None, None, None, None
 
 

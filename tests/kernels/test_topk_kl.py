@@ -325,3 +325,17 @@ def test_no_grad_inputs_and_fp16_logprobs():
     ref = topk_kl_reference(case["hidden"], case["weight"], case["topk_ids"], case["topk_logprobs"],
                             case["tail_logmass"], case["labels"])
     assert abs(out.item() - ref.item()) <= 1e-4 * abs(ref.item())
+
+
+def test_backward_twice_and_scaled_upstream_gradient():
+    """The precomputed grads are handed to autograd; a second backward (retain_graph) recomputes them."""
+    case = make_case(k=5, bias=True, seed=6)
+    truth = run(topk_kl_reference, case, torch.float64, grad_out=torch.tensor(0.25, dtype=torch.float64))
+    hid = case["hidden"].clone().requires_grad_()
+    w = case["weight"].clone().requires_grad_()
+    out = topk_kl_loss(hid, w, case["topk_ids"], case["topk_logprobs"], case["tail_logmass"], case["labels"],
+                       case["bias"], impl="torch")
+    for _ in range(2):
+        hid.grad = w.grad = None
+        (out * 0.25).backward(retain_graph=True)
+        assert (hid.grad - truth[1]).abs().max() < 1e-12 and (w.grad - truth[2]).abs().max() < 1e-12
