@@ -371,9 +371,18 @@ def _same_content(remote: Any, path: Path) -> bool:
     return remote.blob_id == _git_blob_sha1(path.read_bytes())
 
 
+def _transport_errors() -> type[Exception]:
+    """The HTTP client's "could not reach the server" error (huggingface_hub 2.x uses httpx2, 1.x httpx)."""
+    try:
+        from httpx2 import TransportError
+    except ImportError:
+        from httpx import TransportError
+    return TransportError
+
+
 def _hub_error(exc: Exception, repo_id: str) -> UserError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return UserError(f"--repo {repo_id}: the Hub refused ({first})")
+    return UserError(f"--repo {repo_id}: the Hub request failed ({first})")
 
 
 def upload(
@@ -421,7 +430,7 @@ def upload(
                                  commit_description=commit_description)
     except OfflineModeIsEnabled:
         raise UserError("HF_HUB_OFFLINE is set: unset it to publish, or use --dry-run DIR") from None
-    except (HfHubHTTPError, ValueError, OSError) as exc:
+    except (HfHubHTTPError, ValueError, OSError, _transport_errors()) as exc:
         raise _hub_error(exc, repo_id) from None
     return UploadResult(str(repo_url), info.commit_url, added, deleted, unchanged)
 

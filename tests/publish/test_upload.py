@@ -127,9 +127,11 @@ def test_missing_token_offline_mode_and_a_refusing_hub_are_user_errors(export, h
         with pytest.raises(UserError, match="no Hugging Face token: set HF_TOKEN"):
             upload(folder, REPO, endpoint=hub.url)
         monkeypatch.setenv("HF_TOKEN", "hf_wrongTOKENwrongTOKEN")
-        with pytest.raises(UserError, match="--repo alice/kd-set: the Hub refused"):
+        with pytest.raises(UserError, match="--repo alice/kd-set: the Hub request failed"):
             upload(folder, REPO, endpoint=hub.url)
         assert hub.repos == {}
+        with pytest.raises(UserError, match="--repo alice/kd-set: the Hub request failed"):
+            upload(folder, REPO, endpoint="http://127.0.0.1:9")  # nothing listens there: one line, no traceback
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
         with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
             upload(folder, REPO, endpoint=hub.url)
