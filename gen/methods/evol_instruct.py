@@ -64,9 +64,9 @@ LEAK_MARKERS = (
     "given prompt", "rewritten prompt", "#rewritten prompt#", "created prompt", "#created prompt#",
     "old instruction", "harder version", "sample instruction", "new instruction", "<<<", ">>>",
 )
-# Labels a model may put before its rewrite; removed before the checks (a label alone is not a leak).
-_ANSWER_LABELS = ("harder version", "new instruction", "rewritten instruction", "rewritten prompt", "instruction",
-                  "request", "prompt")
+# Labels a model may put before its rewrite, echoing the last line of our prompts; removed before the checks (the
+# label alone is not a leak). The paper's markers ("#Rewritten Prompt#: ...") are never stripped: they are leaks.
+_ANSWER_LABELS = ("harder version", "new instruction", "instruction", "request")
 _FENCE = re.compile(r"^\s*<<<\s*|\s*>>>\s*$")
 
 
@@ -143,8 +143,13 @@ def check_answer(answer: str) -> list[str]:
 
 
 def parse_equality(text: str) -> bool | None:
-    """The judge's verdict: True = the same (no information gain), False = different, None = unclear."""
+    """The judge's verdict: True = the same (no information gain), False = different, None = unclear.
+
+    The prompt asks "Is request B the same as request A?" for one word, Same or Different; a reply that starts with
+    yes/no answers that question directly."""
     words = re.findall(r"[a-z]+", text.lower())[:12]
+    if words and words[0] in ("yes", "no"):
+        return words[0] == "yes"
     for i, word in enumerate(words):
         negated = any(w in ("not", "isn", "aren", "no") for w in words[max(0, i - 3):i])
         if word in ("different", "differs", "unequal"):
