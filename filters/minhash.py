@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
@@ -154,6 +155,15 @@ def choose_bands(
         if error < best_error:
             best, best_error = (bands, rows), error
     return best if best is not None else fallback
+
+
+def _check_bands(bands: tuple[int, int] | None, num_perm: int) -> tuple[int, int] | None:
+    if bands is not None:
+        b, r = bands
+        if b < 1 or r < 1 or b * r > num_perm:
+            raise ValueError(f"bands {b} x rows {r} must be >= 1 and use at most num_perm = {num_perm} values")
+        return int(b), int(r)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------- hashing
@@ -383,7 +393,10 @@ class MinHashIndex:
         self.threshold = threshold
         self.exact_check = exact_check
         self.hasher = MinHasher(num_perm=num_perm, shingle=shingle, ngram=ngram, seed=seed)
-        self.bands = bands or choose_bands(threshold, num_perm)
+        self.bands = _check_bands(bands, num_perm) or choose_bands(threshold, num_perm)
+        if storage_config and storage_config.get("type") == "redis" and not storage_config.get("basename"):
+            # Name the index explicitly so the buckets and the shingle store below share one name.
+            storage_config = {**storage_config, "basename": b"kdforge_" + os.urandom(6).hex().encode()}
         self.lsh = MinHashLSH(num_perm=num_perm, params=self.bands, storage_config=storage_config)
         self._docs = _DocStore(storage_config)
 
@@ -657,6 +670,7 @@ def minhash_pairs(
     `backend="numpy"` compares bands with sorts; `"datasketch"` inserts the same signatures into a `MinHashLSH`
     with the same (bands, rows) (in `storage_config`, e.g. Redis) and queries every text: the same candidates.
     """
+    _check_bands(bands, num_perm)
     hasher = MinHasher(num_perm=num_perm, shingle=shingle, ngram=ngram, seed=seed)
     if shingled is None:
         shingled = hasher.shingle_texts(list(texts))

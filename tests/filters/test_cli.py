@@ -155,3 +155,13 @@ def test_corrupted_shard_is_a_clear_error(tmp_path, capsys):
         assert str(victim) in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in (source / "train").iterdir()) == before  # nothing rewritten
     assert main(["dedup", str(tmp_path / "missing")]) == 2
+
+
+def test_bad_flags_are_user_errors(tmp_path, capsys):
+    source = tmp_path / "run"
+    build_run(source)
+    for argv, flag in ((["--bands", "64", "4"], "--bands"), (["--threshold", "1.5"], "--threshold"),
+                       (["--embedding", "--embedding-model", str(tmp_path / "no-model")], "--embedding-model")):
+        capsys.readouterr()
+        assert main(["dedup", str(source), *argv]) == 2
+        assert flag in capsys.readouterr().err
