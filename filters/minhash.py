@@ -14,7 +14,7 @@ sets* have exact Jaccard similarity >= `threshold`. Shingles:
 How it is fast (datasketch's `MinHash.update` hashes one shingle per Python call with SHA-1):
 
 1. Tokenizing and hashing run on the whole batch's code-point array at once (word characters by a lookup table,
-   token hashes by `np.add.reduceat` of mixed (character, position) values); the n-gram hash of every position is
+   token hashes Σ c_i·m_i by `np.add.reduceat`, one random odd multiplier m_i per position); the n-gram hash of every position is
    one numpy expression over the token-hash array: a weighted sum with one odd 64-bit constant per position in the
    n-gram, then the MurmurHash3 64-bit finalizer. No Python call per token or per shingle.
 2. The k permutations are h_k(x) = a_k·x + b_k mod 2^32 on the high 32 bits x of the shingle hash (a_k odd: a
@@ -27,7 +27,8 @@ How it is fast (datasketch's `MinHash.update` hashes one shingle per Python call
    0.05·FP + 0.95·FN (datasketch's `_optimal_param` objective). For t = 0.7 and 128 permutations: 32 bands × 4 rows
    (datasketch's default for the same setting is 14 × 9, which finds only ~44% of the pairs at J = 0.7).
 4. Every candidate pair is checked with the exact Jaccard of the shingle sets (sorted uint64 arrays, memory
-   proportional to the corpus), so precision against the ground truth is 1 by construction.
+   proportional to the corpus), so precision against the ground truth is 1 by construction (up to 64-bit shingle
+   hash collisions, ~2^-64 per pair of distinct shingles).
 
 Two front ends:
 
@@ -51,7 +52,7 @@ from typing import Any, Hashable, Iterable, Sequence
 import numpy as np
 
 _WORD = re.compile(r"\w+")
-_MASK32 = np.uint64(32)
+_SHIFT32 = np.uint64(32)
 # Buckets larger than this are not expanded into all pairs (quadratic); each member is paired with the bucket's
 # first member and with its neighbour in the bucket instead. Real near-duplicate groups are far smaller.
 MAX_BUCKET_ALL_PAIRS = 64
@@ -316,7 +317,7 @@ class MinHasher:
         nonempty = np.flatnonzero(np.diff(offsets) > 0)
         if len(nonempty) == 0:
             return out
-        x = (hashes >> _MASK32).astype(np.uint32)
+        x = (hashes >> _SHIFT32).astype(np.uint32)
         a, b = self._a32[:, None], self._b32[:, None]
         buffer = np.empty((self.num_perm, chunk), dtype=np.uint32)
         ends = offsets[nonempty + 1]
@@ -613,8 +614,8 @@ def exact_jaccard_pairs(shingled: ShingledTexts, pairs: np.ndarray, chunk_elemen
     dense = _dense_ranks(values)
     if dense.max(initial=0) >= 2**32:
         raise ValueError("more than 2^32 distinct shingles among candidate texts")
-    sets = sorted_unique((owner << _MASK32) | dense.astype(np.uint64))  # sorted by (text, shingle), unique
-    set_owner = (sets >> _MASK32).astype(np.int64)
+    sets = sorted_unique((owner << _SHIFT32) | dense.astype(np.uint64))  # sorted by (text, shingle), unique
+    set_owner = (sets >> _SHIFT32).astype(np.int64)
     set_ids = sets & np.uint64(0xFFFFFFFF)
     set_starts = np.searchsorted(set_owner, np.arange(len(docs) + 1))
     set_sizes = np.diff(set_starts)
@@ -628,12 +629,12 @@ def exact_jaccard_pairs(shingled: ShingledTexts, pairs: np.ndarray, chunk_elemen
         done = int(cumulative[start - 1]) if start else 0
         stop = max(int(np.searchsorted(cumulative, done + chunk_elements, side="right")), start + 1)
         p = np.arange(start, stop)
-        tag_a = np.repeat(p.astype(np.uint64), la[p]) << _MASK32
-        tag_b = np.repeat(p.astype(np.uint64), lb[p]) << _MASK32
+        tag_a = np.repeat(p.astype(np.uint64), la[p]) << _SHIFT32
+        tag_b = np.repeat(p.astype(np.uint64), lb[p]) << _SHIFT32
         keys = np.concatenate([tag_a | set_ids[_ranges(set_starts[left[p]], la[p])],
                                tag_b | set_ids[_ranges(set_starts[right[p]], lb[p])]])
         keys.sort()
-        shared = keys[1:][keys[1:] == keys[:-1]] >> _MASK32
+        shared = keys[1:][keys[1:] == keys[:-1]] >> _SHIFT32
         inter[start:stop] = np.bincount(shared.astype(np.int64) - start, minlength=stop - start)
         start = stop
     union = la + lb - inter
