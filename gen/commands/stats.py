@@ -55,6 +55,10 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
             for reasons in table.column("filters").to_pylist():
                 for reason in reasons or ["(none)"]:
                     out["rejected_by_reason"][reason] = out["rejected_by_reason"].get(reason, 0) + 1
+    from gen.logit_records import is_logit_dir, logit_shard_stats
+
+    if "train" in splits and is_logit_dir(run_dir):  # `gen logits` output: size per token, K, teacher
+        out["logit_shards"] = logit_shard_stats(run_dir)
     out["by_method_round"] = dict(sorted(out["by_method_round"].items()))
     out["rejected_by_reason"] = dict(sorted(out["rejected_by_reason"].items(), key=lambda kv: (-kv[1], kv[0])))
     out["totals"] = {
@@ -112,6 +116,11 @@ def render(stats: dict[str, Any]) -> str:
         parts.append(_table(["rejected by", "rows"], [[r, n] for r, n in stats["rejected_by_reason"].items()]))
     if stats["funnel"]:
         parts.append(_table(["funnel", "count"], [[k, v] for k, v in _flatten("", stats["funnel"])]))
+    if stats.get("logit_shards"):
+        ls = stats["logit_shards"]
+        parts.append(_table(["logit shards", "rows", "tokens", "loss tokens", "K", "bytes", "bytes/token"],
+                            [[ls["teacher"], ls["rows"], ls["tokens"], ls["label_tokens"], ls["k"], ls["bytes"],
+                              f"{ls['bytes_per_token']:.1f}"]]))
     return "\n\n".join(parts)
 
 

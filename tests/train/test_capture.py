@@ -43,6 +43,10 @@ def test_capture_matches_a_direct_forward_pass_and_resumes(tiny_pair, tmp_path, 
     assert len(shard_paths(out, "train")) == shards_before + 1
     assert '"new_rows": 4' in capsys.readouterr().out
 
+    assert main(["stats", str(out)]) == 0  # `gen stats` reports the size per token
+    report = capsys.readouterr().out
+    assert "bytes/token" in report and f"hf:{teacher_dir}" in report
+
     columns = load_logit_columns(out)
     assert sorted(columns.ids) == sorted(read_table(source).column("id").to_pylist())
     model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float64).eval()
