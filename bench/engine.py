@@ -347,8 +347,8 @@ def render(rows: list[dict], clients: list[str], n: int, repeats: int = 1) -> st
     header = ["latency", "C", "per-slot bound", "batch bound"]
     for client in clients:
         header += [f"{names[client]} req/s (% bound)", f"{names[client]} CPU ms/req"]
-    if "engine" in clients and "distilabel" in clients:
-        header.append("Engine / distilabel")
+    ratios = [c for c in ("engine", "engine-raw") if c in clients and "distilabel" in clients]
+    header += [f"{names[c]} / distilabel" for c in ratios]
     lines = [f"{n} requests, max_tokens {MAX_TOKENS}, {repeats} run(s) per cell (medians)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -356,8 +356,7 @@ def render(rows: list[dict], clients: list[str], n: int, repeats: int = 1) -> st
         for client in clients:
             r = row[client]
             cells += [f"{r['rps']:.1f} ({100 * r['rps'] / row['bound']:.0f}%)", f"{r['cpu_ms']:.2f}"]
-        if "engine" in clients and "distilabel" in clients:
-            cells.append(f"{row['engine']['rps'] / row['distilabel']['rps']:.1f}x")
+        cells += [f"{row[c]['rps'] / row['distilabel']['rps']:.1f}x" for c in ratios]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
