@@ -12,8 +12,9 @@ Quality (the whole pipeline, as a user runs it):
   6. held-out token-level KL(teacher || student) over the full vocabulary and the perplexity of the teacher's
      held-out text, per assistant token.
 Cost: one KD training step (forward + backward of a student with a 32K vocabulary over N tokens) with the fused op
-vs the same loss on materialized logits (`--kd-impl naive`), each in a fresh process: median tokens/s and the
-peak resident memory the step adds (CPU) or peak CUDA memory.
+vs the same loss on materialized logits (`--kd-impl naive`), each in a fresh process after one warm-up step: median
+tokens/s and the peak memory a step adds on top of the model (CPU: peak RSS via /proc VmHWM reset, big allocations
+forced to mmap so RSS follows live tensors; CUDA: max_memory_allocated).
 
     .venv/bin/python bench/distill.py            # ~3-4 min on 2 CPU cores
     .venv/bin/python bench/distill.py --quick    # smaller, ~1 min
@@ -203,8 +204,6 @@ def quality(args, work: Path) -> tuple[list[tuple], dict]:
 
 def step_worker(impl: str, tokens: int, vocab: int, hidden: int, reps: int) -> dict:
     """Runs in a fresh process: one student, one batch; returns tokens/s (median over reps) and peak memory."""
-    import resource
-
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -237,17 +236,19 @@ def step_worker(impl: str, tokens: int, vocab: int, hidden: int, reps: int) -> d
         (total / (labels[:, 1:] != -100).sum()).backward()
         model.zero_grad(set_to_none=True)
 
-    def rss_mb() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    def proc_status_mb(key: str) -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
+    step()  # warm-up: lazy initializations and first-touch page faults are not part of a step
     if device.type == "cuda":
-        step()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     else:
-        base = rss_mb()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)
+        base = proc_status_mb("VmRSS")
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -258,9 +259,7 @@ def step_worker(impl: str, tokens: int, vocab: int, hidden: int, reps: int) -> d
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    if device.type != "cuda":
-        times = times[1:] or times  # the first CPU step pays page faults for fresh buffers
+        peak = proc_status_mb("VmHWM") - base
     return {"impl": impl, "tokens_per_s": tokens / statistics.median(times), "step_s": statistics.median(times),
             "peak_mb": peak, "device": str(device)}
 
@@ -271,7 +270,9 @@ def step_cost(args) -> list[dict]:
         cmd = [sys.executable, __file__, "--_step", impl, "--step-tokens", str(args.step_tokens), "--step-vocab",
                str(args.step_vocab), "--step-hidden", str(args.step_hidden), "--step-reps", str(args.step_reps),
                "--threads", str(args.threads)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # glibc: allocations >= 128 KiB come from (and go back to) mmap, so resident memory follows live tensors
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return results
 
