@@ -245,6 +245,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         data_seed=config.seed, report_to=config.report_to, remove_unused_columns=False,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         average_tokens_across_devices=True, disable_tqdm=True,
+        # without an accelerator, say so: then `torchrun --nproc_per_node N` gives multi-process CPU (gloo) DDP
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
     trainer = DistillTrainer(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
                              processing_class=tokenizer, loss_config=config.loss,
