@@ -20,7 +20,8 @@ from gen.errors import UserError
 from gen.teachers.base import (ChatRequest, Completion, PermanentError, RateLimited, Teacher, TeacherError,
                                TransientError)
 from gen.teachers.http_client import (DEFAULT_MAX_CONNECTIONS, LoopLocalClient, one_line, pooled_http_client,
-                                      resolve_key, retry_after_seconds, status_message)
+                                      resolve_key, retry_after_seconds, shard_count,
+                                      status_message)
 from gen.teachers.openai_api import TRANSIENT_4XX, reject_unknown_options
 
 OFFICIAL_HOST = "api.anthropic.com"
@@ -55,9 +56,10 @@ class AnthropicTeacher(Teacher):
         self.extra_stop = tuple(extra_stop)
         self._official = self.base_url is None or OFFICIAL_HOST in self.base_url
         self._anthropic = anthropic
+        shards = shard_count(max_connections)
         self._clients = LoopLocalClient(lambda: anthropic.AsyncAnthropic(
             api_key=self._api_key, base_url=self.base_url, max_retries=0,
-            http_client=pooled_http_client(anthropic, max_connections)))
+            http_client=pooled_http_client(anthropic, -(-max_connections // shards))), shards=shards)
 
     def request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The `messages.create` arguments for `request` (without the timeout)."""

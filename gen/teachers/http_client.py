@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import os
 import time
 import weakref
@@ -21,15 +22,24 @@ from gen.errors import UserError
 # hitting small listen backlogs (llama.cpp's HTTP server listens with a backlog of a few connections).
 DEFAULT_MAX_CONNECTIONS = 512
 
-# Servers close idle keep-alive connections after ~5 s (uvicorn under `vllm serve`, llama.cpp's httplib). Dropping
-# ours a little earlier avoids reusing a socket the server is closing at that very moment ("server disconnected").
-KEEPALIVE_EXPIRY_S = 4.0
+# Connections per SDK client (pool); more are spread over several clients (see LoopLocalClient).
+CONNECTIONS_PER_SHARD = 64
+
+# How long an idle connection is kept. A round's fastest requests idle until its slowest one ends (seconds to
+# minutes for an LLM), and reopening costs a TLS handshake on a real API. A connection the server has closed in the
+# meantime (uvicorn and llama.cpp drop idle ones after ~5 s) is noticed when it is taken from the pool and replaced.
+KEEPALIVE_EXPIRY_S = 60.0
 
 # A local server needs no key, but the SDKs refuse to start without one.
 PLACEHOLDER_KEY = "no-key-needed"
 
 
-def pooled_http_client(sdk: Any, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Any:
+def shard_count(max_connections: int) -> int:
+    """How many pools of at most CONNECTIONS_PER_SHARD connections hold `max_connections`."""
+    return max(1, -(-max_connections // CONNECTIONS_PER_SHARD))
+
+
+def pooled_http_client(sdk: Any, max_connections: int = CONNECTIONS_PER_SHARD) -> Any:
     """An httpx AsyncClient for `sdk` (the `openai` or `anthropic` module), keeping `max_connections` alive.
 
     Built from the SDK's own default client class so its timeouts and redirect rules stay as the SDK expects.
@@ -40,43 +50,61 @@ def pooled_http_client(sdk: Any, max_connections: int = DEFAULT_MAX_CONNECTIONS)
 
     limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                            keepalive_expiry=KEEPALIVE_EXPIRY_S)
-    return sdk.DefaultAsyncHttpxClient(limits=limits)
+    return sdk.DefaultAsyncHttpxClient(limits=limits, verify=_shared_ssl_context())
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_ssl_context() -> Any:
+    """One TLS context for every pool: building one loads the CA bundle (~0.1 s of CPU each)."""
+    import httpx2
+
+    return httpx2.create_ssl_context()
 
 
 class LoopLocalClient:
-    """Hands out one SDK client per running event loop (`await clients.get()`); `factory()` builds one.
+    """Hands out SDK clients for the running event loop (`await clients.get()`), round-robin over `shards` clients
+    built by `factory()` (each with its own connection pool).
 
-    Each client is closed inside its own loop before that loop ends: it is tied to a started async generator, and
-    `asyncio.run` finalizes the async generators of its loop (`loop.shutdown_asyncgens()`) before closing it, which
-    runs the generator's `finally`. Without this, a pool opened in one `asyncio.run` leaks its sockets.
+    Why shards: httpx's pool scans every connection it holds (and polls each idle socket) on every request it
+    assigns, so one pool of 256+ connections spends more CPU per request than the request itself on a local server
+    (profiled: ~35% of client time). Several small pools keep each scan short while the whole client still keeps
+    hundreds of connections alive.
+
+    Why per loop: a pool's sockets belong to the loop that opened them, and the engine may call `asyncio.run` once
+    per round. Each loop's clients are closed inside that loop before it ends: they are tied to a started async
+    generator, and `asyncio.run` finalizes the async generators of its loop (`loop.shutdown_asyncgens()`) before
+    closing it, which runs the generator's `finally`. Without this a pool opened in one `asyncio.run` leaks sockets.
     """
 
-    def __init__(self, factory: Callable[[], Any]):
+    def __init__(self, factory: Callable[[], Any], shards: int = 1):
         self._factory = factory
+        self._shards = max(1, shards)
         self._loop_ref: weakref.ref | None = None
-        self._client: Any = None
-        self._lifetime: Any = None  # the async generator that owns the current client
+        self._clients: list[Any] = []
+        self._next = 0
+        self._lifetime: Any = None  # the async generator that owns the current clients
 
     async def get(self) -> Any:
         loop = asyncio.get_running_loop()
-        if self._client is None or self._loop_ref is None or self._loop_ref() is not loop:
-            client = self._factory()
-            lifetime = _client_lifetime(client)
+        if not self._clients or self._loop_ref is None or self._loop_ref() is not loop:
+            clients = [self._factory() for _ in range(self._shards)]
+            lifetime = _clients_lifetime(clients)
             await lifetime.__anext__()  # started: the loop now tracks it and will finalize it
-            self._client, self._lifetime, self._loop_ref = client, lifetime, weakref.ref(loop)
-        return self._client
+            self._clients, self._lifetime, self._loop_ref = clients, lifetime, weakref.ref(loop)
+        self._next = (self._next + 1) % len(self._clients)
+        return self._clients[self._next]
 
     async def aclose(self) -> None:
-        """Close the pool of the running loop (call from inside that loop)."""
+        """Close the pools of the running loop (call from inside that loop)."""
         lifetime, loop = self._lifetime, self._loop_ref() if self._loop_ref else None
         if lifetime is not None and loop is asyncio.get_running_loop():
-            self._client, self._lifetime, self._loop_ref = None, None, None
+            self._clients, self._lifetime, self._loop_ref = [], None, None
             await lifetime.aclose()
 
     def close(self) -> None:
-        """Close the current pool now when its loop can still run it; otherwise that loop's end closes it."""
+        """Close the current pools now when their loop can still run; otherwise that loop's end closes them."""
         lifetime, loop = self._lifetime, self._loop_ref() if self._loop_ref else None
-        self._client, self._lifetime, self._loop_ref = None, None, None
+        self._clients, self._lifetime, self._loop_ref = [], None, None
         if lifetime is None or loop is None or loop.is_closed() or loop.is_running():
             return
         try:
@@ -85,11 +113,12 @@ class LoopLocalClient:
             pass
 
 
-async def _client_lifetime(client: Any) -> AsyncIterator[Any]:
+async def _clients_lifetime(clients: list[Any]) -> AsyncIterator[list[Any]]:
     try:
-        yield client
+        yield clients
     finally:
-        await client.close()
+        for client in clients:
+            await client.close()
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:

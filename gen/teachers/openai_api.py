@@ -22,7 +22,8 @@ from gen.errors import UserError
 from gen.teachers.base import (ChatRequest, Completion, PermanentError, RateLimited, Teacher, TeacherError,
                                TransientError)
 from gen.teachers.http_client import (DEFAULT_MAX_CONNECTIONS, LoopLocalClient, one_line, pooled_http_client,
-                                      resolve_key, retry_after_seconds, status_message)
+                                      resolve_key, retry_after_seconds, shard_count,
+                                      status_message)
 
 OFFICIAL_HOST = "api.openai.com"
 KEY_ENV = "OPENAI_API_KEY"
@@ -62,9 +63,10 @@ class OpenAITeacher(Teacher):
         # servers (llama.cpp, older vLLM) know only `max_tokens`.
         self._official = self.base_url is None or OFFICIAL_HOST in self.base_url
         self._openai = openai
+        shards = shard_count(max_connections)
         self._clients = LoopLocalClient(lambda: openai.AsyncOpenAI(
             api_key=self._api_key, base_url=self.base_url, max_retries=0,
-            http_client=pooled_http_client(openai, max_connections)))
+            http_client=pooled_http_client(openai, -(-max_connections // shards))), shards=shards)
 
     def request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions arguments for `request` (without the timeout)."""
