@@ -238,6 +238,7 @@ class SelfInstruct:
                     continue
                 candidates = parse_new_instructions(result.completion.text, HUMAN_PER_PROMPT + MACHINE_PER_PROMPT + 1)
                 if not candidates:
+                    run.funnel.add("replies_without_a_task", 1, step)
                     self._reject_instruction(result.completion.text.strip()[:2000], UNPARSEABLE, step, result.completion)
                 for text in candidates:
                     if len(machine) >= cfg.num_instructions:

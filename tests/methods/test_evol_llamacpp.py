@@ -97,22 +97,27 @@ def test_kill_during_round_3_then_rerun_completes_without_resending(llamacpp_ser
                 round3.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    assert round3.wait(timeout=240), "the run never reached round 3"
-    with RequestCache(cache_path) as cache:
-        at_round3 = cache.count()
-        deadline = time.monotonic() + 120
-        while cache.count() == at_round3 and time.monotonic() < deadline:
-            time.sleep(0.05)  # wait until some request of round 3 has completed (and is in the cache)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        completed_before_kill = cache.count()
+    try:
+        assert round3.wait(timeout=600), "the run never reached round 3"
+        with RequestCache(cache_path) as cache:
+            at_round3 = cache.count()
+            deadline = time.monotonic() + 300
+            while cache.count() == at_round3 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)  # until some request of round 3 has completed (and is in the cache)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            completed_before_kill = cache.count()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
     assert completed_before_kill > at_round3
     killed_manifest = read_manifest(out)
     assert killed_manifest["evol"]["completed_round"] == 2  # killed inside round 3
     killed_train = {r["id"]: r for r in read_table(out, "train").to_pylist()}
     assert {r["round"] for r in killed_train.values()} <= {0, 1, 2}
 
-    rerun = subprocess.run(_cli(out, llamacpp_server), cwd=REPO, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(_cli(out, llamacpp_server), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     stats = {k: int(v) for k, v in (kv.split("=") for kv in
                                      next(l for l in rerun.stdout.splitlines() if l.startswith("engine: "))[8:].split())}
@@ -125,7 +130,8 @@ def test_kill_during_round_3_then_rerun_completes_without_resending(llamacpp_ser
     for row_id, row in killed_train.items():  # the killed run's rows survive unchanged, none duplicated
         assert final_train[row_id] == row
     assert len(final_train) == final_manifest["splits"]["train"]["rows"]
-    assert {r["round"] for r in final_train.values()} >= {0}
+    final_rejected = read_table(out, "rejected").to_pylist()
+    assert {r["round"] for r in list(final_train.values()) + final_rejected} == {0, 1, 2, 3, 4}
 
     # The same rows as an uninterrupted run that gets the same teacher answers: a fresh directory with the
     # finished cache sends nothing and writes exactly these rows.
@@ -135,7 +141,7 @@ def test_kill_during_round_3_then_rerun_completes_without_resending(llamacpp_ser
     for suffix in ("-wal", "-shm"):
         if Path(str(cache_path) + suffix).exists():
             shutil.copy(str(cache_path) + suffix, str(fresh / ".cache" / "requests.sqlite") + suffix)
-    clean = subprocess.run(_cli(fresh, llamacpp_server), cwd=REPO, capture_output=True, text=True, timeout=300)
+    clean = subprocess.run(_cli(fresh, llamacpp_server), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert clean.returncode == 0, clean.stderr[-2000:]
     assert "sent=0 " in clean.stdout
     for split in ("train", "rejected"):
