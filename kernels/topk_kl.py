@@ -115,9 +115,10 @@ REDUCTIONS = ("mean", "sum", "none")
 LOG_P_FLOOR = -69.0
 # Transient memory for the [chunk, V] fp32 buffer(s). CUDA: at V = 128256 this gives 2048-row chunks (4 chunks at
 # N = 8192, each one pass over W and one read-modify-write of the fp32 dW), well under the 2 GB transient goal.
-# CPU: 256-row chunks at V = 32768: measured ~1/20 of a naive implementation's extra memory (bench/kernel.py).
+# CPU: 512-row chunks at V = 32768 (a 64 MiB buffer): the [512, H] x [H, V] logits GEMM runs as fast per row as the
+# full-N one, while 256-row chunks cost ~15% more on it; extra memory stays < 1/20 of naive (bench/kernel.py).
 DEFAULT_BUDGET_CUDA = 1 << 30
-DEFAULT_BUDGET_CPU = 32 << 20
+DEFAULT_BUDGET_CPU = 64 << 20
 # Row chunks are rounded down to a multiple of this when larger (GEMM-friendly), never below 1 row.
 CHUNK_ROW_MULTIPLE = 64
 
@@ -514,8 +515,10 @@ def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels
     _check_ids(ids, y, V, check_labels=y is not None)
 
     loss_tok = torch.zeros(N, dtype=cd, device=dev)
-    dh = torch.zeros(N, H, dtype=hidden.dtype, device=dev) if need_dh else None
-    dW = torch.zeros(V, H, dtype=cd, device=dev) if need_dw else None
+    # dh: every kept row is written by a chunk's GEMM, so only dropped rows need zeros. dW: the first chunk's GEMM
+    # overwrites it (no zero-fill pass over [V, H]); zeros only when no row is kept.
+    dh = (torch.empty if all_kept else torch.zeros)(N, H, dtype=hidden.dtype, device=dev) if need_dh else None
+    dW = (torch.empty if n > 0 else torch.zeros)(V, H, dtype=cd, device=dev) if need_dw else None
     db = torch.zeros(V, dtype=cd, device=dev) if need_db else None
     if n == 0:
         return loss_tok, dh, dW, db
@@ -539,6 +542,8 @@ def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels
     buffers = 2 if (two_temps and not use_triton) else 1
     C = choose_chunk_rows(n, V, budget * (4 / (8 if cd == torch.float64 else 4)), buffers)
     loss_kept = torch.empty(n, dtype=cd, device=dev)
+    # One [C, V] logits buffer reused by every chunk (torch path): no fresh allocation (and page faults) per chunk.
+    zbuf = None if use_triton else torch.empty(min(C, n), V, dtype=cd, device=dev)
     dh_kept = torch.empty(n, H, dtype=hidden.dtype, device=dev) if (need_dh and not all_kept) else None
     inv_t = 1.0 / T
 
@@ -553,7 +558,11 @@ def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels
             _triton_mm(h_c, weight.t(), z, bias=bias)
         else:
             hc = h_c if h_c.dtype == cd else h_c.to(cd)
-            z = torch.mm(hc, Wm.t()) if bm is None else torch.addmm(bm, hc, Wm.t())
+            z = zbuf[:rows]
+            if bm is None:
+                torch.mm(hc, Wm.t(), out=z)
+            else:
+                torch.addmm(bm, hc, Wm.t(), out=z)
         z_top = z.gather(1, ids_c)
         z_y = z.gather(1, y[c0:c1, None]).squeeze(1) if y is not None else None
         z.scatter_(1, ids_c, float("-inf"))
@@ -635,16 +644,22 @@ def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels
             if use_triton:
                 _triton_mm(z, weight, out)
             else:
-                out.copy_(torch.mm(z, Wm))
+                if out.dtype == cd:
+                    torch.mm(z, Wm, out=out)
+                else:
+                    out.copy_(torch.mm(z, Wm))
         if need_dw:
             if use_triton:
-                _triton_mm(z.t(), h_c, dW, accumulate=True)
+                _triton_mm(z.t(), h_c, dW, accumulate=c0 > 0)
+            elif c0 == 0:
+                torch.mm(z.t(), h_c if h_c.dtype == cd else h_c.to(cd), out=dW)
             else:
                 dW.addmm_(z.t(), h_c if h_c.dtype == cd else h_c.to(cd))
         if need_db:
             db += z.sum(dim=0)
         del z
 
+    del zbuf
     if all_kept:
         loss_tok = loss_kept
     else:
