@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 
-_ITEM = re.compile(r"^\s*(?:(?:\d{1,3}\s*[.):]|[-*•])\s+|(?:task|question|instruction)\s*\d{1,3}\s*[.):]\s*)(.*)$",
+_ITEM = re.compile(r"^\s*(?:(?:\d{1,3}\s*[.):]|[-*•])(?:\s+|$)|(?:task|question|instruction)\s*\d{1,3}\s*[.):]\s*)(.*)$",
                    re.IGNORECASE)
-_NUMBER = re.compile(r"^\s*(\d{1,3})\s*[.):]\s+")
+_NUMBER = re.compile(r"^\s*(\d{1,3})\s*[.):](?:\s+|$)")
 
 
 def parse_numbered_list(text: str, *, first_number: int | None = None) -> list[str]:
@@ -74,3 +74,26 @@ def parse_yes_no(text: str) -> bool | None:
 
 def word_count(text: str) -> int:
     return len(text.split())
+
+
+_LIST_START = re.compile(r"^\s*(\d{1,3}\s*[.):]|[-*•])(\s|$)")
+
+
+def parse_list_reply(text: str, first_number: int = 1) -> list[str]:
+    """Items of a reply to a prompt that ended with `"{first_number}."`: a model that simply continues the list
+    starts without the number, so it is put back before parsing."""
+    text = text.strip()
+    if text and not _LIST_START.match(text):
+        text = f"{first_number}. {text}"
+    return parse_numbered_list(text, first_number=first_number)
+
+
+_SPEAKER_LINE = re.compile(r"\n\s*(\[[A-Za-z ]{1,20}\]|(?:AI assistant|assistant|user|ai|you|human)\s*:)",
+                           re.IGNORECASE)
+
+
+def cut_at_speaker_label(text: str) -> str:
+    """A reply cut before the first line that opens another speaker's turn ("[Assistant] ...", "User: ..."): a base
+    model writing one turn often runs on into the next."""
+    match = _SPEAKER_LINE.search(text)
+    return (text[:match.start()] if match else text).strip()

@@ -23,6 +23,7 @@ from typing import Sequence
 from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
+from gen.methods.parsing import cut_at_speaker_label
 from gen.methods.templates import load_template
 from gen.teachers.base import ChatRequest, Completion
 
@@ -76,7 +77,7 @@ def clean_turn(text: str, speaker: str) -> tuple[str, bool]:
     other = HUMAN if speaker == AI else AI
     if other.lower() in text.lower():
         text = text[:text.lower().index(other.lower())]
-    return text.strip(), ended
+    return cut_at_speaker_label(text), ended
 
 
 def to_messages(transcript: Sequence[tuple[str, str]]) -> list[dict[str, str]]:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem, join_instruction, load_items, load_lines, shipped_data_path
-from gen.methods.parsing import parse_numbered_list, parse_yes_no, word_count
+from gen.methods.parsing import parse_list_reply, parse_yes_no, word_count
 from gen.methods.templates import load_template
 from gen.records import content_id
 from gen.teachers.base import ChatRequest, SamplingParams
@@ -128,10 +128,7 @@ def classification_examples(seeds: Sequence[SeedItem]) -> list[dict[str, Any]]:
 
 def parse_new_instructions(text: str, first_number: int) -> list[str]:
     """New tasks out of the continuation of the numbered list (items numbered below `first_number` are repeats)."""
-    text = text.strip()
-    if text and not re.match(r"^\s*(\d{1,3}\s*[.):]|[-*•])", text):
-        text = f"{first_number}. {text}"  # the model started the first new item without its number
-    items = parse_numbered_list(text, first_number=first_number)
+    items = parse_list_reply(text, first_number)  # the prompt ends with "9.": the reply may start without it
     # One task per line: a multi-line item is the task plus chatter; keep its first line.
     return [re.sub(r"\s+", " ", item.split("\n")[0]).strip().strip('"') for item in items]
 

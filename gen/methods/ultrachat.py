@@ -34,7 +34,7 @@ from typing import Any, Sequence
 from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import load_lines, shipped_data_path
-from gen.methods.parsing import parse_numbered_list, strip_prefix_labels
+from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, strip_prefix_labels
 from gen.methods.templates import load_template
 from gen.records import content_id
 from gen.teachers.base import ChatRequest, Completion
@@ -185,7 +185,7 @@ class UltraChat:
         for topic, result in zip(topics, results):
             if not result.ok:
                 continue
-            subtopics = [_clean_item(s) for s in parse_numbered_list(result.completion.text)][:cfg.subtopics_per_topic]
+            subtopics = [_clean_item(s) for s in parse_list_reply(result.completion.text)][:cfg.subtopics_per_topic]
             subtopics = [s for s in subtopics if s]
             if not subtopics:
                 self._reject_list(result, "ultrachat_subtopics", WORLD, topic)
@@ -199,7 +199,7 @@ class UltraChat:
         for (topic, subtopic), result in zip(pairs, results):
             if not result.ok:
                 continue
-            questions = [_clean_item(q) for q in parse_numbered_list(result.completion.text)]
+            questions = [_clean_item(q) for q in parse_list_reply(result.completion.text)]
             questions = [q for q in questions if q]
             if not questions:
                 self._reject_list(result, "ultrachat_questions", WORLD, topic)
@@ -221,7 +221,7 @@ class UltraChat:
         for (task_type, topic), result in zip(pairs, results):
             if not result.ok:
                 continue
-            requests = [r for r in (_clean_item(x) for x in parse_numbered_list(result.completion.text)) if r]
+            requests = [r for r in (_clean_item(x) for x in parse_list_reply(result.completion.text)) if r]
             if not requests:
                 self._reject_list(result, "ultrachat_writing_requests", WRITING, task_type)
             for r in requests[:cfg.requests_per_pair]:
@@ -247,7 +247,7 @@ class UltraChat:
             if not result.ok:
                 continue
             ask = strip_prefix_labels(result.completion.text.strip(), ("message", "user", "request"))
-            ask = ask.split("\n\n")[0].strip()
+            ask = cut_at_speaker_label(ask).split("\n\n")[0].strip()
             if not ask:
                 self._reject_list(result, "ultrachat_material_request", MATERIALS, doc["id"])
                 continue
@@ -300,7 +300,8 @@ class UltraChat:
                     d.ended_by = "failed"
                     continue
                 d.completions.append(result.completion)
-                text = strip_prefix_labels(result.completion.text.strip(), ("you", "user", "message"))
+                text = strip_prefix_labels(result.completion.text.strip(), ("[you]", "you", "user", "message"))
+                text = cut_at_speaker_label(text)  # a base model may run on into the assistant's turn
                 if STOP_MARKER.lower() in text.lower():
                     text = text[:text.lower().index(STOP_MARKER.lower())].strip()
                     d.ended_by = "user_done"  # nothing left to ask: the dialogue ends after the assistant's turn
