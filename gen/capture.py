@@ -19,7 +19,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from gen.errors import UserError
+from gen.errors import MissingDependency, UserError
 from gen.logit_records import (
     LogitShardWriter,
     conversation,
@@ -83,6 +83,10 @@ class HFLogitTeacher:
             raise UserError(f"--teacher hf:{path}: no such local model (hf: takes a local directory or .gguf file)")
         kwargs: dict[str, Any] = {"local_files_only": True}
         if location.is_file() and location.suffix == ".gguf":
+            try:
+                import gguf  # noqa: F401  (transformers' GGUF conversion needs it)
+            except ImportError:
+                raise MissingDependency("gguf", "gguf") from None
             kwargs["gguf_file"] = location.name
             location = location.parent
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
