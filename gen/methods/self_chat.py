@@ -63,21 +63,29 @@ class SelfChatDialogue:
         return AI if self.transcript[-1][0] == HUMAN else HUMAN
 
 
-_LEADING_MARKER = re.compile(r"^\s*(\[(?:human|ai)\]|human:|ai:|assistant:|person:)\s*", re.IGNORECASE)
+_OWN_LABELS = {
+    HUMAN: re.compile(r"^\s*(\[human\]|human\s*:|user\s*:|person\s*:)\s*", re.IGNORECASE),
+    AI: re.compile(r"^\s*(\[ai\]|ai\s*:|assistant\s*:)\s*", re.IGNORECASE),
+}
 
 
 def clean_turn(text: str, speaker: str) -> tuple[str, bool]:
-    """(the turn's text, whether it ended the conversation): strip a repeated speaker marker, cut at [END] or at any
-    marker of the other speaker that slipped past the stop sequence."""
-    text = _LEADING_MARKER.sub("", text.strip())
+    """(the turn's text, whether it ended the conversation): strip the speaker's own repeated marker(s), cut at
+    [END] (which ends the dialogue) and wherever another speaker's turn starts (a marker that slipped past the stop
+    sequence, or a transcript label like "Human:" / "User:" that a base model writes)."""
+    text = text.strip()
+    while True:
+        stripped = _OWN_LABELS[speaker].sub("", text, count=1)
+        if stripped == text:
+            break
+        text = stripped
     ended = False
-    lowered = text.lower()
-    if END.lower() in lowered:
-        text, ended = text[:lowered.index(END.lower())], True
+    if END.lower() in text.lower():
+        text, ended = text[:text.lower().index(END.lower())], True
     other = HUMAN if speaker == AI else AI
     if other.lower() in text.lower():
         text = text[:text.lower().index(other.lower())]
-    return cut_at_speaker_label(text), ended
+    return cut_at_speaker_label("\n" + text), ended
 
 
 def to_messages(transcript: Sequence[tuple[str, str]]) -> list[dict[str, str]]:

@@ -51,6 +51,7 @@ ROUGE_SIMILAR = "rouge_similar"
 DUPLICATE_INSTANCE = "duplicate_instance"
 CONFLICTING_INSTANCE = "conflicting_instance"
 
+_SPEAKER_LABEL = re.compile(r"^(?:assistant|user|ai|human)\s*:\s*", re.IGNORECASE)
 _NONE_INPUTS = {"", "none", "(none)", "n/a", "no input", "none."}
 
 
@@ -129,14 +130,19 @@ def classification_examples(seeds: Sequence[SeedItem]) -> list[dict[str, Any]]:
 def parse_new_instructions(text: str, first_number: int) -> list[str]:
     """New tasks out of the continuation of the numbered list (items numbered below `first_number` are repeats)."""
     items = parse_list_reply(text, first_number)  # the prompt ends with "9.": the reply may start without it
-    # One task per line: a multi-line item is the task plus chatter; keep its first line.
-    return [re.sub(r"\s+", " ", item.split("\n")[0]).strip().strip('"') for item in items]
+    # One task per line: a multi-line item is the task plus chatter; keep its first line, without a speaker label
+    # that a base model may copy from the chat transcript.
+    tasks = [re.sub(r"\s+", " ", item.split("\n")[0]).strip() for item in items]
+    return [_SPEAKER_LABEL.sub("", task).strip().strip('"') for task in tasks]
 
 
 def parse_input_first(text: str) -> list[tuple[str, str]] | None:
-    """(input, output) pairs from 'Example N / Input: / Output:' text; None when nothing parses."""
-    blocks = re.split(r"(?im)^\s*example\s*\d+\s*:?\s*$", "Example 1\n" + text.strip()
-                      if not re.match(r"(?i)\s*example\s*\d", text) else text.strip())
+    """(input, output) pairs from 'Example N / Input: / Output:' text; None when nothing parses. The prompt ends
+    with "Example 1\nInput:", so the reply may start with the first input itself."""
+    text = text.strip()
+    if not re.match(r"(?i)(example\s*\d|input\s*:)", text):
+        text = "Input: " + text
+    blocks = re.split(r"(?im)^\s*example\s*\d+\s*:?\s*$", text)
     pairs = []
     for block in blocks:
         match = re.search(r"(?is)input\s*:\s*(.*?)\n\s*output\s*:\s*(.*)", block)
