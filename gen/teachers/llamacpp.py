@@ -188,13 +188,14 @@ class LlamaCppTeacher(OpenAITeacher):
 
     backend = "llamacpp"
 
-    def __init__(self, server: EmbeddedServer, revision: str, max_connections: int | None = None):
+    def __init__(self, server: EmbeddedServer, revision: str, max_connections: int | None = None,
+                 transport: str | None = None):
         _, stop = CHAT_TEMPLATES[server.chat_template]
         # More connections than the server has HTTP threads only queue inside the server; queue in our pool instead.
         connections = max_connections or server.n_parallel * 4
         super().__init__(server.model, base_url=server.openai_base_url, api_key="no-key-needed",
                          max_connections=connections, extra_stop=stop,
-                         strip_text=server.chat_template == "transcript")
+                         strip_text=server.chat_template == "transcript", transport=transport)
         self.server = server
         self.revision = revision
         # The engine caps its concurrency here: the server decodes `n_parallel` sequences at once and queues the
@@ -224,11 +225,12 @@ def _revision(gguf: Path, bundled: bool, chat_template: str) -> str:
 
 def from_spec(model: str = "", *, chat_template: str | None = None, n_parallel: int | None = None,
               ctx_per_slot: int | None = None, threads: int | None = None, max_connections: int | None = None,
-              **unknown: Any) -> LlamaCppTeacher:
+              transport: str | None = None, **unknown: Any) -> LlamaCppTeacher:
     """`llamacpp` (the bundled Gemma-3-270M) or `llamacpp:<file.gguf>`.
 
     Options: `chat_template` ("transcript" — default for the bundled base model, "gemma", or "embedded" — the
-    GGUF's own, default for other files), `n_parallel` slots, `ctx_per_slot` tokens, CPU `threads`.
+    GGUF's own, default for other files), `n_parallel` slots, `ctx_per_slot` tokens, CPU `threads`, `transport`
+    of its HTTP client ("aiohttp" default, or "sdk").
     """
     reject_unknown_options("llamacpp", unknown)
     bundled = not model
@@ -246,7 +248,8 @@ def from_spec(model: str = "", *, chat_template: str | None = None, n_parallel: 
     server = EmbeddedServer(gguf, name, template, n_parallel=n_parallel or DEFAULT_PARALLEL,
                             ctx_per_slot=ctx_per_slot or DEFAULT_CTX_PER_SLOT, threads=threads)
     try:
-        return LlamaCppTeacher(server, _revision(gguf, bundled, template), max_connections=max_connections)
+        return LlamaCppTeacher(server, _revision(gguf, bundled, template), max_connections=max_connections,
+                               transport=transport)
     except BaseException:
         server.close()
         raise
