@@ -5,8 +5,9 @@ that answers after
   - a fixed latency (default 0.2 s), and
   - a heavy-tailed lognormal latency (default median 0.4 s, sigma 0.9: mean 0.6 s, p99 3.3 s),
 the same N chat requests go through, at concurrency C in (16, 64, 256):
-  - kdforge `Engine` with the real `openai:` teacher (SQLite cache on, fresh per run; concurrency fixed at C),
-  - the same Engine with a bench-only raw HTTP/1.1 teacher (asyncio streams, no SDK): the engine's own cost,
+  - kdforge `Engine` with the shipped `openai:` teacher on its default lean transport (aiohttp; SQLite cache on,
+    fresh per run; concurrency fixed at C),
+  - the same Engine with the teacher's `transport="sdk"` (the official openai SDK over httpx),
   - a plain asyncio client: `AsyncOpenAI` + `asyncio.Semaphore(C)` + `gather` (the floor any client must pay),
   - distilabel 1.5.3: `TextGeneration(llm=OpenAILLM(base_url=...), input_batch_size=C)` in its own venv
     (`bench/.venv-distilabel`, created on first use). Its step is driven batch by batch exactly as its pipeline
@@ -61,7 +62,7 @@ def cpu_seconds() -> float:
 # ------------------------------------------------------------------------------------------------------- workers
 
 
-def worker_engine(url: str, n: int, concurrency: int) -> dict:
+def worker_engine(url: str, n: int, concurrency: int, transport: str | None = None) -> dict:
     sys.path.insert(0, str(REPO))
     from gen.engine import Engine
     from gen.teachers import load_teacher
@@ -70,26 +71,8 @@ def worker_engine(url: str, n: int, concurrency: int) -> dict:
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
     requests = [ChatRequest.make([{"role": "user", "content": p}], params) for p in prompts(n)]
     with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(load_teacher(f"openai:{MODEL}", base_url=url), cache_path=Path(tmp) / "requests.sqlite",
-                        concurrency=concurrency, max_concurrency=concurrency, progress=False)
-        with engine:
-            cpu, wall = cpu_seconds(), time.perf_counter()
-            results = engine.run(requests)
-            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    return {"ok": sum(r.ok for r in results), "seconds": wall, "cpu": cpu}
-
-
-def worker_engine_raw(url: str, n: int, concurrency: int) -> dict:
-    """The same Engine with a bench-only teacher that speaks HTTP/1.1 over asyncio streams (no SDK, no httpx):
-    what the engine itself costs when the HTTP client is not the bottleneck."""
-    sys.path.insert(0, str(REPO))
-    from gen.engine import Engine
-    from gen.teachers.base import ChatRequest, SamplingParams
-
-    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
-    requests = [ChatRequest.make([{"role": "user", "content": p}], params) for p in prompts(n)]
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(raw_http_teacher(url), cache_path=Path(tmp) / "requests.sqlite", concurrency=concurrency,
+        teacher = load_teacher(f"openai:{MODEL}", base_url=url, transport=transport)
+        engine = Engine(teacher, cache_path=Path(tmp) / "requests.sqlite", concurrency=concurrency,
                         max_concurrency=concurrency, progress=False)
         with engine:
             cpu, wall = cpu_seconds(), time.perf_counter()
@@ -98,62 +81,9 @@ def worker_engine_raw(url: str, n: int, concurrency: int) -> dict:
     return {"ok": sum(r.ok for r in results), "seconds": wall, "cpu": cpu}
 
 
-def raw_http_teacher(url: str):
-    """A minimal keep-alive HTTP/1.1 OpenAI-compatible teacher for the benchmark (plain http, JSON bodies only)."""
-    import asyncio
-    import collections
-    import socket
-    from urllib.parse import urlsplit
-
-    from gen.teachers.base import Completion, RateLimited, Teacher, TransientError
-
-    parts = urlsplit(url)
-    host, port, path = parts.hostname, parts.port or 80, parts.path.rstrip("/") + "/chat/completions"
-
-    class RawHTTPTeacher(Teacher):
-        backend = "openai"
-
-        def __init__(self) -> None:
-            super().__init__(MODEL)
-            self.idle: collections.deque = collections.deque()
-
-        async def acomplete(self, request, timeout):
-            p = request.params
-            body = json.dumps({"model": self.model, "messages": request.message_dicts(), "max_tokens": p.max_tokens,
-                               "temperature": p.temperature, "top_p": p.top_p}).encode()
-            head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode()
-            if self.idle:
-                reader, writer = self.idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(host, port)
-                writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                writer.write(head + body)
-                status_and_headers = await reader.readuntil(b"\r\n\r\n")
-                lines = status_and_headers.decode("latin-1").split("\r\n")
-                status = int(lines[0].split(" ", 2)[1])
-                headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
-                data = await reader.readexactly(int(headers.get("content-length", 0)))
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                writer.close()
-                raise TransientError(f"connection error: {exc!r}") from None
-            self.idle.append((reader, writer))
-            if status == 429:
-                raise RateLimited("429", float(headers.get("retry-after", 1)))
-            if status != 200:
-                raise TransientError(f"HTTP {status}")
-            response = json.loads(data)
-            choice, usage = response["choices"][0], response.get("usage") or {}
-            return Completion(choice["message"]["content"] or "", choice.get("finish_reason") or "stop",
-                              usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-
-        def close(self) -> None:
-            for _, writer in self.idle:
-                writer.close()
-            self.idle.clear()
-
-    return RawHTTPTeacher()
+def worker_engine_sdk(url: str, n: int, concurrency: int) -> dict:
+    """The same Engine and teacher on the official SDK transport."""
+    return worker_engine(url, n, concurrency, transport="sdk")
 
 
 def worker_asyncio(url: str, n: int, concurrency: int) -> dict:
@@ -203,7 +133,7 @@ def worker_distilabel(url: str, n: int, concurrency: int) -> dict:
     return {"ok": ok, "seconds": wall, "cpu": cpu}
 
 
-WORKERS = {"engine": worker_engine, "engine-raw": worker_engine_raw, "asyncio": worker_asyncio,
+WORKERS = {"engine": worker_engine, "engine-sdk": worker_engine_sdk, "asyncio": worker_asyncio,
            "distilabel": worker_distilabel}
 
 
@@ -284,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="16,64,256")
     parser.add_argument("--latency", action="append", default=None,
                         help="latency spec(s) for the server (default: fixed:0.2 and lognormal:0.4:0.9)")
-    parser.add_argument("--clients", default="engine,engine-raw,asyncio,distilabel")
+    parser.add_argument("--clients", default="engine,engine-sdk,asyncio,distilabel")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the table shows medians")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -299,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     latencies = args.latency or ["fixed:0.2", "lognormal:0.4:0.9"]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     clients = args.clients.split(",")
-    pythons = {"engine": sys.executable, "engine-raw": sys.executable, "asyncio": sys.executable}
+    pythons = {"engine": sys.executable, "engine-sdk": sys.executable, "asyncio": sys.executable}
     if "distilabel" in clients:
         python = ensure_distilabel_venv()
         if python is None:
@@ -342,12 +272,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(rows: list[dict], clients: list[str], n: int, repeats: int = 1) -> str:
-    names = {"engine": "kdforge Engine", "engine-raw": "Engine + raw-HTTP teacher", "asyncio": "plain AsyncOpenAI",
+    names = {"engine": "kdforge Engine (aiohttp)", "engine-sdk": "Engine + SDK transport", "asyncio": "plain AsyncOpenAI",
              "distilabel": "distilabel 1.5.3"}
     header = ["latency", "C", "per-slot bound", "batch bound"]
     for client in clients:
         header += [f"{names[client]} req/s (% bound)", f"{names[client]} CPU ms/req"]
-    ratios = [c for c in ("engine", "engine-raw") if c in clients and "distilabel" in clients]
+    ratios = [c for c in ("engine", "engine-sdk") if c in clients and "distilabel" in clients]
     header += [f"{names[c]} / distilabel" for c in ratios]
     lines = [f"{n} requests, max_tokens {MAX_TOKENS}, {repeats} run(s) per cell (medians)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
