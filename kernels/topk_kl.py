@@ -120,6 +120,9 @@ LOG_P_FLOOR = -69.0
 DEFAULT_BUDGET_CUDA = 1 << 30
 DEFAULT_BUDGET_CPU = 64 << 20
 # Row chunks are rounded down to a multiple of this when larger (GEMM-friendly), never below 1 row.
+# torch's CPU elementwise ops go multi-threaded above at::internal::GRAIN_SIZE (32768) elements; the per-row head
+# works on row blocks of at most this many elements so that its small ops stay single-threaded.
+_SERIAL_ELEMS = 32768
 CHUNK_ROW_MULTIPLE = 64
 
 
@@ -594,32 +597,59 @@ def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels
             lse1_tail = None
         elif not two_temps:
             lse1_tail = lse_tail if ce_w != 0.0 else None
-        # --- stage 3: the per-row head (tiny tensors)
-        logp_top, logp_tail = _teacher_buckets(lp[c0:c1], tail[c0:c1] if tail is not None else None, has_tail, cd)
-        s_top = z_top * inv_t if T != 1.0 else z_top
-        L, ds_top, coef_tail = _bucket_head(cfg.loss, s_top, lse_tail, logp_top, logp_tail, cfg.beta, cfg.alpha)
-        loss_row = L * (T * T)
-        if ce_w != 0.0:
-            ce, dce_top, coef1 = _ce_head(z_top, lse1_tail, z_y)
-            loss_row = loss_row + ce_w * ce
-        loss_kept[c0:c1] = loss_row
+        # --- stage 3: the per-row head (tiny tensors), and the per-row dz coefficients
+        def head(a, b):
+            """Rows a:b of the chunk -> (loss_row [r], dz_top [r, K], coefA [r] or None, coefB [r] or None)."""
+            cc = slice(c0 + a, c0 + b)
+            lse_t = lse_tail[a:b] if lse_tail is not None else None
+            logp_top, logp_tail = _teacher_buckets(lp[cc], tail[cc] if tail is not None else None, has_tail, cd)
+            zt = z_top[a:b]
+            s_top = zt * inv_t if T != 1.0 else zt
+            L, ds_top, coef_tail = _bucket_head(cfg.loss, s_top, lse_t, logp_top, logp_tail, cfg.beta, cfg.alpha)
+            loss_row = L * (T * T)
+            if ce_w != 0.0:
+                ce, dce_top, coef1 = _ce_head(zt, lse1_tail[a:b] if lse1_tail is not None else None,
+                                              z_y[a:b])
+                loss_row = loss_row + ce_w * ce
+            if not need_grad:
+                return loss_row, None, None, None
+            rs = rw[cc] * scale_all if rw is not None else torch.full((b - a,), scale_all, dtype=cd, device=dev)
+            dz_top = T * ds_top
+            if ce_w != 0.0:
+                dz_top = dz_top + ce_w * dce_top
+            dz_top = dz_top * rs[:, None]
+            coefA = coefB = None
+            if has_tail:
+                coefA = T * coef_tail
+                if ce_w != 0.0:
+                    if two_temps:
+                        coefB = ce_w * coef1 * rs
+                    else:
+                        coefA = coefA + ce_w * coef1
+                coefA = coefA * rs
+            return loss_row, dz_top, coefA, coefB
+
+        # CPU: torch runs an elementwise op on two threads above GRAIN_SIZE elements; on these [rows, K+1] tensors
+        # the thread hand-off costs more than the work (and a lot more on a loaded machine), so the head runs on
+        # row blocks small enough to stay on one thread.
+        step = rows if hidden.is_cuda else max(1, _SERIAL_ELEMS // (K + 2))
+        if step >= rows:
+            loss_row, dz_top, coefA, coefB = head(0, rows)
+            loss_kept[c0:c1] = loss_row
+        else:
+            dz_top = torch.empty(rows, K, dtype=cd, device=dev) if need_grad else None
+            coefA = torch.empty(rows, dtype=cd, device=dev) if (need_grad and has_tail) else None
+            coefB = torch.empty(rows, dtype=cd, device=dev) if (need_grad and has_tail and two_temps) else None
+            for a in range(0, rows, step):
+                b = min(rows, a + step)
+                parts = head(a, b)
+                for dst, src in zip((loss_kept[c0:c1], dz_top, coefA, coefB), parts):
+                    if dst is not None:
+                        dst[a:b] = src
         if not need_grad:
             continue
         # --- stage 4: dz in the logits buffer
-        rs = rw[c0:c1] * scale_all if rw is not None else torch.full((rows,), scale_all, dtype=cd, device=dev)
-        dz_top = T * ds_top
-        if ce_w != 0.0:
-            dz_top = dz_top + ce_w * dce_top
-        dz_top = dz_top * rs[:, None]
         if has_tail:
-            coefA = T * coef_tail
-            coefB = None
-            if ce_w != 0.0:
-                if two_temps:
-                    coefB = ce_w * coef1 * rs
-                else:
-                    coefA = coefA + ce_w * coef1
-            coefA = coefA * rs
             if use_triton:
                 lse_safe = _finite_or_zero(lse_tail).contiguous()
                 lse1_safe = _finite_or_zero(lse1_tail).contiguous() if two_temps else lse_safe
@@ -637,7 +667,9 @@ def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels
             z.zero_()
         z.scatter_(1, ids_c, dz_top)
         if ce_w != 0.0:
-            z.scatter_add_(1, y[c0:c1, None], (-ce_w * rs)[:, None])
+            lab = (rw[c0:c1] * (-ce_w * scale_all))[:, None] if rw is not None else \
+                torch.full((rows, 1), -ce_w * scale_all, dtype=cd, device=dev)
+            z.scatter_add_(1, y[c0:c1, None], lab)
         # --- stage 5: GEMMs
         if need_dh:
             out = dh[c0:c1] if all_kept else dh_kept[c0:c1]
