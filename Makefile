@@ -35,9 +35,9 @@ demo: install
 	$(VENV)/bin/gen evol --rounds 4 --out runs/demo
 
 test-main: install system-deps
-	$(TEST_ENV) $(VENV)/bin/python -m pytest -m "not vllm" -q tests
+	$(TEST_ENV) $(VENV)/bin/python -m pytest -m "not vllm" -q --durations=15 tests
 
 test-vllm: install-vllm
-	$(TEST_ENV) VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm -q tests
+	$(TEST_ENV) VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm -q --durations=5 tests
 
 test: test-main test-vllm
