@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--limit {args.limit}: must be at least 1")
     seeds = load_items(args.seeds or shipped_data_path("self_chat_questions.txt"), limit=args.limit)
     config = SelfChatConfig(max_turns=args.max_turns, max_tokens_per_dialog=args.max_tokens_per_dialog)
+    if args.system:
+        raise UserError("--system: self-chat writes its rows from meta-prompts (the teacher plays a role), so a system "
+                        "message would not be the one the rows were answered under; use it with evol, ultrachat or label")
     sampling = sampling_from_args(args)
     with method_run(args, METHOD, sampling) as run:
         SelfChat(run, config).generate(seeds)

@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     seeds = load_items(args.seeds or default_seed_tasks())
     config = SelfInstructConfig(num_instructions=args.num_instructions, requests_per_step=args.requests_per_step,
                                 max_steps=args.max_steps, instances_max_tokens=args.instance_max_tokens)
+    if args.system:
+        raise UserError("--system: self-instruct writes its rows from meta-prompts (the teacher plays a role), so a system "
+                        "message would not be the one the rows were answered under; use it with evol, ultrachat or label")
     sampling = sampling_from_args(args)
     with method_run(args, METHOD, sampling) as run:
         SelfInstruct(run, config, sampling).generate(seeds)

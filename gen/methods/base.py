@@ -87,7 +87,7 @@ class MethodRun:
     """One method run in `out_dir`: ask the engine, write kept and rejected rows, count the funnel, commit.
 
     `config` is the run's (redacted) configuration written to the manifest. `log` receives progress lines
-    (default: stderr) — the CLI's kill-and-resume test reads them.
+    (default: stderr) — the CLI's kill-and-resume test reads them. `system` is the user's `--system` message.
     """
 
     def __init__(
@@ -100,6 +100,7 @@ class MethodRun:
         seed: int = 0,
         config: Mapping[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
+        system: str | None = None,
     ) -> None:
         self.engine = engine
         self.out_dir = Path(out_dir)
@@ -107,6 +108,8 @@ class MethodRun:
         self.sampling = sampling
         self.seed = int(seed)
         self.config = dict(config or {})
+        # `--system`: sent with the requests whose reply becomes a row's assistant turn, and recorded in that row.
+        self.system = system or None
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.train = ShardWriter(self.out_dir, "train")
         self.rejected = ShardWriter(self.out_dir, "rejected")

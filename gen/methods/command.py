@@ -37,7 +37,8 @@ def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator["Met
     try:
         config = run_config(args)
         config["method"] = method
-        yield MethodRun(engine, args.out, method=method, sampling=sampling, seed=run_seed(args), config=config)
+        yield MethodRun(engine, args.out, method=method, sampling=sampling, seed=run_seed(args), config=config,
+                        system=getattr(args, "system", None))
     finally:
         engine.close()
 

@@ -292,7 +292,7 @@ class EvolInstruct:
 
         # Answers and equality judgements for the survivors, in one batch.
         answer_requests = [ChatRequest.make([{"role": "user", "content": evolved}],
-                                            run.params_for("answer", round_, pool[pos].id, evolved))
+                                            run.params_for("answer", round_, pool[pos].id, evolved), system=run.system)
                            for pos, evolved in candidates]
         judge_requests = [ChatRequest.make(judge_messages(pool[pos].instruction, evolved),
                                            run.params_for("judge", round_, pool[pos].id, base=self.judge_params))
@@ -318,7 +318,7 @@ class EvolInstruct:
             reasons += check_answer(text)
             row = run.row(messages=[{"role": "user", "content": evolved}, {"role": "assistant", "content": text}],
                           operation=op, round=round_, parent_id=item.id, root_id=item.root_id, params=params,
-                          completions=[results[pos].completion, answer.completion,
+                          system=run.system, completions=[results[pos].completion, answer.completion,
                                        judgement.completion if judgement is not None else None],
                           finish_reason=answer.completion.finish_reason)
             if reasons:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem, join_instruction, load_items, load_lines, shipped_data_path
-from gen.methods.parsing import parse_list_reply, parse_yes_no, word_count
+from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, parse_yes_no, word_count
 from gen.methods.templates import load_template
 from gen.records import content_id
 from gen.teachers.base import ChatRequest, SamplingParams
@@ -137,19 +137,24 @@ def parse_new_instructions(text: str, first_number: int) -> list[str]:
 
 
 def parse_input_first(text: str) -> list[tuple[str, str]] | None:
-    """(input, output) pairs from 'Example N / Input: / Output:' text; None when nothing parses. The prompt ends
-    with "Example 1\nInput:", so the reply may start with the first input itself."""
+    """(input, output) pairs from 'Example N / Input: / Output:' text. The prompt ends with "Example 1\nInput:", so
+    the reply may start with the first input itself. As in the paper's post-processing, a reply with no "Output:"
+    at all is one instance without input whose output is the whole reply (tasks that need no input are often answered
+    directly). None when nothing is left."""
     text = text.strip()
+    if not re.search(r"(?im)^\s*output\s*:", "\n" + text) and not re.search(r"(?i)\boutput\s*:", text):
+        direct = cut_at_speaker_label("\n" + re.split(r"(?im)^\s*(?:task\s*:|example\s*\d+)", text)[0])
+        return [("", direct)] if direct else None
     if not re.match(r"(?i)(example\s*\d|input\s*:)", text):
         text = "Input: " + text
     blocks = re.split(r"(?im)^\s*example\s*\d+\s*:?\s*$", text)
     pairs = []
     for block in blocks:
-        match = re.search(r"(?is)input\s*:\s*(.*?)\n\s*output\s*:\s*(.*)", block)
+        match = re.search(r"(?is)input\s*:\s*(.*?)\s*output\s*:\s*(.*)", block)
         if not match:
             continue
-        input_text = match.group(1).strip()
-        output = re.split(r"(?im)^\s*task\s*:", match.group(2))[0].strip()
+        input_text = cut_at_speaker_label(match.group(1).strip())
+        output = cut_at_speaker_label(re.split(r"(?im)^\s*task\s*:", match.group(2))[0].strip())
         if input_text.lower() in _NONE_INPUTS:
             input_text = ""
         pairs.append((input_text, output))

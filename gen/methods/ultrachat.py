@@ -274,7 +274,8 @@ class UltraChat:
         active = list(dialogues)
         while active and not run.stopped:
             turn = max(d.turns for d in active) + 1
-            results = run.ask([ChatRequest.make(d.messages, run.params_for("assistant", d.opening.id, d.turns))
+            results = run.ask([ChatRequest.make(d.messages, run.params_for("assistant", d.opening.id, d.turns),
+                                                system=run.system)
                                for d in active], desc=f"assistant turn {turn}", round="dialogue")
             still = []
             for d, result in zip(active, results):
@@ -320,7 +321,7 @@ class UltraChat:
                 continue  # unfinished (budget stop or failed request): a rerun completes it from the cache
             params = {"persona": d.persona, "turn_budget": d.budget, "turns": d.turns, "ended_by": d.ended_by,
                       "template_hash": load_template("ultrachat_user_simulator").hash, **d.opening.detail}
-            row = run.row(messages=d.messages, operation=d.opening.sector, parent_id=d.opening.id,
+            row = run.row(messages=d.messages, operation=d.opening.sector, parent_id=d.opening.id, system=run.system,
                           root_id=content_id("root", d.opening.sector, d.opening.root), params=params,
                           completions=d.completions)
             if d.ended_by == EMPTY_REPLY or d.turns == 0:

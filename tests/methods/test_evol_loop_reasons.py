@@ -35,19 +35,23 @@ class ScriptedTeacher(Teacher):
     def __init__(self):
         super().__init__("script")
         self.calls = 0
+        self.systems: dict[str, str | None] = {}  # kind of request -> its system message
 
     async def acomplete(self, request, timeout):
         self.calls += 1
         prompt = request.messages[-1][1]
         marker = next(m for m in SCRIPT if m in prompt)
         rewrite, answer, judge = SCRIPT[marker]
+        system = request.messages[0][1] if request.messages[0][0] == "system" else None
         if "Same or Different" in prompt:
             text = judge
+            self.systems["judge"] = system
         elif "Harder version:" in prompt or "New instruction:" in prompt:
             original = prompt.split("<<<\n", 1)[1].split("\n>>>", 1)[0]
             text = original if rewrite is None else f"{rewrite} (from: {len(original)} chars)" if rewrite else ""
         else:
             text = answer
+            self.systems["answer"] = system
         return Completion(text=text, finish_reason="stop", prompt_tokens=len(prompt) // 4,
                           completion_tokens=len(text) // 4)
 
@@ -60,9 +64,10 @@ def _items() -> list[SeedItem]:
 
 
 def test_every_reason_reaches_the_rejected_split_and_parents_stay_in_the_pool(tmp_path):
-    engine = Engine(ScriptedTeacher(), cache_path=tmp_path / ".cache" / "requests.sqlite", progress=False)
+    teacher = ScriptedTeacher()
+    engine = Engine(teacher, cache_path=tmp_path / ".cache" / "requests.sqlite", progress=False)
     run = MethodRun(engine, tmp_path, method=evol.METHOD, sampling=SamplingParams(max_tokens=32), seed=0,
-                    log=lambda line: None)
+                    log=lambda line: None, system="Answer briefly.")
     config = evol.EvolConfig(rounds=2, weights=evol.parse_weights("deepen=1"))
     evol.EvolInstruct(run, config).evolve(_items())
     engine.close()
@@ -78,6 +83,12 @@ def test_every_reason_reaches_the_rejected_split_and_parents_stay_in_the_pool(tm
         assert len(reasons_round1[reason]["messages"]) == 1
     for reason in (evol.NO_INFORMATION_GAIN, evol.APOLOGY, evol.ONLY_PUNCTUATION_STOPWORDS):
         assert [m["role"] for m in reasons_round1[reason]["messages"]] == ["user", "assistant"]
+
+    # --system goes with the answer requests (not the rewrite/judge meta-prompts) and into the answered rows.
+    assert teacher.systems == {"answer": "Answer briefly.", "judge": None}
+    assert all(r["system"] == "Answer briefly." for r in train if r["round"] >= 1)
+    assert reasons_round1[evol.APOLOGY]["system"] == "Answer briefly."
+    assert reasons_round1[evol.PROMPT_LEAK]["system"] is None
 
     # Every eliminated item is still in the pool, unchanged, and is evolved again in round 2.
     round2_parents = {r["parent_id"] for r in train + rejected if r["round"] == 2}

@@ -54,7 +54,9 @@ def test_output_first_and_input_first_parsing():
         ("Great food.", "positive"), ("Cold soup.", "negative")]
     assert si.parse_input_first("Input: 3\nOutput: odd\nExample 2\nInput: none\nOutput: Any number.") == [
         ("3", "odd"), ("", "Any number.")]
-    assert si.parse_input_first("I don't know.") is None
+    # The paper's fallback: a reply without "Output:" is one input-less instance whose output is the reply.
+    assert si.parse_input_first("Paris is the capital of France.\nTask: next") == [("", "Paris is the capital of France.")]
+    assert si.parse_input_first("\n\nAssistant: hi") is None and si.parse_input_first("") is None
     assert si.parse_output_first("") is None
 
 
