@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from tests.latency_server import latency_for
 
+    load_before = os.getloadavg()
     rows = []
     for spec in latencies:
         server, url = start_server(spec, args.seed)
@@ -268,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
             server.wait()
     print(render(rows, clients, n, args.repeats))
+    # The clients share the machine's cores with the server and whatever else runs: say how busy it was.
+    print(f"\n{os.cpu_count()} cores; load average (1/5/15 min) before {'/'.join(f'{x:.1f}' for x in load_before)},"
+          f" after {'/'.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
 
 
