@@ -34,12 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MinHash Jaccard threshold for near-duplicate evolutions across all rounds (default 0.7)")
     parser.add_argument("--no-inputs", action="store_true",
                         help="do not keep inputs that carry an answer as round-0 rows")
-    parser.add_argument("--rewrite-max-tokens", type=int, default=128, metavar="N",
-                        help="token limit of a rewrite (an evolved instruction; default 128)")
+    parser.add_argument("--rewrite-max-tokens", type=int, default=96, metavar="N",
+                        help="token limit of a rewrite (an evolved instruction; default 96)")
     add_out_argument(parser, default="runs/evol")
     add_teacher_arguments(parser)
     add_engine_arguments(parser)
-    add_sampling_arguments(parser, max_new_tokens=160, temperature=0.7)
+    # Sized so that `gen evol --rounds 4` on the embedded Gemma-270M finishes in a few minutes on a 2-core CPU; raise
+    # --max-new-tokens for a strong teacher's full answers.
+    add_sampling_arguments(parser, max_new_tokens=128, temperature=0.7)
 
 
 def run(args: argparse.Namespace) -> int:
