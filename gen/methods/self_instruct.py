@@ -123,8 +123,10 @@ def classification_examples(seeds: Sequence[SeedItem]) -> list[dict[str, Any]]:
             examples.append(other[oi]); oi += 1
         if ci < len(clf) and (oi * len(clf) >= (ci + 1) * len(other) or oi >= len(other)):
             examples.append(clf[ci]); ci += 1
+    # Reversed so the prompt ends on non-classification examples: a small model leans toward the last answer it saw,
+    # and most tasks are not classification.
     return [{"instruction": s.task_instruction or s.instruction, "is_classification": bool(s.is_classification)}
-            for s in examples]
+            for s in reversed(examples)]
 
 
 def parse_new_instructions(text: str, first_number: int) -> list[str]:
