@@ -69,14 +69,14 @@ def test_evol_on_vllm_rounds_lineage_and_cache(long_context_vllm, tmp_path):
 
 
 def test_self_instruct_on_vllm_records_every_candidate(long_context_vllm, tmp_path):
-    engine, run = _run(long_context_vllm, tmp_path, si.METHOD, max_tokens=48)
-    config = si.SelfInstructConfig(num_instructions=2, requests_per_step=2, max_steps=2, instances_max_tokens=24)
+    engine, run = _run(long_context_vllm, tmp_path, si.METHOD, max_tokens=32)
+    config = si.SelfInstructConfig(num_instructions=2, requests_per_step=2, max_steps=1, instances_max_tokens=16)
     machine = si.SelfInstruct(run, config, run.sampling.replace(**si.PAPER_SAMPLING)).generate(
         load_items(default_seed_tasks()))
     engine.close()
     train, rejected = _rows(tmp_path)
     funnel = read_manifest(tmp_path)["funnel"]["total"]
-    assert funnel["requests"] >= 4 and "requests_failed" not in funnel  # prompts fit; nothing failed
+    assert funnel["requests"] >= 2 and "requests_failed" not in funnel  # prompts fit; nothing failed
     reasons = {si.UNPARSEABLE, si.TOO_SHORT, si.TOO_LONG, si.BLACKLISTED, si.ROUGE_SIMILAR,
                si.DUPLICATE_INSTANCE, si.CONFLICTING_INSTANCE}
     assert all(r["filters"] and set(r["filters"]) <= reasons for r in rejected)
@@ -90,7 +90,7 @@ def test_self_instruct_on_vllm_records_every_candidate(long_context_vllm, tmp_pa
 
 def test_ultrachat_and_self_chat_on_vllm_alternate_within_budgets(long_context_vllm, tmp_path):
     engine, run = _run(long_context_vllm, tmp_path / "uc", ultrachat.METHOD)
-    config = ultrachat.UltraChatConfig(num_dialogues=3, min_turns=3, max_turns=4, subtopics_per_topic=2,
+    config = ultrachat.UltraChatConfig(num_dialogues=3, min_turns=2, max_turns=3, subtopics_per_topic=2,
                                        questions_per_subtopic=2, user_max_tokens=8)
     ultrachat.UltraChat(run, config, topics=load_lines(shipped_data_path("ultrachat_meta_topics.txt")),
                         task_types=load_lines(shipped_data_path("ultrachat_writing_tasks.txt")),
@@ -103,11 +103,11 @@ def test_ultrachat_and_self_chat_on_vllm_alternate_within_budgets(long_context_v
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["user", "assistant"] * (len(roles) // 2)
         params = json.loads(row["params"])
-        assert 3 <= params["turn_budget"] <= 4 and 1 <= params["turns"] <= params["turn_budget"]
+        assert 2 <= params["turn_budget"] <= 3 and 1 <= params["turns"] <= params["turn_budget"]
 
     engine, run = _run(long_context_vllm, tmp_path / "sc", self_chat.METHOD)
     seeds = load_items(shipped_data_path("self_chat_questions.txt"), limit=2)
-    self_chat.SelfChat(run, self_chat.SelfChatConfig(max_turns=3, max_tokens_per_dialog=30)).generate(seeds)
+    self_chat.SelfChat(run, self_chat.SelfChatConfig(max_turns=2, max_tokens_per_dialog=30)).generate(seeds)
     engine.close()
     train, rejected = _rows(tmp_path / "sc")
     assert len(train) + len(rejected) == 2
@@ -115,4 +115,4 @@ def test_ultrachat_and_self_chat_on_vllm_alternate_within_budgets(long_context_v
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["user", "assistant"] * (len(roles) // 2)
         params = json.loads(row["params"])
-        assert params["turns"] <= 3 and params["dialog_tokens"] <= 30
+        assert params["turns"] <= 2 and params["dialog_tokens"] <= 30
