@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from gen.errors import UserError
 from gen.records import ROW_SCHEMA
-from gen.shards import read_manifest, read_table
+from gen.shards import read_manifest, read_table, sha256_file
 
 CONFIG_BY = ("method", "operation", "single")
 SPLITS = ("train", "rejected")
@@ -354,20 +354,13 @@ def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _same_content(remote: Any, path: Path) -> bool:
     """Does the repo already hold these bytes at this path? LFS/Xet files by sha256, regular files by git blob id."""
     if remote.size != path.stat().st_size:
         return False
     if remote.lfs is not None:
-        return remote.lfs.sha256 == _sha256_file(path)
+        return remote.lfs.sha256 == sha256_file(path)
     return remote.blob_id == _git_blob_sha1(path.read_bytes())
 
 

@@ -254,7 +254,7 @@ def redact(value: Any) -> Any:
     return value
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -282,7 +282,7 @@ def write_manifest(
         for path in shard_paths(run_dir, split):
             table = open_shard(path)
             shards.append({"file": f"{split}/{path.name}", "rows": table.num_rows, "bytes": path.stat().st_size,
-                           "sha256": _sha256(path)})
+                           "sha256": sha256_file(path)})
         splits[split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
     manifest = {
         "kdforge_version": _version(),

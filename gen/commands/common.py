@@ -178,3 +178,13 @@ def engine_summary(engine) -> str:
 
 def print_summary(engine, file=None) -> None:
     print(engine_summary(engine), file=file or sys.stderr)
+
+
+def read_chat_template(path: str | None) -> str | None:
+    """The text of a `--chat-template FILE` flag (None when the flag is absent); an unreadable file is a UserError."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"--chat-template {path}: {exc.strerror}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 HELP = "capture teacher top-k logprobs (+ exact tail mass) over conversational shards for distillation"
 
@@ -27,15 +26,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from gen.commands.common import read_chat_template
     from gen.capture import capture_logits, open_logit_teacher
-    from gen.errors import UserError
 
-    template = None
-    if args.chat_template:
-        try:
-            template = Path(args.chat_template).read_text()
-        except OSError as exc:
-            raise UserError(f"--chat-template {args.chat_template}: {exc.strerror}") from None
+    template = read_chat_template(args.chat_template)
     options = {"chat_template": template, "dtype": args.dtype}
     if args.teacher.startswith("hf:"):
         options["device"] = args.device

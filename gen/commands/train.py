@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 HELP = "fine-tune a causal LM from shards: SFT on messages, top-k KD on logit shards, or both (--kd-weight)"
 
@@ -48,16 +47,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from gen.errors import UserError
+    from gen.commands.common import read_chat_template
     from train.losses import LossConfig
     from train.trainer import TrainConfig, train
 
-    template = None
-    if args.chat_template:
-        try:
-            template = Path(args.chat_template).read_text()
-        except OSError as exc:
-            raise UserError(f"--chat-template {args.chat_template}: {exc.strerror}") from None
+    template = read_chat_template(args.chat_template)
     loss = LossConfig(loss=args.loss, temperature=args.temperature, beta=args.beta, alpha=args.alpha,
                       kd_weight=args.kd_weight, impl=args.kd_impl)
     config = TrainConfig(
