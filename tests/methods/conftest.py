@@ -43,11 +43,11 @@ def run_gen(argv: list[str], out: Path) -> GenRun:
 
 # Small, fast settings: Gemma-270M on 2 shared CPU cores does ~100 tok/s over concurrent requests.
 EVOL_ARGV = ["evol", "--rounds", "2", "--limit", "3", "--max-new-tokens", "24", "--rewrite-max-tokens", "40"]
-SELF_INSTRUCT_ARGV = ["self-instruct", "--num-instructions", "3", "--requests-per-step", "2", "--max-steps", "3",
+SELF_INSTRUCT_ARGV = ["self-instruct", "--num-instructions", "2", "--requests-per-step", "2", "--max-steps", "3",
                       "--max-new-tokens", "96", "--instance-max-tokens", "48"]
 ULTRACHAT_ARGV = ["ultrachat", "--num-dialogues", "3", "--min-turns", "3", "--max-turns", "4",
-                  "--subtopics-per-topic", "2", "--questions-per-subtopic", "2", "--max-new-tokens", "24",
-                  "--user-max-tokens", "20"]
+                  "--subtopics-per-topic", "2", "--questions-per-subtopic", "2", "--max-new-tokens", "16",
+                  "--user-max-tokens", "16"]
 SELF_CHAT_ARGV = ["self-chat", "--limit", "2", "--max-turns", "3", "--max-tokens-per-dialog", "64",
                   "--max-new-tokens", "24"]
 

@@ -80,7 +80,7 @@ def test_rerun_sends_nothing_and_writes_no_new_row(evol_run, llamacpp_server):
 
 
 def _cli(out: Path, server) -> list[str]:
-    return [sys.executable, "-m", "gen.cli", "evol", "--rounds", "4", "--limit", "3", "--max-new-tokens", "16",
+    return [sys.executable, "-m", "gen.cli", "evol", "--rounds", "4", "--limit", "2", "--max-new-tokens", "16",
             "--rewrite-max-tokens", "32", "--concurrency", "4", "--out", str(out)] + teacher_argv(server)
 
 
