@@ -48,7 +48,7 @@ SELF_INSTRUCT_ARGV = ["self-instruct", "--num-instructions", "2", "--requests-pe
 ULTRACHAT_ARGV = ["ultrachat", "--num-dialogues", "3", "--min-turns", "3", "--max-turns", "4",
                   "--subtopics-per-topic", "2", "--questions-per-subtopic", "2", "--max-new-tokens", "16",
                   "--user-max-tokens", "16"]
-SELF_CHAT_ARGV = ["self-chat", "--limit", "2", "--max-turns", "3", "--max-tokens-per-dialog", "64",
+SELF_CHAT_ARGV = ["self-chat", "--limit", "3", "--max-turns", "3", "--max-tokens-per-dialog", "64",
                   "--max-new-tokens", "24"]
 
 

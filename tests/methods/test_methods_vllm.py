@@ -99,6 +99,8 @@ def test_ultrachat_and_self_chat_on_vllm_alternate_within_budgets(long_context_v
     engine.close()
     train, rejected = _rows(tmp_path / "uc")
     assert train or rejected
+    # A random model never writes the stop marker: the simulated user keeps asking until the budget.
+    assert any(json.loads(r["params"])["turns"] >= 2 for r in train)
     for row in train:
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["user", "assistant"] * (len(roles) // 2)
