@@ -17,7 +17,8 @@ One round (the paper's loop, §3):
    rewriting prompt's own words (`prompt_leak`, elimination rule 4), and a MinHash near-duplicate of any instruction
    seen in any round or input (`near_duplicate`).
 4. The teacher answers the survivors and, in the same batch, judges whether the evolution adds information
-   (`evol_equality.txt`, rule 1: `no_information_gain` when judged the same).
+   (`evol_equality.txt`, rule 1: `no_information_gain` when judged the same; a reply that says neither keeps the
+   evolution and is recorded as `params.judge = "unclear"`).
 5. The eliminator on the answer: "sorry" in an answer shorter than 80 words (`apology`, rule 2), an answer of only
    punctuation and stop words (`only_punctuation_stopwords`, rule 3).
 6. A surviving evolution replaces its parent in the pool; a rejected one leaves the parent in the pool unchanged, to

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from gen.errors import UserError
 from gen.methods.base import MethodRun
-from gen.methods.inputs import load_lines, shipped_data_path
+from gen.methods.inputs import shipped_data_path
 from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, strip_prefix_labels
 from gen.methods.templates import load_template
 from gen.records import content_id
