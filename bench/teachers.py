@@ -4,7 +4,8 @@ Both clients talk to the same real OpenAI-compatible server (`tests/latency_serv
 latency) in rounds: every round sends `--concurrency` requests at once and waits for all of them — the shape of one
 generation round. Side by side, in the same run, alternating, `--repeats` times each; medians reported:
 
-- `kdforge`: `gen.teachers.openai_api.OpenAITeacher` (keep-alive pool of 512 connections, SDK retries off);
+- `kdforge`: `gen.teachers.openai_api.OpenAITeacher` on its default lean aiohttp transport (one keep-alive session per
+  event loop, up to 512 connections; `transport="sdk"` would measure the SDK path, which bench/engine.py reports);
 - `openai-default`: `openai.AsyncOpenAI(max_retries=0)` as most tools build it (the SDK keeps 100 connections alive).
 
 "connections" counts the TCP connections each client opened (distinct client ports towards the server, read from
