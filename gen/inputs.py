@@ -148,16 +148,21 @@ def _parse_messages(location: str, messages: Any) -> tuple[list[dict[str, str]],
 # ---------------------------------------------------------------------------------------------------- file formats
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for each non-blank line; a malformed line is a UserError naming file:line."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            yield f"{path}:{number}", record, False
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
+    for number, record in iter_jsonl(path):
+        yield f"{path}:{number}", record, False
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Mapping[str, Any], bool]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gen.errors import UserError
+from gen.inputs import iter_jsonl
 from gen.records import content_id
 
 DATA_PACKAGE = "gen.methods"
@@ -93,13 +94,8 @@ def _records(path: Path) -> Iterator[tuple[Any, str]]:
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line), f"{path}:{n}"
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        for n, record in iter_jsonl(path):
+            yield record, f"{path}:{n}"
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -24,7 +24,6 @@ assistant returned nothing).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gen.errors import UserError
+from gen.inputs import iter_jsonl
 from gen.methods.base import MethodRun
 from gen.methods.inputs import shipped_data_path
 from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, strip_prefix_labels
@@ -107,13 +107,7 @@ def load_documents(path: str | Path | None) -> list[dict[str, str]]:
         raise UserError(f"--documents {path}: no such file")
     docs: list[dict[str, str]] = []
     if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        for n, record in iter_jsonl(path):
             text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str) or not text.strip():
                 raise UserError(f"{path}:{n}: no 'text' field")
