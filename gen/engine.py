@@ -111,7 +111,8 @@ class Engine:
 
     After each `run`: `stats` (cumulative over this engine's life) holds requests, sent, attempts, cache_hits,
     failures, skipped (budget), rate_limited, prompt_tokens, completion_tokens, cost (None without a price),
-    seconds; `exhausted` says a budget stopped it.
+    seconds, and `endpoints` (per URL: requests, failures, ejections, in_flight, healthy) when the teacher has
+    several endpoints; `exhausted` says a budget stopped it.
     """
 
     def __init__(
@@ -217,6 +218,10 @@ class Engine:
             self._sync_progress()
             progress.close()
             self.stats["seconds"] += time.monotonic() - started
+            # A teacher over several endpoints (gen.teachers.endpoints) reports each one's load and health.
+            endpoint_stats = getattr(self.teacher, "endpoint_stats", None)
+            if callable(endpoint_stats):
+                self.stats["endpoints"] = endpoint_stats()
 
         results = []
         for key, request in zip(keys, requests):

@@ -33,7 +33,9 @@ def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: the embedded llama.cpp teacher). Keys come from OPENAI_API_KEY / "
                             "ANTHROPIC_API_KEY only.")
     group.add_argument("--base-url", default=None, metavar="URL",
-                       help="OpenAI-compatible endpoint (vllm serve, llama.cpp, a proxy) or Anthropic endpoint")
+                       help="OpenAI-compatible endpoint (vllm serve, llama.cpp, a proxy) or Anthropic endpoint; "
+                            "openai:<model> also takes URL1,URL2,... (replicas of one model: balanced by requests "
+                            "in flight, an endpoint failing 3 times in a row is taken out and probed again later)")
     group.add_argument("--transport", default=None, choices=("aiohttp", "sdk"),
                        help="HTTP client of the openai/anthropic/llamacpp teachers: aiohttp (default; ~0.2 ms CPU "
                             "per request) or sdk (the official SDK over httpx; 5-12 ms CPU per request)")
@@ -59,6 +61,27 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--price", default=None, metavar="IN:OUT",
                        help="dollars per 1M input:output tokens, overriding the built-in price table")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_scale_arguments(parser)
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--ray`, `--workers`, `--unit-size`, `--redis`: the same command on a Ray cluster (see `gen.scale`)."""
+    group = parser.add_argument_group("scale (Ray)")
+    group.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="run units of work on Ray actors, each with its own teacher: `--ray` or `--ray local` "
+                            "starts a local cluster; `--ray auto`, `--ray HOST:6379` or `--ray ray://HOST:10001` "
+                            "joins one (every node needs kdforge installed and its own API keys)")
+    group.add_argument("--workers", type=int, default=2, metavar="N",
+                       help="Ray actors, each owning a teacher (default 2; with --ray)")
+    group.add_argument("--unit-size", type=int, default=None, metavar="N",
+                       help="items (evol) or requests (other methods) per unit of work (default 32 / 64)")
+    group.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                       help="GPUs Ray gives each actor (default 1 for vllm: teachers on a cluster with GPUs, else "
+                            "0); set the teacher's tensor parallelism to match")
+    group.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs per actor (default 1)")
+    group.add_argument("--redis", default=None, metavar="URL",
+                       help="keep the near-duplicate MinHash index in Redis (redis://HOST:6379/0), shared by all "
+                            "workers so that a near-copy made by another worker is caught before it is paid for")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
@@ -125,6 +148,8 @@ def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, tea
         value = getattr(args, flag, None)
         if value is not None and value < (0 if flag == "max_retries" else 1):
             raise UserError(f"--{flag.replace('_', '-')} {value}: out of range")
+    if getattr(args, "ray", None) and teacher is None:
+        return open_distributed_engine(args, out_dir, price)
     if teacher is None:
         teacher = load_teacher_from_args(args)
     try:
@@ -147,6 +172,35 @@ def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, tea
         raise
 
 
+def open_distributed_engine(args: argparse.Namespace, out_dir, price=None):
+    """`--ray`: the cluster of actors (each opens the teacher named by the flags) behind the engine interface."""
+    from gen.engine import default_cache_path
+    from gen.scale.cluster import RayCluster
+    from gen.scale.request_units import DEFAULT_UNIT_REQUESTS, DistributedEngine
+
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if str(args.teacher).startswith("vllm:") and _cluster_has_gpus() else 0.0
+    cluster = RayCluster(args, workers=args.workers, address=args.ray, cpus_per_worker=args.cpus_per_worker,
+                         gpus_per_worker=gpus)
+    try:
+        return DistributedEngine(cluster, cache_path=default_cache_path(out_dir) if out_dir is not None else None,
+                                 unit_size=args.unit_size or DEFAULT_UNIT_REQUESTS, max_total_tokens=args.max_tokens,
+                                 max_cost=args.max_cost, price=price)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def _cluster_has_gpus() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run's configuration for the manifest: every flag (paths as strings), redacted of secrets."""
     from gen.shards import redact
@@ -162,7 +216,8 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def engine_summary(engine) -> str:
-    """One line for stderr at the end of a command: what was sent, cached, failed and spent."""
+    """One line for stderr at the end of a command: what was sent, cached, failed and spent (plus one line per
+    endpoint when the teacher has several)."""
     s = engine.stats
     parts = [f"{s['requests']} requests", f"{s['sent']} sent", f"{s['cache_hits']} from cache",
              f"{s['failures']} failed", f"{s['prompt_tokens'] + s['completion_tokens']} tokens"]
@@ -173,6 +228,9 @@ def engine_summary(engine) -> str:
     line = ", ".join(parts)
     if engine.exhausted:
         line += " — budget exhausted (rerun with a larger --max-tokens/--max-cost to continue from the cache)"
+    for url, e in (s.get("endpoints") or {}).items():  # a teacher over several endpoints: one line each
+        line += (f"\n  endpoint {url}: {e['requests']} requests, {e['failures']} failed, {e['ejections']} ejections"
+                 + ("" if e["healthy"] else " (out of service)"))
     return line
 
 

@@ -175,10 +175,16 @@ def map_openai_error(openai: Any, exc: BaseException) -> TeacherError:
 
 
 def from_spec(model: str, *, base_url: str | None = None, max_connections: int | None = None,
-              transport: str | None = None, **unknown: Any) -> OpenAITeacher:
+              transport: str | None = None, **unknown: Any) -> Teacher:
     """`openai:<model>`; options: `base_url` (else $OPENAI_BASE_URL), `max_connections`, `transport`
-    ("aiohttp" default, or "sdk")."""
+    ("aiohttp" default, or "sdk"). A `base_url` listing several URLs (`URL1,URL2,...`: replicas of one model)
+    gives a `gen.teachers.endpoints.EndpointPool` balancing over them."""
     reject_unknown_options("openai", unknown)
+    urls = base_url or os.environ.get(BASE_URL_ENV) or ""
+    if "," in urls:
+        from gen.teachers.endpoints import from_spec as pool_from_spec, split_base_urls
+
+        return pool_from_spec(model, split_base_urls(urls), max_connections=max_connections, transport=transport)
     return OpenAITeacher(model, base_url=base_url, max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
                          transport=transport)
 
