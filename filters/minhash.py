@@ -429,6 +429,21 @@ class MinHashIndex:
                 best_key, best = key, similarity
         return best_key, max(best, 0.0)
 
+    def query_all(self, text: str) -> list[tuple[Hashable, float]]:
+        """Every indexed near-duplicate of `text` as (key, similarity >= threshold), sorted by key's repr; nothing is
+        inserted. Lets a caller apply its own order rule (e.g. "only keys that come before mine")."""
+        shingles, signature = self.hasher.one(text)
+        if len(shingles) == 0 or len(self._docs) == 0:
+            return []
+        candidates = sorted(self.lsh.query(self._lean(signature)), key=repr)
+        found = []
+        for key, stored in zip(candidates, self._docs.get_many(candidates)):
+            if stored is not None:
+                similarity = self._similarity(shingles, signature, stored)
+                if similarity >= self.threshold:
+                    found.append((key, similarity))
+        return found
+
     def check_and_add(self, key: Hashable, text: str) -> Hashable | None:
         shingles, signature = self.hasher.one(text)
         if len(shingles) == 0:

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from gen.teachers.base import Completion
 
@@ -29,6 +29,14 @@ CREATE TABLE IF NOT EXISTS completions (
     finish_reason TEXT,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
+    created REAL NOT NULL
+)
+"""
+# Units of requests answered by Ray workers (`gen.scale.request_units`), committed together with their completions.
+_UNITS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS units (
+    id TEXT PRIMARY KEY,
+    requests INTEGER NOT NULL,
     created REAL NOT NULL
 )
 """
@@ -55,6 +63,7 @@ class RequestCache:
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute(_SCHEMA)
+        self._db.execute(_UNITS_SCHEMA)
         self.batch_rows = batch_rows
         self.max_delay = max_delay
         self._pending: list[tuple] = []
@@ -96,6 +105,24 @@ class RequestCache:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", pending)
         return len(pending)
+
+    def commit_unit(self, unit_id: str, teacher_id: str, completions: Mapping[str, Completion]) -> bool:
+        """A unit of requests answered by a worker (`gen.scale`): its completions and its record in ONE transaction,
+        so the unit is either wholly in the cache or not at all. False (nothing changed) if it was committed."""
+        self.flush()
+        now = time.time()
+        rows = [(key, teacher_id, c.text, c.finish_reason, int(c.prompt_tokens or 0), int(c.completion_tokens or 0),
+                 now) for key, c in completions.items()]
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("SELECT 1 FROM units WHERE id = ?", (unit_id,)).fetchone():
+                return False
+            self._db.execute("INSERT INTO units VALUES (?, ?, ?)", (unit_id, len(rows), now))
+            self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return True
+
+    def unit_committed(self, unit_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM units WHERE id = ?", (unit_id,)).fetchone() is not None
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] + len(self._pending)

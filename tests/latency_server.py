@@ -115,8 +115,12 @@ class LatencyServer:
     """
 
     def __init__(self, latency: str = "fixed:0", *, seed: int = 0, faults: FaultFn | str | None = None,
-                 model: str = "latency-test", host: str = "127.0.0.1", port: int = 0):
+                 model: str = "latency-test", host: str = "127.0.0.1", port: int = 0,
+                 reply: Callable[[dict], "str | None"] | None = None):
         self.latency_spec = latency
+        # `reply(body) -> text | None`: a scripted teacher (tests that need particular texts, e.g. two workers
+        # producing near-duplicates); None falls back to the deterministic `reply_for`.
+        self.reply = reply
         self.seed = seed
         parse_latency(latency)  # validate now
         self.faults = parse_faults(faults, seed) if isinstance(faults, str) else faults
@@ -133,6 +137,7 @@ class LatencyServer:
 
     def reset_stats(self) -> None:
         self.requests = 0
+        self.prompts: list[str] = []  # the last user message of every answered request, in order
         self.answered: collections.Counter[str] = collections.Counter()
         self.seen: collections.Counter[str] = collections.Counter()
         self.latencies: list[float] = []
@@ -300,6 +305,11 @@ class LatencyServer:
         finally:
             self.in_flight -= 1
         text, finish, prompt_tokens, completion_tokens = reply_for(body)
+        scripted = self.reply(body) if self.reply is not None else None
+        if scripted is not None:
+            text, finish, completion_tokens = scripted, "stop", len(scripted.split())
+        messages = body.get("messages") or []
+        self.prompts.append(next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""))
         response = {
             "id": "chatcmpl-" + key,
             "object": "chat.completion",

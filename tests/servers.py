@@ -12,6 +12,10 @@ has no vllm.
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,36 @@ def vllm_teacher(tiny_llama_dir):
 
 # Small and quick on CPU: short context, no CUDA-graph-style compilation.
 VLLM_TEST_ENGINE_OPTIONS = {"max_model_len": 512, "enforce_eager": True, "seed": 0}
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server (no persistence) for the shared-index tests; yields its connection settings."""
+    import redis
+
+    port = free_port()
+    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.time() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+    yield {"host": "127.0.0.1", "port": port}
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -83,6 +83,24 @@ def total_usage(completions: Iterable[Completion | None]) -> dict[str, int]:
     return usage
 
 
+class RowList:
+    """A split's rows kept in memory (the ShardWriter interface a method uses: `write`, `flush`, `keys`)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.keys: set[str] = set()
+
+    def write(self, row: Mapping[str, Any]) -> bool:
+        if row["id"] in self.keys:
+            return False
+        self.keys.add(row["id"])
+        self.rows.append(dict(row))
+        return True
+
+    def flush(self) -> None:
+        return None
+
+
 class MethodRun:
     """One method run in `out_dir`: ask the engine, write kept and rejected rows, count the funnel, commit.
 
@@ -101,6 +119,7 @@ class MethodRun:
         config: Mapping[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
         system: str | None = None,
+        sinks: tuple[Any, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.out_dir = Path(out_dir)
@@ -111,8 +130,9 @@ class MethodRun:
         # `--system`: sent with the requests whose reply becomes a row's assistant turn, and recorded in that row.
         self.system = system or None
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.train = ShardWriter(self.out_dir, "train")
-        self.rejected = ShardWriter(self.out_dir, "rejected")
+        # `sinks` (train, rejected): where rows go instead of shards; a unit of work on a Ray worker collects its rows
+        # in `RowList`s and the driver commits them (`gen.scale`).
+        self.train, self.rejected = sinks or (ShardWriter(self.out_dir, "train"), ShardWriter(self.out_dir, "rejected"))
         self.funnel = Funnel()
         self._charged: dict[int, Completion] = {}  # id() -> completion (held so ids are not reused)
         self.stopped = False  # set once the engine's budget is exhausted: commit what we have and stop

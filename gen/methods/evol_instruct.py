@@ -40,7 +40,7 @@ from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
 from gen.methods.parsing import contains_any, strip_prefix_labels, word_count
 from gen.methods.templates import Template, combined_hash, load_template
-from gen.teachers.base import ChatRequest, SamplingParams
+from gen.teachers.base import ChatRequest, Completion, SamplingParams
 
 METHOD = "evol_instruct"
 DEPTH_OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
@@ -218,6 +218,7 @@ class EvolInstruct:
         self.operations = [op for op in OPERATIONS if config.weights.get(op, 0) > 0]
         self.op_weights = [config.weights[op] for op in self.operations]
         self.judge_params = SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0)
+        self.index_storage: dict | None = None  # datasketch storage config: the index in Redis (`--redis`)
 
     def _draw_operation(self, round_: int, item: PoolItem) -> str:
         rng = self.run.rng("operation", round_, item.id)
@@ -229,87 +230,119 @@ class EvolInstruct:
 
     def evolve(self, items: Sequence[SeedItem]) -> list[PoolItem]:
         """Run all rounds (stopping early only if the engine's budget is exhausted); returns the final pool."""
-        from filters.minhash import MinHashIndex
-
         run = self.run
         pool = [PoolItem(id=item.id, instruction=item.instruction, root_id=item.id) for item in items]
         run.funnel.add("inputs", len(pool), round=0)
         # One index for the whole run: an evolution that near-copies any input or any earlier evolution is caught
         # before its answer is paid for.
-        index = MinHashIndex(threshold=self.config.dedup_threshold)
-        for item in items:
-            index.check_and_add(item.id, item.instruction)
-            if self.config.keep_inputs and item.response:
-                row = run.row(messages=[{"role": "user", "content": item.instruction},
-                                        {"role": "assistant", "content": item.response}],
-                              operation="input", round=0, root_id=item.id, params={"source_id": item.source_id})
-                row["id"], row["root_id"], row["teacher"], row["finish_reason"] = item.id, item.id, "input", None
-                run.keep(row, round=0)
-        run.commit(extra=self._extra(0))
+        index = self.new_index(storage_config=self.index_storage)
+        for pos, item in enumerate(items):
+            index.add(index_key(0, pos, item.id), item.instruction)
+        for row in self.input_rows(items):
+            run.keep(row, round=0)
+        run.commit(extra=self.extra(0))
 
         for round_ in range(1, self.config.rounds + 1):
             run.log(f"round {round_}/{self.config.rounds}: evolving {len(pool)} instructions")
             pool = self._round(round_, pool, index)
-            run.commit(extra=self._extra(round_))
+            run.commit(extra=self.extra(round_))
             if run.stopped:
                 run.log(f"round {round_}/{self.config.rounds}: budget exhausted; stopping (rerun to continue)")
                 break
         return pool
 
-    def _extra(self, completed_round: int) -> dict[str, Any]:
+    def new_index(self, storage_config: dict | None = None):
+        from filters.minhash import MinHashIndex
+
+        return MinHashIndex(threshold=self.config.dedup_threshold, storage_config=storage_config)
+
+    def input_rows(self, items: Sequence[SeedItem]) -> list[dict[str, Any]]:
+        """Round-0 rows: the inputs that come with an answer (unless `keep_inputs` is off)."""
+        rows = []
+        for item in items:
+            if self.config.keep_inputs and item.response:
+                row = self.run.row(messages=[{"role": "user", "content": item.instruction},
+                                             {"role": "assistant", "content": item.response}],
+                                   operation="input", round=0, root_id=item.id, params={"source_id": item.source_id})
+                row["id"], row["root_id"], row["teacher"], row["finish_reason"] = item.id, item.id, "input", None
+                rows.append(row)
+        return rows
+
+    def extra(self, completed_round: int) -> dict[str, Any]:
         return {"evol": {"rounds": self.config.rounds, "completed_round": completed_round,
                          "weights": dict(self.config.weights), "depth_share": round(depth_share(self.config.weights), 4)}}
 
     def _round(self, round_: int, pool: list[PoolItem], index: Any) -> list[PoolItem]:
+        """One round in this process: rewrite all, index and resolve near-duplicates, answer the survivors."""
+        candidates = self.rewrite_phase(round_, list(enumerate(pool)))
+        for c in candidates:
+            index.add(c.key, c.evolved)
+        duplicates = earlier_duplicates(index, candidates)
+        replacements = self.answer_phase(round_, candidates, duplicates)
+        next_pool = [replacements.get(pos, item) for pos, item in enumerate(pool)]
+        self.run.funnel.add("carried_over_unchanged", len(pool) - len(replacements), round_)
+        return next_pool
+
+    # The two halves of a round. In one process `_round` calls them on the whole pool; on a Ray cluster
+    # (`gen.scale.evol_units`) each unit of work calls them on its slice of the pool, and the near-duplicate index
+    # between them is shared (Redis) or resolved by the driver. The rule is the same either way (`earlier_duplicates`),
+    # so N workers write the rows one process writes.
+
+    def rewrite_phase(self, round_: int, entries: Sequence[tuple[int, PoolItem]]) -> list["Candidate"]:
+        """Rewrite each (pool position, item); cheap checks (empty, prompt leak) reject at once. Returns the
+        candidates to index and answer."""
         run = self.run
-        operations = [self._draw_operation(round_, item) for item in pool]
+        operations = [self._draw_operation(round_, item) for _, item in entries]
         rewrites, hashes = [], []
-        for item, op in zip(pool, operations):
+        for (_, item), op in zip(entries, operations):
             messages, template_hash = rewrite_messages(op, item.instruction)
             hashes.append(template_hash)
             rewrites.append(ChatRequest.make(messages, run.params_for("rewrite", round_, item.id, op,
                                                                       base=self.rewrite_params)))
         results = run.ask(rewrites, desc=f"round {round_} rewrite", round=round_)
-
-        # Cheap checks, in pool order (the MinHash index is order-dependent, so the order is fixed).
-        candidates: list[tuple[int, str]] = []  # (pool position, evolved instruction)
-        for pos, (item, op, result) in enumerate(zip(pool, operations, results)):
+        candidates: list[Candidate] = []
+        for (pos, item), op, template_hash, result in zip(entries, operations, hashes, results):
             if not result.ok:
-                continue
+                continue  # a failed request: the parent stays; a rerun retries it (failures are never cached)
             run.funnel.add("evolved", 1, round_)
             evolved = clean_evolution(result.completion.text)
+            candidate = Candidate(round=round_, pos=pos, item=item, operation=op, template_hash=template_hash,
+                                  evolved=evolved, rewrite=result.completion)
             reason = check_evolution(evolved)
-            duplicate_of = None
-            if reason is None:
-                duplicate_of = index.check_and_add(f"r{round_}:{item.id}", evolved)
-                reason = NEAR_DUPLICATE if duplicate_of is not None else None
             if reason is not None:
-                row = run.row(messages=[{"role": "user", "content": evolved}], operation=op, round=round_,
-                              parent_id=item.id, root_id=item.root_id, params=self._base_params(op, hashes[pos]),
-                              completions=[result.completion])
-                run.reject(row, reason, round=round_, duplicate_of=duplicate_of)
+                run.reject(candidate.bare_row(self), reason, round=round_)
                 continue
-            candidates.append((pos, evolved))
+            candidates.append(candidate)
+        return candidates
 
-        # Answers and equality judgements for the survivors, in one batch.
-        answer_requests = [ChatRequest.make([{"role": "user", "content": evolved}],
-                                            run.params_for("answer", round_, pool[pos].id, evolved), system=run.system)
-                           for pos, evolved in candidates]
-        judge_requests = [ChatRequest.make(judge_messages(pool[pos].instruction, evolved),
-                                           run.params_for("judge", round_, pool[pos].id, base=self.judge_params))
-                          for pos, evolved in candidates] if self.config.judge else []
+    def answer_phase(self, round_: int, candidates: Sequence["Candidate"],
+                     duplicates: Mapping[int, str]) -> dict[int, PoolItem]:
+        """Reject near-duplicates (pool position -> what they copy) unpaid; answer and judge the rest in one batch;
+        the eliminator on the answers. Returns pool position -> the kept evolution that replaces its parent."""
+        run = self.run
+        survivors = []
+        for c in candidates:
+            if c.pos in duplicates:
+                run.reject(c.bare_row(self), NEAR_DUPLICATE, round=round_, duplicate_of=duplicates[c.pos])
+            else:
+                survivors.append(c)
+        answer_requests = [ChatRequest.make([{"role": "user", "content": c.evolved}],
+                                            run.params_for("answer", round_, c.item.id, c.evolved), system=run.system)
+                           for c in survivors]
+        judge_requests = [ChatRequest.make(judge_messages(c.item.instruction, c.evolved),
+                                           run.params_for("judge", round_, c.item.id, base=self.judge_params))
+                          for c in survivors] if self.config.judge else []
         answered = run.ask(answer_requests + judge_requests, desc=f"round {round_} answer", round=round_)
-        answers, judgements = answered[:len(candidates)], answered[len(candidates):]
+        answers, judgements = answered[:len(survivors)], answered[len(survivors):]
 
-        next_pool = list(pool)
-        for k, (pos, evolved) in enumerate(candidates):
-            item, op = pool[pos], operations[pos]
+        replacements: dict[int, PoolItem] = {}
+        for k, c in enumerate(survivors):
             answer = answers[k]
             judgement = judgements[k] if self.config.judge else None
             if not answer.ok or (judgement is not None and not judgement.ok):
                 continue  # a failed request: the parent stays; a rerun retries (failures are never cached)
             text = answer.completion.text.strip()
-            params = self._base_params(op, hashes[pos])
+            params = self._base_params(c.operation, c.template_hash)
             reasons = []
             if judgement is not None:
                 verdict = parse_equality(judgement.completion.text)
@@ -317,16 +350,60 @@ class EvolInstruct:
                 if verdict is True:
                     reasons.append(NO_INFORMATION_GAIN)
             reasons += check_answer(text)
-            row = run.row(messages=[{"role": "user", "content": evolved}, {"role": "assistant", "content": text}],
-                          operation=op, round=round_, parent_id=item.id, root_id=item.root_id, params=params,
-                          system=run.system, completions=[results[pos].completion, answer.completion,
+            row = run.row(messages=[{"role": "user", "content": c.evolved}, {"role": "assistant", "content": text}],
+                          operation=c.operation, round=round_, parent_id=c.item.id, root_id=c.item.root_id,
+                          params=params, system=run.system,
+                          completions=[c.rewrite, answer.completion,
                                        judgement.completion if judgement is not None else None],
                           finish_reason=answer.completion.finish_reason)
             if reasons:
                 run.reject(row, reasons, round=round_)
                 continue
             run.keep(row, round=round_)
-            next_pool[pos] = PoolItem(id=row["id"], instruction=evolved, root_id=item.root_id)
-        carried = sum(1 for a, b in zip(pool, next_pool) if a is b)
-        run.funnel.add("carried_over_unchanged", carried, round_)
-        return next_pool
+            replacements[c.pos] = PoolItem(id=row["id"], instruction=c.evolved, root_id=c.item.root_id)
+        return replacements
+
+
+@dataclass
+class Candidate:
+    """An evolution that passed the cheap checks, waiting for the near-duplicate rule and its answer."""
+
+    round: int
+    pos: int  # the parent's position in the round's pool: the order the near-duplicate rule follows
+    item: PoolItem
+    operation: str
+    template_hash: str
+    evolved: str
+    rewrite: Completion
+
+    @property
+    def key(self) -> str:
+        return index_key(self.round, self.pos, f"r{self.round}:{self.item.id}")
+
+    def bare_row(self, evol: "EvolInstruct") -> dict[str, Any]:
+        """The rejected row of an evolution that is not answered: the instruction alone."""
+        return evol.run.row(messages=[{"role": "user", "content": self.evolved}], operation=self.operation,
+                            round=self.round, parent_id=self.item.id, root_id=self.item.root_id,
+                            params=evol._base_params(self.operation, self.template_hash), completions=[self.rewrite])
+
+
+def index_key(round_: int, pos: int, label: str) -> str:
+    """The near-duplicate index's key of an instruction: sortable by (round, pool position), then what to report as
+    `duplicate_of` (an input's id, or `r<round>:<parent id>` for an evolution)."""
+    return f"{round_:04d}:{pos:09d}|{label}"
+
+
+def earlier_duplicates(index: Any, candidates: Sequence[Candidate]) -> dict[int, str]:
+    """The near-duplicate rule: a candidate is a `near_duplicate` if it near-copies (exact Jaccard >= threshold) any
+    indexed instruction that comes *before* it: an input, an evolution of an earlier round, or one of this round at
+    an earlier pool position. Every candidate must already be in `index`. Because the rule only looks at keys, it
+    gives the same answer whatever order the candidates were indexed in, by one process or by many workers sharing
+    one index. Returns pool position -> the `duplicate_of` label of the most similar earlier instruction."""
+    found: dict[int, str] = {}
+    for c in candidates:
+        earlier = [(similarity, key) for key, similarity in index.query_all(c.evolved) if str(key) < c.key]
+        if earlier:
+            best = max(similarity for similarity, _ in earlier)
+            first = min(str(key) for similarity, key in earlier if similarity == best)  # ties: the earliest
+            found[c.pos] = first.split("|", 1)[1]
+    return found

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+from tests.servers import free_port, redis_server  # noqa: F401  (session fixture)
+
 
 WORDS = (
     "river mountain silver quietly garden engine market winter yellow ancient bridge harbor lantern meadow orbit "
@@ -22,36 +19,6 @@ WORDS = (
     "lemon magnet nectar olive parrot quiver rocket sparrow tulip utensil vessel whistle saddle beacon cobalt "
     "dune eclipse fossil granite horizon igloo jigsaw kayak lagoon mosaic nebula opal prism quill reef summit"
 ).split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def redis_server():
-    """A real redis-server (no persistence) for the shared-index tests; yields its connection settings."""
-    import redis
-
-    port = free_port()
-    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.time() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-    yield {"host": "127.0.0.1", "port": port}
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

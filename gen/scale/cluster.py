@@ -1,0 +1,265 @@
+"""Ray: a cluster of `UnitWorker` actors, each owning one teacher, and the driver's loop that keeps them busy.
+
+    cluster = RayCluster(args, workers=4, address="local")   # or "auto", "ray://head:10001", "10.0.0.1:6379"
+    cluster.run(units, on_result)                            # on_result(unit, outcome) once per unit, in the driver
+    cluster.close()
+
+Each actor builds its own teacher and engine from the command's own flags (`--teacher`, `--base-url`,
+`--concurrency`, ...), exactly as a one-process run would: an in-process vLLM engine on the GPUs Ray gives the actor
+(`--gpus-per-worker`; tensor parallel inside the actor, data parallel across actors, the way vLLM itself uses Ray),
+or an HTTP client of one or several OpenAI-compatible endpoints. Ray places the actors, restarts one whose process
+or node died (`max_restarts=-1`), and moves objects; the driver only decides which unit goes to which idle actor.
+
+Failure model: a unit whose actor died (process killed, node lost) comes back as `RayActorError`; the driver puts
+that unit back at the head of the queue for the next idle actor and waits for Ray to restart the dead one. Only
+the dead actor's unfinished unit is redone: finished units were already handed to `on_result` (and committed), and
+the redo's requests that had completed are answered from the request cache when the redo lands on the same node.
+An exception raised *by a handler* (a bug, a bad input) is not retried: it stops the run with its message.
+
+Secrets: actors read API keys from their own environment (a local cluster inherits the driver's); no key is ever
+put into a task, an actor's arguments, or Ray's runtime environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from gen.errors import UserError
+from gen.scale.units import WorkUnit
+
+# kind -> "module:function"; a handler is `fn(worker: WorkerContext, payload) -> dict` and runs inside an actor.
+HANDLERS = {
+    "requests": "gen.scale.request_units:run_request_unit",
+    "evol.rewrite": "gen.scale.evol_units:rewrite_unit",
+    "evol.answer": "gen.scale.evol_units:answer_unit",
+}
+# Engine counters a unit reports back (deltas) so the driver can print one summary for the whole cluster.
+ENGINE_COUNTERS = ("requests", "sent", "attempts", "cache_hits", "failures", "skipped", "rate_limited",
+                   "prompt_tokens", "completion_tokens")
+MAX_ATTEMPTS = 5  # a unit whose actor died this many times in a row is a poison pill: stop and say which
+RESTART_WAIT = 600.0  # seconds to wait for Ray to bring back a dead actor when no other actor is alive
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: pip install 'kdforge[ray]'") from None
+    return ray
+
+
+class WorkerContext:
+    """What a handler gets inside an actor: the command's flags, its engine (teacher + request cache), its index
+    among the workers, and a place for per-actor state (e.g. a shared near-duplicate index client)."""
+
+    def __init__(self, args: argparse.Namespace, index: int, cache_dir: str | None):
+        from gen.commands.common import open_engine
+
+        self.args = args
+        self.index = index
+        self.state: dict[str, Any] = {}
+        out = cache_dir if cache_dir and _writable(cache_dir) else None
+        self.engine = open_engine(args, out)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _writable(directory: str) -> bool:
+    """The run directory's cache is reachable from this node (same machine or shared storage)?"""
+    try:
+        Path(directory, ".cache").mkdir(parents=True, exist_ok=True)
+        return os.access(Path(directory, ".cache"), os.W_OK)
+    except OSError:
+        return False
+
+
+def run_handler(worker: WorkerContext, unit: WorkUnit) -> dict[str, Any]:
+    """Run one unit in `worker` and return its outcome plus the engine counters it moved and who ran it."""
+    module_name, _, function = HANDLERS[unit.kind].partition(":")
+    handler = getattr(importlib.import_module(module_name), function)
+    before = {k: worker.engine.stats.get(k, 0) for k in ENGINE_COUNTERS}
+    started = time.monotonic()
+    outcome = handler(worker, unit.payload)
+    outcome["engine"] = {k: worker.engine.stats.get(k, 0) - before[k] for k in ENGINE_COUNTERS}
+    outcome["worker"] = worker.index
+    outcome["pid"] = os.getpid()
+    outcome["seconds"] = time.monotonic() - started
+    return outcome
+
+
+def _actor_class(ray):
+    """The actor class, built on first use so that importing this module does not need Ray."""
+
+    class UnitWorker:
+        def __init__(self, args: dict[str, Any], index: int, cache_dir: str | None):
+            self.context = WorkerContext(argparse.Namespace(**args), index, cache_dir)
+
+        def ready(self) -> dict[str, Any]:
+            return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                    "teacher_id": self.context.engine.teacher_id}
+
+        def run(self, unit: WorkUnit) -> dict[str, Any]:
+            return run_handler(self.context, unit)
+
+    return ray.remote(UnitWorker)
+
+
+def worker_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags an actor needs to open the same teacher and engine: everything but the cluster's own flags, with
+    no progress bar (the driver draws one for the whole cluster) and no budget (the driver enforces it)."""
+    skip = {"ray", "workers", "redis", "func", "command"}
+    values = {k: v for k, v in vars(args).items() if k not in skip and not callable(v)}
+    values.update(no_progress=True, max_tokens=None, max_cost=None)
+    return values
+
+
+class RayCluster:
+    """`workers` actors on the Ray cluster at `address` ("local" starts one on this machine)."""
+
+    def __init__(self, args: argparse.Namespace, *, workers: int, address: str = "local",
+                 log: Callable[[str], None] | None = None, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0):
+        if workers < 1:
+            raise UserError(f"--workers {workers}: must be at least 1")
+        self.ray = ray = import_ray()
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._started_ray = False
+        if not ray.is_initialized():
+            init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                    "logging_level": logging.WARNING}
+            if address in ("local", "", None):
+                # A local cluster sized for the workers even on a small machine: HTTP workers mostly wait.
+                init["num_cpus"] = max(os.cpu_count() or 1, int(workers * cpus_per_worker + 0.999))
+            else:
+                init["address"] = address
+            try:
+                ray.init(**init)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise UserError(f"--ray {address}: cannot connect to the Ray cluster: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            self._started_ray = True
+        cache_dir = str(Path(args.out).resolve()) if getattr(args, "out", None) else None
+        actor = _actor_class(ray).options(max_restarts=-1, max_task_retries=0, num_cpus=cpus_per_worker,
+                                          num_gpus=gpus_per_worker)
+        flags = worker_args(args)
+        self.actors = [actor.remote(flags, i, cache_dir) for i in range(workers)]
+        self.pids: dict[int, int] = {}
+        try:
+            infos = ray.get([a.ready.remote() for a in self.actors])
+        except ray.exceptions.RayTaskError as exc:  # the teacher could not be opened (bad flag, missing key, ...)
+            self.close()
+            raise _user_error_from(exc) from None
+        for i, info in enumerate(infos):
+            self.pids[i] = info["pid"]
+            self.log(f"worker {i}: pid {info['pid']} on node {info['node']} ({info['teacher_id']})")
+        self.teacher_id = infos[0]["teacher_id"]
+        self.restarts = 0
+        self._announced: set[int] = set()
+        self.redone_units = 0
+        self.recoveries: list[dict[str, float]] = []  # per death: seconds until its unit restarted / actor back
+
+    # ---------------------------------------------------------------------------------------------------- run
+    def run(self, units: Iterable[WorkUnit], on_result: Callable[[WorkUnit, Mapping[str, Any]], None],
+            keep_going: Callable[[], bool] = lambda: True) -> list[WorkUnit]:
+        """Run every unit once (redoing those whose actor died); `on_result` sees each finished unit exactly once,
+        in the driver, as it finishes. Stops dispatching when `keep_going()` turns False (a budget); returns the
+        units that were never run."""
+        ray = self.ray
+        pending = deque(units)
+        inflight: dict[Any, tuple[WorkUnit, int]] = {}
+        returning: dict[Any, tuple[int, float]] = {}  # ready() refs of restarting actors -> (worker, died at)
+        idle = deque(range(len(self.actors)))
+        last_alive = time.monotonic()
+        while inflight or (pending and keep_going()):
+            while pending and idle and keep_going():
+                worker = idle.popleft()
+                unit = pending.popleft()
+                unit.attempts += 1
+                ref = self.actors[worker].run.remote(unit)
+                inflight[ref] = (unit, worker)
+                if worker not in self._announced or unit.attempts > 1:  # not one line per unit: there may be 10^5
+                    self._announced.add(worker)
+                    self.log(f"unit {unit.label or unit.id} started on worker {worker} (pid {self.pids.get(worker)})"
+                             + (f", attempt {unit.attempts}" if unit.attempts > 1 else ""))
+            waiting = list(inflight) + list(returning)
+            if not waiting:
+                break
+            done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+            if inflight or idle:
+                last_alive = time.monotonic()
+            elif time.monotonic() - last_alive > RESTART_WAIT:
+                raise UserError(f"--ray: no worker alive for {RESTART_WAIT:.0f} s (Ray could not restart them)")
+            for ref in done:
+                if ref in returning:
+                    self._back(ref, returning, idle)
+                    continue
+                unit, worker = inflight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    self._died(unit, worker, exc, pending, returning)
+                    continue
+                except ray.exceptions.RayTaskError as exc:
+                    raise _user_error_from(exc, unit) from None
+                idle.append(worker)
+                on_result(unit, outcome)
+        return list(pending)
+
+    def _died(self, unit: WorkUnit, worker: int, exc: BaseException, pending: deque, returning: dict) -> None:
+        self.redone_units += 1
+        if unit.attempts >= MAX_ATTEMPTS:
+            raise UserError(f"unit {unit.label or unit.id}: its worker died {unit.attempts} times running it; "
+                            "giving up (see the Ray logs under /tmp/ray/session_latest/logs)")
+        died_at = time.monotonic()
+        pending.appendleft(unit)  # the next idle actor redoes it first
+        self.log(f"worker {worker} (pid {self.pids.get(worker)}) died running unit {unit.label or unit.id} "
+                 f"({type(exc).__name__}); the unit goes to another worker, Ray restarts this one")
+        if not any(w == worker for w, _ in returning.values()):
+            returning[self.actors[worker].ready.remote()] = (worker, died_at)
+        self.recoveries.append({"died_at": died_at})
+
+    def _back(self, ref: Any, returning: dict, idle: deque) -> None:
+        worker, died_at = returning.pop(ref)
+        try:
+            info = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError:  # died again while restarting: keep waiting for Ray
+            returning[self.actors[worker].ready.remote()] = (worker, died_at)
+            return
+        self.restarts += 1
+        self.pids[worker] = info["pid"]
+        self._announced.discard(worker)
+        for record in self.recoveries:
+            if record.get("died_at") == died_at:
+                record["actor_back_s"] = time.monotonic() - died_at
+        self.log(f"worker {worker} is back (pid {info['pid']}) after {time.monotonic() - died_at:.1f} s")
+        idle.append(worker)
+
+    def close(self) -> None:
+        for actor in getattr(self, "actors", []):
+            try:
+                self.ray.kill(actor)
+            except Exception:  # already gone
+                pass
+        self.actors = []
+        if self._started_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _user_error_from(exc: BaseException, unit: WorkUnit | None = None) -> BaseException:
+    """A handler's exception as the driver should raise it: a UserError keeps its one-line message."""
+    cause = getattr(exc, "cause", None)
+    where = f"unit {unit.label or unit.id}: " if unit is not None else ""
+    if isinstance(cause, UserError):
+        return UserError(f"{where}{cause}")
+    if cause is not None:
+        return RuntimeError(f"{where}{type(cause).__name__}: {cause}")
+    return RuntimeError(f"{where}{exc}")

@@ -1,0 +1,133 @@
+"""`DistributedEngine`: the engine's `run(requests)` with the requests spread over Ray workers in units.
+
+Every method's loop talks to an engine (`engine.run(requests) -> results`, `stats`, `exhausted`, `teacher_id`).
+With `--ray`, `gen.commands.common.open_engine` hands it this one instead: the method's own logic (Self-Instruct's
+pool and its central ROUGE-L admission, UltraChat's and self-chat's turn loop, `gen label`'s chunks, Orca's system
+messages) stays in the driver unchanged, rounds and turns stay barriers, and only the requests travel. So a run on
+N workers builds exactly the rows a one-process run builds from the same answers.
+
+A call's requests not already in the driver's cache are cut into units of `unit_size` in request order; a unit's
+id hashes its requests' cache keys. A finished unit is committed to the driver's request cache in one transaction
+with its id (`RequestCache.commit_unit`), so it is committed once, and a rerun of the command, wherever its units
+land, answers it from the cache. Failed requests are never cached (a rerun retries them), as in `Engine`.
+
+Budgets (`--max-tokens`, `--max-cost`) are enforced here, between units: no new unit starts once what the finished
+units spent reaches the budget, so a run overshoots by at most the units in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from gen.cache import RequestCache
+from gen.engine import BUDGET_EXHAUSTED, Result
+from gen.errors import UserError
+from gen.pricing import Price, price_for
+from gen.records import content_id
+from gen.scale.cluster import ENGINE_COUNTERS, RayCluster
+from gen.scale.units import WorkUnit, slices
+from gen.teachers.base import ChatRequest, Completion
+
+DEFAULT_UNIT_REQUESTS = 64
+
+
+def run_request_unit(worker, payload: Sequence[ChatRequest]) -> dict[str, Any]:
+    """In an actor: answer one unit of requests with the worker's own engine (its retries, rate limits, cache)."""
+    results = worker.engine.run(list(payload), desc="unit")
+    return {"answers": [(r.completion.text, r.completion.finish_reason, r.completion.prompt_tokens,
+                         r.completion.completion_tokens) if r.ok else r.error for r in results]}
+
+
+class DistributedEngine:
+    """The `Engine` interface over a `RayCluster` (which it owns and closes)."""
+
+    takes_whole_batch = False
+
+    def __init__(self, cluster: RayCluster, *, cache_path=None, unit_size: int = DEFAULT_UNIT_REQUESTS,
+                 max_total_tokens: int | None = None, max_cost: float | None = None, price: Price | None = None):
+        if unit_size < 1:
+            raise UserError(f"--unit-size {unit_size}: must be at least 1")
+        self.cluster = cluster
+        self.teacher_id = cluster.teacher_id
+        self.cache = RequestCache(cache_path)
+        self.unit_size = unit_size
+        self.max_total_tokens = max_total_tokens
+        self.max_cost = max_cost
+        self.price = price or price_for(self.teacher_id)
+        if max_cost is not None and self.price is None:
+            raise UserError(f"--max-cost: no known price for teacher {self.teacher_id!r}; pass --price IN:OUT")
+        self.exhausted = False
+        self.stats: dict[str, Any] = {k: 0 for k in ENGINE_COUNTERS}
+        self.stats.update(cost=0.0 if self.price is not None else None, seconds=0.0, units=0, workers=len(cluster.actors))
+
+    def within_budget(self) -> bool:
+        spent = self.stats["prompt_tokens"] + self.stats["completion_tokens"]
+        if self.max_total_tokens is not None and spent >= self.max_total_tokens:
+            return False
+        if self.max_cost is not None and self.stats["cost"] is not None and self.stats["cost"] >= self.max_cost:
+            return False
+        return True
+
+    def run(self, requests: Sequence[ChatRequest], desc: str = "") -> list[Result]:
+        """Complete `requests` on the workers; one `Result` per request, in order (as `Engine.run`)."""
+        requests = list(requests)
+        started = time.monotonic()
+        keys = [r.cache_key(self.teacher_id) for r in requests]
+        cached = self.cache.get_many(keys)
+        missing: dict[str, ChatRequest] = {}
+        for key, request in zip(keys, requests):
+            if key not in cached and key not in missing:
+                missing[key] = request
+        outcomes: dict[str, Completion | str] = {}
+        units = []
+        for n, part in enumerate(slices(list(missing.items()), self.unit_size)):
+            unit_keys = [k for k, _ in part]
+            units.append(WorkUnit(id=content_id("requests", unit_keys)[:24], kind="requests",
+                                  payload=[r for _, r in part], label=f"{desc or 'requests'} {n + 1}/?"))
+        for unit in units:
+            unit.label = unit.label.replace("/?", f"/{len(units)}")
+
+        def on_result(unit: WorkUnit, outcome: dict[str, Any]) -> None:
+            answered: dict[str, Completion] = {}
+            for request, answer in zip(unit.payload, outcome["answers"]):
+                key = request.cache_key(self.teacher_id)
+                if isinstance(answer, str) or answer is None:
+                    outcomes[key] = answer or "failed"
+                else:
+                    answered[key] = outcomes[key] = Completion(*answer)
+            self.cache.commit_unit(unit.id, self.teacher_id, answered)
+            self.count_unit(outcome["engine"])
+
+        if units and not self.exhausted:
+            never_run = self.cluster.run(units, on_result, keep_going=self.within_budget)
+            if never_run:
+                self.exhausted = True
+        results = []
+        for key, request in zip(keys, requests):
+            if key in cached:
+                results.append(Result(request, cached[key], None, True))
+                continue
+            outcome = outcomes.get(key, BUDGET_EXHAUSTED)
+            results.append(Result(request, outcome, None, False) if isinstance(outcome, Completion)
+                           else Result(request, None, outcome, False))
+        hits = sum(1 for k in keys if k in cached)  # answered by the driver's cache; the rest counted by workers
+        self.stats["requests"] += hits
+        self.stats["cache_hits"] += hits
+        self.stats["skipped"] += sum(1 for r in results if r.error == BUDGET_EXHAUSTED)
+        self.stats["seconds"] += time.monotonic() - started
+        return results
+
+    def count_unit(self, counters: dict[str, Any]) -> None:
+        """Add a unit's engine counters (what its worker sent, retried, spent) to the cluster-wide stats."""
+        for name in ENGINE_COUNTERS:
+            self.stats[name] += counters.get(name, 0)
+        self.stats["units"] += 1
+        if self.price is not None:
+            self.stats["cost"] = self.price.cost(self.stats["prompt_tokens"], self.stats["completion_tokens"])
+
+    def close(self) -> None:
+        try:
+            self.cache.close()
+        finally:
+            self.cluster.close()

@@ -1,0 +1,133 @@
+"""Fixtures for the Ray tests: ONE local Ray cluster for the module (started with `ray start`, as on a real head
+node; each `gen ... --ray ADDRESS` joins it), a scripted OpenAI-compatible teacher (a real HTTP server whose
+replies the test chooses), redis-server, and `gen` run as a real subprocess whose log lines can be watched."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.latency_server import LatencyServer
+from tests.servers import free_port, llamacpp_server, redis_server  # noqa: F401  (session fixtures)
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """`ray start --head` on this machine with 4 CPUs; yields the address to pass as `--ray`."""
+    port = free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    env = ray_env()
+    start = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={temp}"]
+    subprocess.run(start, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------- a scripted evol teacher
+
+REWRITE_PREFIXES = ("You rewrite instructions", "You invent instructions")
+JUDGE_PREFIX = "Compare the two requests"
+# Inputs whose rewrites the script makes near-identical (one word differs in 26): a near-duplicate pair.
+TWIN_MARKERS = ("alpha-twin", "omega-twin")
+# Twice the same 44 words but for the last one: exact Jaccard of word 5-shingles 35/45 = 0.78 >= 0.7.
+TWIN_EVOLUTION = ("Describe step by step how a small family bakery in a busy town could plan its weekly bread "
+                  "production together with the staff shifts, the flour and butter orders, the oven schedule and the "
+                  "delivery routes to cafes while keeping unsold bread and other waste below five percent of {}")
+
+
+def scripted_reply(body: dict) -> str:
+    """Rewrite -> an instruction made from the input's topic word (twin inputs -> near-identical instructions);
+    judge -> 'Different'; anything else (an answer) -> an answer that names what it answers."""
+    user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+    if user.startswith(REWRITE_PREFIXES):
+        for n, marker in enumerate(TWIN_MARKERS):
+            if marker in user:
+                return TWIN_EVOLUTION.format("sales" if n == 0 else "output")
+        topics = re.findall(r"topic\d+", user)
+        topic = topics[-1] if topics else "bread"
+        if "careful comparison" in user:  # round 2 rewrites a round-1 evolution
+            return f"Plan a week-long study schedule covering {topic} with daily goals, readings and a final quiz"
+        return (f"Write a careful comparison of {topic} and its history, with three concrete examples and one "
+                "counterexample")
+    if user.startswith(JUDGE_PREFIX):
+        return "Different"
+    return "Here is a full answer about: " + " ".join(user.split()[:12])
+
+
+@pytest.fixture(scope="module")
+def scripted_teacher():
+    """A real OpenAI-compatible server with 0.25 s of latency per request and scripted replies."""
+    with LatencyServer("fixed:0.25", reply=scripted_reply) as server:
+        yield server
+
+
+def write_inputs(path: Path, n: int, twins: tuple[int, int] | None = None) -> Path:
+    """n instructions (`topicK` each); with `twins=(i, j)` inputs i and j carry the twin markers."""
+    lines = []
+    for k in range(n):
+        marker = ""
+        if twins is not None and k in twins:
+            marker = f" ({TWIN_MARKERS[twins.index(k)]})"
+        lines.append('{"instruction": "Tell me about topic%d and why it matters%s."}' % (k, marker))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- gen as a process
+
+
+@dataclass
+class Proc:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def ray_env() -> dict[str, str]:
+    """The test cluster listens on 127.0.0.1 only, so Ray's token authentication (on by default in Ray 2.60, with a
+    token per cluster that `ray start` and the drivers would have to share through a file) is turned off for it."""
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def gen_env() -> dict[str, str]:
+    return {**ray_env(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_gen(argv: list[str], timeout: float = 300) -> Proc:
+    done = subprocess.run([str(BIN / "gen"), *argv], capture_output=True, text=True, env=gen_env(), timeout=timeout)
+    return Proc(done.returncode, done.stdout, done.stderr)
+
+
+def start_gen(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "gen"), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=gen_env(), bufsize=1)
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 120) -> tuple[re.Match, list[str]]:
+    """Read the process's stderr until a line matches `pattern`; returns the match and the lines read."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match, seen
+    raise AssertionError(f"no line matching {pattern!r}; stderr so far:\n{''.join(seen)}")

@@ -1,0 +1,143 @@
+"""`gen evol --ray`: units of a round run on Ray actors; the rows are those of a one-process run, every unit is
+committed once, a killed worker costs only its unit, and the Redis index catches a near-copy made by another
+worker before its answer is paid for.
+
+The teacher is a real OpenAI-compatible HTTP server with scripted replies (tests/scale/conftest.py): the same
+request always gets the same text, so runs can be compared row for row, and two inputs are made to evolve into a
+near-duplicate pair."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from gen.shards import read_table
+from tests.scale.conftest import TWIN_EVOLUTION, run_gen, start_gen, wait_for_line, write_inputs
+
+N_INPUTS = 8
+TWINS = (1, 6)  # positions of the twin inputs: in different units for every unit size below 6
+
+
+def evol_argv(server, inputs: Path, out: Path, *extra: str) -> list[str]:
+    return ["evol", "--input", str(inputs), "--rounds", "2", "--teacher", f"openai:{server.model}",
+            "--base-url", server.v1_url, "--max-new-tokens", "32", "--seed", "7", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def rows(out: Path, split: str) -> dict[str, dict]:
+    table = read_table(out, split)
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), f"duplicate row ids in {out}/{split}"
+    return {row["id"]: row for row in table.to_pylist()}
+
+
+def unit_records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "units").glob("*.json"))]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    return write_inputs(tmp_path_factory.mktemp("inputs") / "inputs.jsonl", N_INPUTS, twins=TWINS)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, scripted_teacher, inputs) -> Path:
+    """The reference: the same command without --ray."""
+    out = tmp_path_factory.mktemp("one-process") / "run"
+    done = run_gen(evol_argv(scripted_teacher, inputs, out))
+    assert done.rc == 0, done.stderr
+    return out
+
+
+def assert_same_rows(out: Path, reference: Path) -> None:
+    for split in ("train", "rejected"):
+        got, want = rows(out, split), rows(reference, split)
+        assert got.keys() == want.keys(), split
+        for key, row in want.items():
+            assert got[key] == row, (split, key)
+
+
+def twin_rejection(out: Path) -> dict:
+    rejected = [r for r in rows(out, "rejected").values() if "near_duplicate" in r["filters"]]
+    assert rejected, "the twin near-duplicate was not rejected"
+    return rejected[0]
+
+
+def test_reference_run_rejects_the_later_twin(one_process, inputs):
+    twin = twin_rejection(one_process)
+    assert twin["messages"][0]["content"] == TWIN_EVOLUTION.format("output")  # the later twin (position 6)
+    first_twin_input = json.loads(inputs.read_text().splitlines()[TWINS[0]])["instruction"]
+    kept = [r for r in rows(one_process, "train").values() if r["round"] == 1]
+    assert any(r["messages"][0]["content"] == TWIN_EVOLUTION.format("sales") for r in kept)
+    parent = twin["duplicate_of"].split(":", 1)[1]  # "r1:<id of the first twin's input>"
+    assert parent in {r["parent_id"] for r in kept if "sales" in r["messages"][0]["content"]}
+    assert first_twin_input  # the inputs file is what the run read
+
+
+def test_two_workers_write_the_rows_of_one_process(ray_cluster, scripted_teacher, inputs, one_process, tmp_path):
+    out = tmp_path / "two-workers"
+    done = run_gen(evol_argv(scripted_teacher, inputs, out, "--ray", ray_cluster, "--workers", "2",
+                             "--unit-size", "2"))
+    assert done.rc == 0, done.stderr
+    assert_same_rows(out, one_process)
+    records = unit_records(out)
+    # the inputs unit + 2 rounds x 4 slices, each committed once, by both workers
+    assert len(records) == 1 + 2 * (N_INPUTS // 2)
+    assert {r["worker"] for r in records if "worker" in r} == {0, 1}
+    assert sum(r["rows"].get("train", 0) for r in records) == len(rows(out, "train"))
+    shard_units = {p.stem.removeprefix("unit-") for p in (out / "train").glob("unit-*.arrow")}
+    assert shard_units <= {r["unit"] for r in records}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["funnel"] == json.loads((one_process / "manifest.json").read_text())["funnel"]
+
+
+def test_redis_index_catches_a_near_copy_made_by_another_worker(ray_cluster, redis_server, scripted_teacher,
+                                                                inputs, one_process, tmp_path):
+    import redis
+
+    out = tmp_path / "redis"
+    url = f"redis://{redis_server['host']}:{redis_server['port']}/0"
+    scripted_teacher.reset_stats()
+    done = run_gen(evol_argv(scripted_teacher, inputs, out, "--ray", ray_cluster, "--workers", "2",
+                             "--unit-size", "4", "--redis", url))
+    assert done.rc == 0, done.stderr
+    # the two twins were rewritten by different workers (slices 1 and 2 of round 1 went out together)
+    round1 = [r for r in unit_records(out) if r.get("round") == 1]
+    by_position = {}
+    for record in round1:
+        for key, _text in record["candidates"]:
+            by_position[int(key.split("|")[0].split(":")[1])] = record["rewrite_worker"]
+    assert by_position[TWINS[0]] != by_position[TWINS[1]]
+    # the later twin is rejected as a near-duplicate of the earlier one, and its answer was never requested
+    twin = twin_rejection(out)
+    assert twin["messages"] == [{"role": "user", "content": TWIN_EVOLUTION.format("output")}]
+    assert TWIN_EVOLUTION.format("output") not in scripted_teacher.prompts
+    assert TWIN_EVOLUTION.format("sales") in scripted_teacher.prompts  # the kept twin was answered
+    # the index lives in Redis, and the rows are those of the one-process run
+    client = redis.Redis(**redis_server)
+    assert client.keys("kdforge:evol:*"), "no index keys in Redis"
+    assert_same_rows(out, one_process)
+
+
+def test_a_killed_worker_costs_only_its_unit(ray_cluster, scripted_teacher, inputs, one_process, tmp_path):
+    out = tmp_path / "killed"
+    proc = start_gen(evol_argv(scripted_teacher, inputs, out, "--ray", ray_cluster, "--workers", "2",
+                               "--unit-size", "1"))
+    try:
+        match, _ = wait_for_line(proc, r"started on worker 1 \(pid (\d+)\)")
+        os.kill(int(match.group(1)), signal.SIGKILL)  # the worker's process, mid-unit (a request takes 0.25 s)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "died running unit" in stderr
+    records = unit_records(out)
+    assert len(records) == 1 + 2 * N_INPUTS  # every unit committed, once
+    assert_same_rows(out, one_process)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["units"]["redone_after_worker_death"] >= 1
