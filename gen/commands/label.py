@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--limit {args.limit}: must be at least 1")
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size {args.chunk_size}: must be at least 1")
+    from gen.methods.command import reject_redis_flag
+
+    reject_redis_flag(args, METHOD)
     inputs = read_inputs(args.input, field=args.field, limit=args.limit)
     params = sampling_from_args(args)
     system_for = orca.system_chooser(args)

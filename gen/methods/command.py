@@ -9,6 +9,8 @@ import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
+from gen.errors import UserError
+
 if TYPE_CHECKING:
     from gen.methods.base import MethodRun
 
@@ -27,12 +29,20 @@ def add_out_argument(parser: argparse.ArgumentParser, default: str | None = None
                              "(rerunning the same command resumes)" + (f" (default {default})" if default else ""))
 
 
+def reject_redis_flag(args: argparse.Namespace, method: str) -> None:
+    """`--redis` shares Evol-Instruct's near-duplicate index; no other command keeps one while it generates."""
+    if getattr(args, "redis", None) and method != "evol_instruct":
+        raise UserError(f"--redis: only `gen evol` keeps a near-duplicate index while generating; for {method} rows "
+                        "run `gen dedup` on the merged output")
+
+
 @contextmanager
 def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator["MethodRun"]:
     """Engine + MethodRun for a command; the engine (and its teacher) is closed on the way out."""
     from gen.commands.common import open_engine, run_config
     from gen.methods.base import MethodRun
 
+    reject_redis_flag(args, method)
     engine = open_engine(args, args.out)
     try:
         config = run_config(args)
