@@ -39,6 +39,9 @@ def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--transport", default=None, choices=("aiohttp", "sdk"),
                        help="HTTP client of the openai/anthropic/llamacpp teachers: aiohttp (default; ~0.2 ms CPU "
                             "per request) or sdk (the official SDK over httpx; 5-12 ms CPU per request)")
+    group.add_argument("--tensor-parallel-size", type=int, default=None, metavar="N",
+                       help="vllm: GPUs one in-process engine spans (vLLM's tensor_parallel_size; with --ray, the GPUs "
+                            "each actor asks Ray for unless --gpus-per-worker says otherwise)")
     group.add_argument("--system", default=None, metavar="TEXT",
                        help="system message sent with every request (recorded in each row's `system`)")
 
@@ -129,6 +132,10 @@ def load_teacher_from_args(args: argparse.Namespace):
         options["base_url"] = args.base_url
     if getattr(args, "transport", None):
         options["transport"] = args.transport
+    if getattr(args, "tensor_parallel_size", None):
+        if args.tensor_parallel_size < 1:
+            raise UserError(f"--tensor-parallel-size {args.tensor_parallel_size}: must be at least 1")
+        options["tensor_parallel_size"] = args.tensor_parallel_size
     return load_teacher(args.teacher, **options)
 
 
@@ -180,7 +187,8 @@ def open_distributed_engine(args: argparse.Namespace, out_dir, price=None):
 
     gpus = args.gpus_per_worker
     if gpus is None:
-        gpus = 1.0 if str(args.teacher).startswith("vllm:") and _cluster_has_gpus() else 0.0
+        vllm = str(args.teacher).startswith("vllm:")
+        gpus = float(getattr(args, "tensor_parallel_size", None) or 1) if vllm and _cluster_has_gpus() else 0.0
     cluster = RayCluster(args, workers=args.workers, address=args.ray, cpus_per_worker=args.cpus_per_worker,
                          gpus_per_worker=gpus)
     try:
