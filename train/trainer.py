@@ -11,6 +11,19 @@ with FSDP or DeepSpeed come with it unchanged; we only replace `compute_loss`:
 3. divide by `num_items_in_batch`, the number of loss tokens of the whole accumulated batch counted by the Trainer
    over every micro-batch (and every device, `average_tokens_across_devices`), so that accumulation over uneven
    micro-batches gives exactly the gradient of one big batch.
+
+Sharded lm_head: the op needs the whole [V, H] weight.
+- FSDP2 (`fully_shard`, `reshard_after_forward: true`): the root unit (embeddings, final norm, lm_head) reshards
+  after forward and frees its gathered storage, and its pre-backward hook -- which would gather it again -- hangs on
+  the model's output (the [B, 1, V] logits), which our loss does not use. Backward through the final norm would then
+  read freed memory (a segfault on CPU, measured) and the root's gradients would not be reduce-scattered. So the
+  root (and the lm_head, if it is a unit of its own) is unsharded again right after the forward
+  (`_unshard_fsdp2_units`): lm_head.weight is then the whole tensor, and FSDP2's end-of-backward callback
+  reduce-scatters its gradient and reshards, as for any unit.
+- Any other DTensor-sharded lm_head (e.g. no_grad evaluation under FSDP2) is gathered with `full_tensor`, whose
+  backward reduce-scatters dW back to the shards (`gather_full_weight`).
+- DeepSpeed ZeRO-3: gathered with `deepspeed.zero.GatheredParameters` (`_lm_head_params`).
+- FSDP1 with transformer-layer wrapping never reshards the root unit after forward: the weight is whole already.
 """
 
 from __future__ import annotations
@@ -33,6 +46,25 @@ from train.losses import LossConfig, batch_loss_sum
 
 # Config attributes of models whose logits are not plain `h @ W.T + b`: the op would train a different distribution.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def gather_full_weight(param: torch.Tensor | None) -> torch.Tensor | None:
+    """The whole tensor behind `param` (lm_head weight [V, H] or bias [V]): a DTensor (FSDP2 / DTensor-sharded
+    parameter) is all-gathered into a plain tensor, differentiably; anything else is returned as is.
+
+    Gradient: each rank's dW is a different (data-parallel) partial gradient, so the full tensor's gradient is
+    declared `Partial("avg")`: backward reduce-scatters it to each rank's shard (all-reduces over replicated mesh
+    dims), averaging over ranks exactly as FSDP does for every other parameter. (The default, Replicate, would keep
+    only this rank's slice of its own gradient, unsynchronized.)"""
+    if param is None:
+        return None
+    try:
+        from torch.distributed.tensor import DTensor, Partial
+    except ImportError:  # torch built without distributed
+        return param
+    if not isinstance(param, DTensor):
+        return param
+    return param.full_tensor(grad_placements=[Partial("avg")] * param.device_mesh.ndim)
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
@@ -66,8 +98,8 @@ class DistillTrainer(Trainer):
         self._hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
     def _lm_head_params(self):
-        """The lm_head weight/bias, gathered when DeepSpeed ZeRO-3 partitions them (FSDP keeps the root unit --
-        which holds the lm_head under transformer-layer wrapping -- unsharded after forward)."""
+        """A context in which the lm_head weight/bias are whole when DeepSpeed ZeRO-3 partitions them (FSDP2
+        DTensors are gathered inside it by `gather_full_weight`; FSDP1 keeps the root unit unsharded after forward)."""
         params = [p for p in (self._head.weight, getattr(self._head, "bias", None)) if p is not None]
         if getattr(self.accelerator.state, "deepspeed_plugin", None) is not None and any(
                 hasattr(p, "ds_id") for p in params):
@@ -75,6 +107,20 @@ class DistillTrainer(Trainer):
 
             return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         return contextlib.nullcontext()
+
+    def _unshard_fsdp2_units(self, model) -> None:
+        """FSDP2: all-gather again (no-op if still gathered) the root unit and the lm_head's own unit, if any,
+        after the forward: the loss runs on their parameters outside their forward (see the module docstring)."""
+        if not torch.is_grad_enabled():  # no backward will read them: gather_full_weight is enough
+            return
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:  # torch built without distributed
+            return
+        units = {id(m): m for m in (model, self.accelerator.unwrap_model(model), self._head)
+                 if isinstance(m, FSDPModule)}
+        for unit in units.values():
+            unit.unshard()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forward = {"input_ids": inputs["input_ids"], "use_cache": False}
@@ -86,13 +132,15 @@ class DistillTrainer(Trainer):
         self._hidden = None
         model(**forward)
         hidden, self._hidden = self._hidden, None
+        self._unshard_fsdp2_units(model)
         with self._lm_head_params():
-            weight = self._head.weight
+            weight = gather_full_weight(self._head.weight)
+            bias = gather_full_weight(getattr(self._head, "bias", None))
             if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-                raise RuntimeError(f"lm_head weight has shape {tuple(weight.shape)} at loss time: it is sharded; see "
-                                   f"README 'Training' for the FSDP/DeepSpeed settings that keep it gathered")
-            loss_sum, stats = batch_loss_sum(hidden, weight, getattr(self._head, "bias", None), inputs,
-                                             self.loss_config)
+                raise RuntimeError(f"lm_head weight has shape {tuple(weight.shape)} at loss time: it is sharded in a "
+                                   f"way this trainer cannot gather; see README 'Training' for the FSDP/DeepSpeed "
+                                   f"settings")
+            loss_sum, stats = batch_loss_sum(hidden, weight, bias, inputs, self.loss_config)
         if num_items_in_batch is None:
             num_items_in_batch = (inputs["labels"][:, 1:] != -100).sum()
         loss = loss_sum / num_items_in_batch.clamp_min(1) if torch.is_tensor(num_items_in_batch) else \
@@ -107,17 +155,33 @@ class DistillTrainer(Trainer):
                 self._window[key] += value
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def _global_window(self) -> dict[str, float]:
+        """The loss-split/token window summed over all processes (every rank calls `log` at a logging step: the
+        Trainer gathers the loss there too), so the logged kd_loss/sft_loss/tokens_per_second are the whole step's,
+        not rank 0's share."""
+        if self.accelerator.num_processes == 1:
+            return dict(self._window)
+        keys = list(self._window)
+        local = torch.tensor([float(self._window[k]) for k in keys], dtype=torch.float64, device=self.args.device)
+        return dict(zip(keys, self.accelerator.reduce(local, reduction="sum").tolist()))
+
+    def _max_over_ranks(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        local = torch.tensor([value], dtype=torch.float64, device=self.args.device)
+        return float(self.accelerator.gather(local).max())
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add throughput, memory and the loss split since the last one
             elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-            w = self._window
+            w = self._global_window()
             logs["tokens_per_second"] = round(w["tokens"] / elapsed, 1)
-            logs["peak_memory_mb"] = round(peak_memory_mb(self.args.device), 1)
+            logs["peak_memory_mb"] = round(self._max_over_ranks(peak_memory_mb(self.args.device)), 1)
             if w["kd_tokens"]:
                 logs["kd_loss"] = w["kd_loss_sum"] / w["kd_tokens"]
             if w["sft_tokens"]:
                 logs["sft_loss"] = w["sft_loss_sum"] / w["sft_tokens"]
-            self._window = dict.fromkeys(w, 0.0)
+            self._window = dict.fromkeys(self._window, 0.0)
             self._window_start = time.perf_counter()
         super().log(logs, start_time)
 
