@@ -190,7 +190,7 @@ def open_distributed_engine(args: argparse.Namespace, out_dir, price=None):
         vllm = str(args.teacher).startswith("vllm:")
         gpus = float(getattr(args, "tensor_parallel_size", None) or 1) if vllm and _cluster_has_gpus() else 0.0
     cluster = RayCluster(args, workers=args.workers, address=args.ray, cpus_per_worker=args.cpus_per_worker,
-                         gpus_per_worker=gpus)
+                         gpus_per_worker=gpus, progress=not args.no_progress)
     try:
         return DistributedEngine(cluster, cache_path=default_cache_path(out_dir) if out_dir is not None else None,
                                  unit_size=args.unit_size or DEFAULT_UNIT_REQUESTS, max_total_tokens=args.max_tokens,

@@ -127,10 +127,11 @@ class RayCluster:
 
     def __init__(self, args: argparse.Namespace, *, workers: int, address: str = "local",
                  log: Callable[[str], None] | None = None, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0):
+                 gpus_per_worker: float = 0.0, progress: bool = True):
         if workers < 1:
             raise UserError(f"--workers {workers}: must be at least 1")
         self.ray = ray = import_ray()
+        self.progress = progress
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._started_ray = False
         if not ray.is_initialized():
@@ -173,8 +174,13 @@ class RayCluster:
         """Run every unit once (redoing those whose actor died); `on_result` sees each finished unit exactly once,
         in the driver, as it finishes. Stops dispatching when `keep_going()` turns False (a budget); returns the
         units that were never run."""
+        from gen.progress import Progress
+
         ray = self.ray
         pending = deque(units)
+        # One bar for the whole cluster, counted in units (the workers draw none).
+        progress = Progress(len(pending), "units", enabled=self.progress)
+        finished = sent = tokens = failures = 0
         inflight: dict[Any, tuple[WorkUnit, int]] = {}
         returning: dict[Any, tuple[int, float]] = {}  # ready() refs of restarting actors -> (worker, died at)
         idle = deque(range(len(self.actors)))
@@ -212,6 +218,14 @@ class RayCluster:
                     raise _user_error_from(exc, unit) from None
                 idle.append(worker)
                 on_result(unit, outcome)
+                finished += 1
+                counters = outcome.get("engine", {})
+                sent += counters.get("sent", 0)
+                tokens += counters.get("prompt_tokens", 0) + counters.get("completion_tokens", 0)
+                failures += counters.get("failures", 0)
+                progress.update(done=finished, sent=sent, tokens=tokens, failures=failures)
+                progress.refresh()
+        progress.close()
         return list(pending)
 
     def _died(self, unit: WorkUnit, worker: int, exc: BaseException, pending: deque, returning: dict) -> None:
