@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,18 +23,35 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """`ray start --head` on this machine with 4 CPUs; yields the address to pass as `--ray`."""
+    """`ray start --head --block` on this machine with 4 CPUs, in its own process group; yields the address to pass
+    as `--ray`. Teardown stops that group only (never `ray stop`, which would stop every Ray cluster of the user)."""
+    import socket
+
     port = free_port()
     temp = tmp_path_factory.mktemp("ray")
-    env = ray_env()
-    start = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4", "--include-dashboard=false",
-             "--disable-usage-stats", f"--temp-dir={temp}"]
-    subprocess.run(start, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    start = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+             "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    head = subprocess.Popen(start, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:  # the GCS answers on the port once the head is up
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if head.poll() is not None or time.monotonic() > deadline:
+                head.kill()
+                raise RuntimeError("ray start --head did not come up")
+            time.sleep(0.2)
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)  # `--block` stops the raylet, GCS and workers it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
 
 
 # ---------------------------------------------------------------------------------------- a scripted evol teacher
