@@ -194,6 +194,9 @@ class EndpointPool(Teacher):
             raise TransientError(f"all {n} endpoints unavailable; {retry}")
         cap = self.per_endpoint_in_flight
         free = [e for e in in_service if (cap is None or e.in_flight < cap) and not (e.streak and e.in_flight)]
+        # Nothing free (every endpoint at its cap or mid failure streak, e.g. while others are out): the request
+        # queues at the least loaded endpoint rather than failing; a queued request only waits, a failed one
+        # spends one of its retries.
         candidates = free or in_service
         # min() keeps the first of equal keys, and `order` rotates: ties go round robin.
         return min(candidates, key=lambda e: (e.avoid_until > now, e.in_flight)), False

@@ -101,6 +101,16 @@ def test_balancing_by_in_flight_load_sends_less_to_the_slow_replica(latency_serv
     assert all(s["failures"] == 0 and s["healthy"] and s["in_flight"] == 0 for s in stats.values())
 
 
+def test_max_in_flight_is_per_endpoint_and_caps_the_engine(latency_servers):
+    a, b = latency_servers("fixed:0.05"), latency_servers("fixed:0.05")
+    pool = EndpointPool("latency-test", [a.v1_url, b.v1_url], max_in_flight=2)
+    assert pool.max_in_flight == 4
+    with Engine(pool, concurrency=16, progress=False) as engine:
+        assert engine.max_concurrency == 4
+        assert all(r.ok for r in engine.run(requests(24)))
+    assert a.max_in_flight == b.max_in_flight == 2 and a.requests + b.requests == 24
+
+
 def test_all_endpoints_down_raises_transient_then_one_probe_each_after_the_cooldown(latency_servers):
     a, b = latency_servers(faults="500%1.0"), latency_servers(faults="500%1.0")
     pool = EndpointPool("latency-test", [a.v1_url, b.v1_url], failures_to_eject=2, cooldown=0.4, max_cooldown=0.8)
@@ -257,11 +267,18 @@ def test_an_always_500_endpoint_is_taken_out_then_used_again_once_healed(llamacp
 
         bad.reset(None)  # healed
         time.sleep(out["retry_in_s"] + 0.05)
-        results = engine.run(requests(6, "Name a city", max_tokens=2))
-        healed = engine.stats["endpoints"][bad_url]
+        results = engine.run(requests(2, "Name a city", max_tokens=2))
+        probed = engine.stats["endpoints"][bad_url]
+        assert all(r.ok for r in results)
+        # The first request was its probe, which put it back.
+        assert probed["healthy"] and probed["probes"] == out["probes"] + 1 and bad.counts["forwarded"] >= 1
+        # Back in regular service: 4 requests at once over two idle endpoints go 2 and 2 (more to `bad` only if
+        # one of `good`'s is retried: the proxies' stale upstream keep-alive connections, on a loaded machine).
+        forwarded_before = bad.counts["forwarded"]
+        results = engine.run(requests(4, "Name a river", max_tokens=2))
     assert all(r.ok for r in results)
-    assert healed["healthy"] and bad.counts["forwarded"] >= 2  # the probe and then regular traffic
-    assert good.counts["forwarded"] + bad.counts["forwarded"] == 14
+    assert bad.counts["forwarded"] - forwarded_before >= 2
+    assert good.counts["forwarded"] + bad.counts["forwarded"] == 8 + 2 + 4  # every request answered once
 
 
 def test_gen_label_cli_over_two_endpoints(llamacpp_server, two_proxies, tmp_path: Path, capsys):  # noqa: F811
