@@ -253,7 +253,7 @@ def test_a_slow_llamacpp_endpoint_gets_clearly_fewer_requests(llamacpp_server, t
 def test_an_always_500_endpoint_is_taken_out_then_used_again_once_healed(llamacpp_server, two_proxies):  # noqa: F811
     good, bad = two_proxies
     bad.plan = always(Fault.server_error(500))
-    pool = pool_over(two_proxies, llamacpp_server.model, cooldown=0.5, max_cooldown=4.0)
+    pool = pool_over(two_proxies, llamacpp_server.model, cooldown=0.5, max_cooldown=2.0)
     bad_url = bad.base_url + "/v1"
     with Engine(pool, concurrency=4, max_concurrency=4, backoff_base=0.05, progress=False) as engine:
         results = engine.run(requests(8, "Name a fruit", max_tokens=2))
