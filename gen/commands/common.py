@@ -77,7 +77,8 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=2, metavar="N",
                        help="Ray actors, each owning a teacher (default 2; with --ray)")
     group.add_argument("--unit-size", type=int, default=None, metavar="N",
-                       help="items (evol) or requests (other methods) per unit of work (default 32 / 64)")
+                       help="items (evol) or requests (other methods) per unit of work (default: evol cuts a "
+                            "round into ~16 units of at most 256 items; others 64 requests)")
     group.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
                        help="GPUs Ray gives each actor (default 1 for vllm: teachers on a cluster with GPUs, else "
                             "0); set the teacher's tensor parallelism to match")

@@ -62,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     with method_run(args, METHOD, sampling) as run:
         if getattr(args, "ray", None):
-            from gen.scale.evol_units import DEFAULT_UNIT_ITEMS, ClusterEvol
+            from gen.scale.evol_units import ClusterEvol
 
-            ClusterEvol(run, config, rewrite_max_tokens=args.rewrite_max_tokens,
-                        unit_size=args.unit_size or DEFAULT_UNIT_ITEMS, redis_url=args.redis).evolve(items)
+            ClusterEvol(run, config, rewrite_max_tokens=args.rewrite_max_tokens, unit_size=args.unit_size,
+                        redis_url=args.redis).evolve(items)
         else:
             evol = EvolInstruct(run, config, rewrite_max_tokens=args.rewrite_max_tokens)
             if args.redis:

@@ -30,7 +30,15 @@ from gen.methods.inputs import SeedItem
 from gen.records import content_id
 from gen.scale.units import UnitStore, WorkUnit, slices, unit_id
 
-DEFAULT_UNIT_ITEMS = 32
+# Without --unit-size a round is cut into about 16 units (enough for every worker of a small cluster to get
+# several), of at most 256 items (big runs: few, large shards). It depends on the pool's size only, never on the
+# number of workers, so a rerun with another --workers finds the same unit ids.
+MAX_DEFAULT_UNIT_ITEMS = 256
+UNITS_PER_ROUND = 16
+
+
+def default_unit_size(pool_size: int) -> int:
+    return max(1, min(MAX_DEFAULT_UNIT_ITEMS, -(-pool_size // UNITS_PER_ROUND)))
 
 
 def redis_storage_config(url: str, basename: str) -> dict[str, Any]:
@@ -119,8 +127,8 @@ class ClusterEvol:
     """`gen evol ... --ray`: the driver's loop over rounds and units (see the module docstring)."""
 
     def __init__(self, run: MethodRun, config: EvolConfig, *, rewrite_max_tokens: int | None,
-                 unit_size: int = DEFAULT_UNIT_ITEMS, redis_url: str | None = None):
-        if unit_size < 1:
+                 unit_size: int | None = None, redis_url: str | None = None):
+        if unit_size is not None and unit_size < 1:
             raise UserError(f"--unit-size {unit_size}: must be at least 1")
         self.run = run
         self.evol = EvolInstruct(run, config, rewrite_max_tokens=rewrite_max_tokens)
@@ -137,6 +145,7 @@ class ClusterEvol:
         for stray in store.clean_orphans():
             run.log(f"removed {stray.name}: written by a driver that died before committing its unit")
         ids = [item.id for item in items]
+        self.unit_size = self.unit_size or default_unit_size(len(items))
         pool = [PoolItem(id=item.id, instruction=item.instruction, root_id=item.id) for item in items]
         run.funnel.add("inputs", len(pool), round=0)
         if self.redis_url:
