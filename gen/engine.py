@@ -83,6 +83,35 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
     return sum(len(content) for _, content in request.messages) // 3 + 8 * len(request.messages) + 8
 
 
+def split_by_cache(requests: Sequence[ChatRequest], teacher_id: str, cache: RequestCache
+                   ) -> tuple[list[str], dict[str, Completion], dict[str, ChatRequest]]:
+    """(cache key per request, the cached completions, the requests to send: one per distinct key, in order)."""
+    keys = [request.cache_key(teacher_id) for request in requests]
+    cached = cache.get_many(keys)
+    unique: dict[str, ChatRequest] = {}
+    for key, request in zip(keys, requests):
+        if key not in cached and key not in unique:
+            unique[key] = request
+    return keys, cached, unique
+
+
+def assemble_results(requests: Sequence[ChatRequest], keys: Sequence[str], cached: dict[str, Completion],
+                     outcomes: dict[str, "Completion | str"]) -> list[Result]:
+    """One Result per request, in order: a cache hit, a completion, or an error (a request with no outcome was never
+    sent: the budget ran out)."""
+    results = []
+    for key, request in zip(keys, requests):
+        if key in cached:
+            results.append(Result(request, cached[key], None, True))
+            continue
+        outcome = outcomes.get(key, BUDGET_EXHAUSTED)
+        if isinstance(outcome, Completion):
+            results.append(Result(request, outcome, None, False))
+        else:
+            results.append(Result(request, None, outcome, False))
+    return results
+
+
 def one_line_error(exc: BaseException) -> str:
     """`Type: first line of the message`, at most 300 characters, with any API key from the environment removed."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -193,12 +222,7 @@ class Engine:
             raise RuntimeError("Engine is closed")
         requests = list(requests)
         started = time.monotonic()
-        keys = [request.cache_key(self.teacher_id) for request in requests]
-        cached = self.cache.get_many(keys)
-        unique: dict[str, ChatRequest] = {}
-        for key, request in zip(keys, requests):
-            if key not in cached and key not in unique:
-                unique[key] = request
+        keys, cached, unique = split_by_cache(requests, self.teacher_id, self.cache)
         outcomes: dict[str, Completion | str] = {}
         progress = Progress(len(requests), desc, enabled=self.progress)
         self._progress = progress
@@ -223,16 +247,7 @@ class Engine:
             if callable(endpoint_stats):
                 self.stats["endpoints"] = endpoint_stats()
 
-        results = []
-        for key, request in zip(keys, requests):
-            if key in cached:
-                results.append(Result(request, cached[key], None, True))
-                continue
-            outcome = outcomes.get(key, BUDGET_EXHAUSTED)
-            if isinstance(outcome, Completion):
-                results.append(Result(request, outcome, None, False))
-            else:
-                results.append(Result(request, None, outcome, False))
+        results = assemble_results(requests, keys, cached, outcomes)
         self.stats["requests"] += len(requests)
         self.stats["cache_hits"] += self._cache_hits_now
         self.stats["failures"] += sum(1 for r in results if not r.ok and r.error != BUDGET_EXHAUSTED)
@@ -537,4 +552,5 @@ def default_cache_path(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / ".cache" / "requests.sqlite"
 
 
-__all__ = ["Engine", "Result", "BUDGET_EXHAUSTED", "default_cache_path", "estimate_prompt_tokens", "one_line_error"]
+__all__ = ["Engine", "Result", "BUDGET_EXHAUSTED", "assemble_results", "default_cache_path", "split_by_cache",
+           "estimate_prompt_tokens", "one_line_error"]

@@ -65,6 +65,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def write_shard_file(final: Path, table: pa.Table) -> Path:
+    """Write `table` as the Arrow IPC file `final`, atomically: a hidden temp name in the same directory, fsync,
+    rename, fsync of the directory. Readers glob `*.arrow`, so they see the whole shard or none of it."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    with pa.OSFile(str(tmp), "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=8192)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
 class ShardWriter:
     """Append rows to one split of a run as bounded Arrow IPC shards.
 
@@ -128,17 +142,8 @@ class ShardWriter:
         """Commit the buffered rows as one complete shard; returns its path (None if nothing was buffered)."""
         if not self._buffer:
             return None
-        table = self._buffer_to_table()
-        name = f"{self.split}-{self._next_index:05d}{SHARD_SUFFIX}"
-        final = self.directory / name
-        tmp = self.directory / f".{name}.tmp-{os.getpid()}"
-        with pa.OSFile(str(tmp), "wb") as sink:
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table, max_chunksize=8192)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.directory)
+        final = write_shard_file(self.directory / f"{self.split}-{self._next_index:05d}{SHARD_SUFFIX}",
+                                 self._buffer_to_table())
         self.rows_written += len(self._buffer)
         self._next_index += 1
         self._buffer = []

@@ -21,7 +21,7 @@ import time
 from typing import Any, Sequence
 
 from gen.cache import RequestCache
-from gen.engine import BUDGET_EXHAUSTED, Result
+from gen.engine import BUDGET_EXHAUSTED, Result, assemble_results, split_by_cache
 from gen.errors import UserError
 from gen.pricing import Price, price_for
 from gen.records import content_id
@@ -73,12 +73,7 @@ class DistributedEngine:
         """Complete `requests` on the workers; one `Result` per request, in order (as `Engine.run`)."""
         requests = list(requests)
         started = time.monotonic()
-        keys = [r.cache_key(self.teacher_id) for r in requests]
-        cached = self.cache.get_many(keys)
-        missing: dict[str, ChatRequest] = {}
-        for key, request in zip(keys, requests):
-            if key not in cached and key not in missing:
-                missing[key] = request
+        keys, cached, missing = split_by_cache(requests, self.teacher_id, self.cache)
         outcomes: dict[str, Completion | str] = {}
         units = []
         for n, part in enumerate(slices(list(missing.items()), self.unit_size)):
@@ -103,14 +98,7 @@ class DistributedEngine:
             never_run = self.cluster.run(units, on_result, keep_going=self.within_budget)
             if never_run:
                 self.exhausted = True
-        results = []
-        for key, request in zip(keys, requests):
-            if key in cached:
-                results.append(Result(request, cached[key], None, True))
-                continue
-            outcome = outcomes.get(key, BUDGET_EXHAUSTED)
-            results.append(Result(request, outcome, None, False) if isinstance(outcome, Completion)
-                           else Result(request, None, outcome, False))
+        results = assemble_results(requests, keys, cached, outcomes)
         hits = sum(1 for k in keys if k in cached)  # answered by the driver's cache; the rest counted by workers
         self.stats["requests"] += hits
         self.stats["cache_hits"] += hits

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 
 from gen.records import content_id, rows_to_table
-from gen.shards import SHARD_SUFFIX, SPLITS, _fsync_dir, open_shard, shard_paths
+from gen.shards import SHARD_SUFFIX, SPLITS, _fsync_dir, open_shard, shard_paths, write_shard_file
 
 UNIT_PREFIX = "unit-"
 UNITS_DIR = "units"
@@ -140,13 +140,4 @@ class UnitStore:
     def _write_shard(self, split: str, unit: str, table: pa.Table) -> Path:
         directory = self.out_dir / split
         directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"{UNIT_PREFIX}{unit}{SHARD_SUFFIX}"
-        tmp = directory / f".{UNIT_PREFIX}{unit}{SHARD_SUFFIX}.tmp-{os.getpid()}"
-        with pa.OSFile(str(tmp), "wb") as sink:
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table, max_chunksize=8192)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(directory)
-        return final
+        return write_shard_file(directory / f"{UNIT_PREFIX}{unit}{SHARD_SUFFIX}", table)

@@ -149,3 +149,18 @@ def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 120) ->
         if match:
             return match, seen
     raise AssertionError(f"no line matching {pattern!r}; stderr so far:\n{''.join(seen)}")
+
+
+def run_gen_killing_worker_1(argv: list[str]) -> Proc:
+    """Run `gen argv` and SIGKILL worker 1's process as soon as it starts its first unit (mid-unit: every request
+    of the tests' teachers takes a while); returns how the run ended."""
+    proc = start_gen(argv)
+    try:
+        match, seen = wait_for_line(proc, r"started on worker 1 \(pid (\d+)\)")
+        os.kill(int(match.group(1)), signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Proc(proc.returncode, stdout, "".join(seen) + stderr)

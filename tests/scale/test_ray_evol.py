@@ -9,14 +9,12 @@ near-duplicate pair."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from gen.shards import read_table
-from tests.scale.conftest import TWIN_EVOLUTION, run_gen, start_gen, wait_for_line, write_inputs
+from tests.scale.conftest import TWIN_EVOLUTION, run_gen, run_gen_killing_worker_1, write_inputs
 
 N_INPUTS = 8
 TWINS = (1, 6)  # positions of the twin inputs: in different units for every unit size below 6
@@ -125,17 +123,10 @@ def test_redis_index_catches_a_near_copy_made_by_another_worker(ray_cluster, red
 
 def test_a_killed_worker_costs_only_its_unit(ray_cluster, scripted_teacher, inputs, one_process, tmp_path):
     out = tmp_path / "killed"
-    proc = start_gen(evol_argv(scripted_teacher, inputs, out, "--ray", ray_cluster, "--workers", "2",
-                               "--unit-size", "1"))
-    try:
-        match, _ = wait_for_line(proc, r"started on worker 1 \(pid (\d+)\)")
-        os.kill(int(match.group(1)), signal.SIGKILL)  # the worker's process, mid-unit (a request takes 0.25 s)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr
-    assert "died running unit" in stderr
+    done = run_gen_killing_worker_1(evol_argv(scripted_teacher, inputs, out, "--ray", ray_cluster, "--workers", "2",
+                                              "--unit-size", "1"))  # a request takes 0.25 s: killed mid-unit
+    assert done.rc == 0, done.stderr
+    assert "died running unit" in done.stderr
     records = unit_records(out)
     assert len(records) == 1 + 2 * N_INPUTS  # every unit committed, once
     assert_same_rows(out, one_process)

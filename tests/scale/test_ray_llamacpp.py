@@ -5,8 +5,6 @@ worker process killed mid-run costs only its unit."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 from collections import Counter
 
@@ -15,7 +13,7 @@ import pytest
 from gen.records import first_user_text
 from gen.shards import read_table
 from tests.faultproxy import FaultProxy
-from tests.scale.conftest import run_gen, start_gen, wait_for_line
+from tests.scale.conftest import run_gen, run_gen_killing_worker_1
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +80,10 @@ def test_killing_a_worker_process_mid_run_still_answers_every_input_once(ray_clu
     _, urls = endpoints
     questions = write_questions(tmp_path / "in.jsonl", 16)
     out = tmp_path / "out"
-    proc = start_gen(label_argv(llamacpp_server, urls, tmp_path / "in.jsonl", out, "--ray", ray_cluster,
-                                "--workers", "2", "--unit-size", "2", "--concurrency", "2"))
-    try:
-        match, _ = wait_for_line(proc, r"started on worker 1 \(pid (\d+)\)")
-        os.kill(int(match.group(1)), signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr
-    assert "died running unit" in stderr
+    done = run_gen_killing_worker_1(label_argv(llamacpp_server, urls, tmp_path / "in.jsonl", out, "--ray",
+                                               ray_cluster, "--workers", "2", "--unit-size", "2", "--concurrency", "2"))
+    assert done.rc == 0, done.stderr
+    assert "died running unit" in done.stderr
     answered_once(out, questions)
     with sqlite3.connect(out / ".cache" / "requests.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 8
