@@ -47,7 +47,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 

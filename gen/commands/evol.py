@@ -61,19 +61,18 @@ def run(args: argparse.Namespace) -> int:
                         dedup_threshold=args.dedup_threshold, keep_inputs=not args.no_inputs)
     sampling = sampling_from_args(args)
     with method_run(args, METHOD, sampling) as run:
+        storage = None
+        if args.redis:
+            from gen.scale.evol_units import redis_index_storage
+
+            storage = redis_index_storage(args.redis, run.seed, items, config.dedup_threshold)
         if getattr(args, "ray", None):
             from gen.scale.evol_units import ClusterEvol
 
             ClusterEvol(run, config, rewrite_max_tokens=args.rewrite_max_tokens, unit_size=args.unit_size,
-                        redis_url=args.redis).evolve(items)
+                        index_storage=storage).evolve(items)
         else:
             evol = EvolInstruct(run, config, rewrite_max_tokens=args.rewrite_max_tokens)
-            if args.redis:
-                from gen.scale.evol_units import check_redis, redis_storage_config
-                from gen.records import content_id
-
-                name = "kdforge:evol:" + content_id(METHOD, run.seed, [i.id for i in items], config.dedup_threshold)[:20]
-                evol.index_storage = redis_storage_config(args.redis, name)
-                check_redis(evol.index_storage, args.redis)
+            evol.index_storage = storage
             evol.evolve(items)
         return finish(run, "evol")

@@ -28,7 +28,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from gen.errors import UserError
 from gen.inputs import iter_jsonl
@@ -167,6 +167,22 @@ class UltraChat:
         self._used_openings.add(key)
         openings.append(opening)
 
+    def _openings_from_lists(self, pairs: Sequence[tuple[str, str]], results: Sequence[Any], template: str,
+                             sector: str, per_reply: int, count: int,
+                             make: Callable[[str, str, str], Opening]) -> list[Opening]:
+        """Each list reply -> up to `per_reply` openings, `make(item, *pair)`; a reply with no usable item is
+        recorded as a rejection under its pair's first element (the meta-topic or task type)."""
+        openings: list[Opening] = []
+        for pair, result in zip(pairs, results):
+            if not result.ok:
+                continue
+            items = [item for item in (_clean_item(x) for x in parse_list_reply(result.completion.text)) if item]
+            if not items:
+                self._reject_list(result, template, sector, pair[0])
+            for item in items[:per_reply]:
+                self._add_opening(openings, make(item, *pair), count, result.completion)
+        return openings
+
     def world_openings(self, count: int) -> list[Opening]:
         """Meta-topics -> sub-topics -> questions (two teacher stages)."""
         cfg, run = self.config, self.run
@@ -189,18 +205,9 @@ class UltraChat:
         pairs = pairs[:max(1, math.ceil(count / cfg.questions_per_subtopic))]
         results = run.ask([self._list_request("ultrachat_questions", ("questions", t, s), n=cfg.questions_per_subtopic,
                                               topic=t, subtopic=s) for t, s in pairs], desc="questions", round=WORLD)
-        openings: list[Opening] = []
-        for (topic, subtopic), result in zip(pairs, results):
-            if not result.ok:
-                continue
-            questions = [_clean_item(q) for q in parse_list_reply(result.completion.text)]
-            questions = [q for q in questions if q]
-            if not questions:
-                self._reject_list(result, "ultrachat_questions", WORLD, topic)
-            for q in questions[:cfg.questions_per_subtopic]:
-                self._add_opening(openings, Opening(q, WORLD, topic, {"meta_topic": topic, "sub_topic": subtopic}),
-                                  count, result.completion)
-        return openings
+        return self._openings_from_lists(
+            pairs, results, "ultrachat_questions", WORLD, cfg.questions_per_subtopic, count,
+            lambda q, topic, subtopic: Opening(q, WORLD, topic, {"meta_topic": topic, "sub_topic": subtopic}))
 
     def writing_openings(self, count: int) -> list[Opening]:
         """Task types x meta-topics -> writing requests (one teacher stage)."""
@@ -211,17 +218,9 @@ class UltraChat:
         results = run.ask([self._list_request("ultrachat_writing_requests", ("writing", i, ty, to),
                                               n=cfg.requests_per_pair, task_type=ty, topic=to)
                            for i, (ty, to) in enumerate(pairs)], desc="writing requests", round=WRITING)
-        openings: list[Opening] = []
-        for (task_type, topic), result in zip(pairs, results):
-            if not result.ok:
-                continue
-            requests = [r for r in (_clean_item(x) for x in parse_list_reply(result.completion.text)) if r]
-            if not requests:
-                self._reject_list(result, "ultrachat_writing_requests", WRITING, task_type)
-            for r in requests[:cfg.requests_per_pair]:
-                self._add_opening(openings, Opening(r, WRITING, task_type, {"task_type": task_type, "topic": topic}),
-                                  count, result.completion)
-        return openings
+        return self._openings_from_lists(
+            pairs, results, "ultrachat_writing_requests", WRITING, cfg.requests_per_pair, count,
+            lambda r, task_type, topic: Opening(r, WRITING, task_type, {"task_type": task_type, "topic": topic}))
 
     def material_openings(self, count: int) -> list[Opening]:
         """Documents x {rewrite, summarize, continue, question} -> one request per document, sent with it."""

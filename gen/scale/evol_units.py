@@ -71,6 +71,15 @@ def check_redis(storage: Mapping[str, Any], flag_value: str) -> None:
         raise UserError(f"--redis {_without_password(flag_value)}: {exc}") from None
 
 
+def redis_index_storage(url: str, seed: int, items: Sequence[SeedItem], threshold: float) -> dict[str, Any]:
+    """`--redis URL`: the run's near-duplicate index in Redis, checked reachable now. One index per (seed, inputs,
+    threshold): a rerun finds its own keys again, another run never does."""
+    name = "kdforge:evol:" + content_id(METHOD, seed, [item.id for item in items], threshold)[:20]
+    storage = redis_storage_config(url, name)
+    check_redis(storage, url)
+    return storage
+
+
 # ------------------------------------------------------------------------------------------------------ worker side
 
 
@@ -127,7 +136,7 @@ class ClusterEvol:
     """`gen evol ... --ray`: the driver's loop over rounds and units (see the module docstring)."""
 
     def __init__(self, run: MethodRun, config: EvolConfig, *, rewrite_max_tokens: int | None,
-                 unit_size: int | None = None, redis_url: str | None = None):
+                 unit_size: int | None = None, index_storage: Mapping[str, Any] | None = None):
         if unit_size is not None and unit_size < 1:
             raise UserError(f"--unit-size {unit_size}: must be at least 1")
         self.run = run
@@ -135,10 +144,10 @@ class ClusterEvol:
         self.config = config
         self.cluster = run.engine.cluster
         self.unit_size = unit_size
-        self.redis_url = redis_url
         self.store = UnitStore(run.out_dir)
         self.spec: dict[str, Any] = {"config": dataclasses.asdict(config), "rewrite_max_tokens": rewrite_max_tokens,
-                                     "sampling": run.sampling, "seed": run.seed, "system": run.system, "storage": None}
+                                     "sampling": run.sampling, "seed": run.seed, "system": run.system,
+                                     "storage": dict(index_storage) if index_storage else None}
 
     def evolve(self, items: Sequence[SeedItem]) -> list[PoolItem]:
         run, store = self.run, self.store
@@ -148,11 +157,6 @@ class ClusterEvol:
         self.unit_size = self.unit_size or default_unit_size(len(items))
         pool = [PoolItem(id=item.id, instruction=item.instruction, root_id=item.id) for item in items]
         run.funnel.add("inputs", len(pool), round=0)
-        if self.redis_url:
-            # One index per run (seed, inputs, threshold): a rerun finds its own keys again, another run never does.
-            name = "kdforge:evol:" + content_id(METHOD, run.seed, ids, self.config.dedup_threshold)[:20]
-            self.spec["storage"] = redis_storage_config(self.redis_url, name)
-            check_redis(self.spec["storage"], self.redis_url)
         index = self.evol.new_index(storage_config=self.spec["storage"])
         for pos, item in enumerate(items):
             index.add(index_key(0, pos, item.id), item.instruction)

@@ -75,13 +75,10 @@ class DistributedEngine:
         started = time.monotonic()
         keys, cached, missing = split_by_cache(requests, self.teacher_id, self.cache)
         outcomes: dict[str, Completion | str] = {}
-        units = []
-        for n, part in enumerate(slices(list(missing.items()), self.unit_size)):
-            unit_keys = [k for k, _ in part]
-            units.append(WorkUnit(id=content_id("requests", unit_keys)[:24], kind="requests",
-                                  payload=[r for _, r in part], label=f"{desc or 'requests'} {n + 1}/?"))
-        for unit in units:
-            unit.label = unit.label.replace("/?", f"/{len(units)}")
+        parts = slices(list(missing.items()), self.unit_size)
+        units = [WorkUnit(id=content_id("requests", [k for k, _ in part])[:24], kind="requests",
+                          payload=[r for _, r in part], label=f"{desc or 'requests'} {n + 1}/{len(parts)}")
+                 for n, part in enumerate(parts)]
 
         def on_result(unit: WorkUnit, outcome: dict[str, Any]) -> None:
             answered: dict[str, Completion] = {}
