@@ -14,6 +14,7 @@ also calls `flush` from a timer and at the end of every run), so a kill loses at
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -58,16 +59,32 @@ class RequestCache:
         # event loop; it never uses the connection from two threads at once.
         self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", isolation_level=None,
                                    check_same_thread=False)
-        if self.path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute(_SCHEMA)
-        self._db.execute(_UNITS_SCHEMA)
+        self._prepare()
         self.batch_rows = batch_rows
         self.max_delay = max_delay
         self._pending: list[tuple] = []
         self._oldest = 0.0
+
+    def _prepare(self, give_up_after: float = 60.0) -> None:
+        """WAL mode and the tables. Several processes may open one fresh cache at the same instant (the Ray workers
+        of a run, on one machine). Switching a new file to WAL and creating the tables each read the header under a
+        SHARED lock and then need an EXCLUSIVE one; when two connections both hold SHARED and both want EXCLUSIVE,
+        SQLite answers one of them "database is locked" at once instead of waiting (waiting could deadlock), so the
+        busy timeout does not cover it. Retry the whole setup (each step is idempotent) after a short random pause."""
+        self._db.execute("PRAGMA busy_timeout=10000")
+        deadline = time.monotonic() + give_up_after
+        while True:
+            try:
+                if self.path is not None:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(_SCHEMA)
+                self._db.execute(_UNITS_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.02, 0.2))
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
         keys = list(dict.fromkeys(keys))
