@@ -118,8 +118,10 @@ class RequestCache:
         if not self._pending:
             return 0
         pending, self._pending = self._pending, []
+        # IMMEDIATE takes the write lock up front, where the busy timeout applies (as in commit_unit): other
+        # processes (Ray workers, the driver) write to the same file.
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", pending)
         return len(pending)
 

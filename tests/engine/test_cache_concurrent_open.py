@@ -8,22 +8,25 @@ from gen.cache import RequestCache
 from gen.teachers.base import Completion
 
 PROCESSES = 8
+WRITES = 40
 
 
 def _open_write_close(path: str, index: int, barrier, results) -> None:
     barrier.wait()  # every process reaches sqlite3.connect on the fresh file together
     try:
         cache = RequestCache(path)
-        cache.put(f"key-{index}", "teacher", Completion(text=f"answer {index}", finish_reason="stop",
-                                                        prompt_tokens=1, completion_tokens=2))
-        cache.flush()
+        for write in range(WRITES):  # then every process commits small batches while the others do
+            cache.put(f"key-{index}-{write}", "teacher", Completion(text=f"answer {index} {write}",
+                                                                     finish_reason="stop", prompt_tokens=1,
+                                                                     completion_tokens=2))
+            cache.flush()
         cache.close()
         results.put((index, "ok"))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which asserts on it
         results.put((index, repr(exc)))
 
 
-def test_many_processes_opening_one_fresh_cache_together_all_succeed(tmp_path):
+def test_many_processes_opening_and_writing_one_fresh_cache_together_all_succeed(tmp_path):
     context = multiprocessing.get_context("fork")
     for trial in range(5):  # the lock race is timing-dependent; before the fix 1 in 4 trials lost a process
         path = str(tmp_path / f"trial-{trial}" / "requests.sqlite")
@@ -37,6 +40,7 @@ def test_many_processes_opening_one_fresh_cache_together_all_succeed(tmp_path):
             process.join(timeout=60)
         assert outcomes == {i: "ok" for i in range(PROCESSES)}, f"trial {trial}: {outcomes}"
         cache = RequestCache(path)
-        found = cache.get_many(f"key-{i}" for i in range(PROCESSES))
+        found = cache.get_many(f"key-{i}-{w}" for i in range(PROCESSES) for w in range(WRITES))
         cache.close()
-        assert {k: c.text for k, c in found.items()} == {f"key-{i}": f"answer {i}" for i in range(PROCESSES)}
+        assert {k: c.text for k, c in found.items()} == {
+            f"key-{i}-{w}": f"answer {i} {w}" for i in range(PROCESSES) for w in range(WRITES)}
