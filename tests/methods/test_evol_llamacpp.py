@@ -17,6 +17,7 @@ from gen.cache import RequestCache
 from gen.methods import evol_instruct as evol
 from gen.methods.inputs import default_seed_tasks, load_items
 from gen.shards import read_manifest, read_table
+from tests.faultproxy import Fault, FaultProxy
 from tests.methods.conftest import EVOL_ARGV, run_gen, teacher_argv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,38 +80,60 @@ def test_rerun_sends_nothing_and_writes_no_new_row(evol_run, llamacpp_server):
     assert after == before
 
 
-def _cli(out: Path, server) -> list[str]:
-    return [sys.executable, "-m", "gen.cli", "evol", "--rounds", "4", "--limit", "2", "--max-new-tokens", "16",
+def _cli(out: Path, server, base_url: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "gen.cli", "evol", "--rounds", "4", "--limit", "2", "--max-new-tokens", "16",
             "--rewrite-max-tokens", "32", "--concurrency", "4", "--out", str(out)] + teacher_argv(server)
+    return argv + (["--base-url", base_url] if base_url else [])
+
+
+def _hold_round_3_open(proxy: FaultProxy) -> None:
+    """Called the moment the run logs "round 3/4": from now on at most one request reaches the teacher, every later
+    one is held far past the kill. With one request in flight at a time (--concurrency 1) round 3 has then either
+    a request in flight (its first rewrite: it completes, the next is held) or none yet (the first one is let
+    through, the next is held). Either way some round-3 answer reaches the cache and round 3 cannot finish, however
+    loaded the machine, which is what a kill "inside round 3" needs."""
+    counts = proxy.counts
+    switched_at = counts["requests"]
+    in_flight = counts["requests"] - counts["forwarded"]
+    let_through = 0 if in_flight else 1
+    hold = Fault.slow(3600)
+    proxy.plan = lambda n, _request: None if n < switched_at + let_through else hold
 
 
 def test_kill_during_round_3_then_rerun_completes_without_resending(llamacpp_server, tmp_path):
     out = tmp_path / "run"
     cache_path = out / ".cache" / "requests.sqlite"
-    proc = subprocess.Popen(_cli(out, llamacpp_server), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ))
-    round3 = threading.Event()
+    with FaultProxy(llamacpp_server.openai_base_url) as proxy:
+        killed_argv = _cli(out, llamacpp_server, base_url=proxy.base_url) + ["--concurrency", "1"]
+        proc = subprocess.Popen(killed_argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ))
+        round3 = threading.Event()
+        at_round3: list[int] = []
 
-    def watch():
-        for line in proc.stderr:
-            if line.startswith("round 3/4"):
-                round3.set()
+        def watch():
+            for line in proc.stderr:
+                if line.startswith("round 3/4") and not round3.is_set():
+                    with RequestCache(cache_path) as cache:  # rounds 1-2 are all in it (flushed before the log)
+                        at_round3.append(cache.count())
+                    _hold_round_3_open(proxy)
+                    round3.set()
 
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        assert round3.wait(timeout=600), "the run never reached round 3"
-        with RequestCache(cache_path) as cache:
-            at_round3 = cache.count()
-            deadline = time.monotonic() + 300
-            while cache.count() == at_round3 and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.05)  # until some request of round 3 has completed (and is in the cache)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            completed_before_kill = cache.count()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            assert round3.wait(timeout=600), "the run never reached round 3"
+            with RequestCache(cache_path) as cache:
+                deadline = time.monotonic() + 300
+                while cache.count() == at_round3[0] and time.monotonic() < deadline and proc.poll() is None:
+                    time.sleep(0.05)  # until the round-3 answer let through is in the cache
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                completed_before_kill = cache.count()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        assert proxy.counts.get("slow", 0) >= 1  # a round-3 request was held: the round was still open at the kill
+    at_round3 = at_round3[0]
     assert completed_before_kill > at_round3
     killed_manifest = read_manifest(out)
     assert killed_manifest["evol"]["completed_round"] == 2  # killed inside round 3
