@@ -11,7 +11,8 @@ or an HTTP client of one or several OpenAI-compatible endpoints. Ray places the 
 or node died (`max_restarts=-1`), and moves objects; the driver only decides which unit goes to which idle actor.
 
 Failure model: a unit whose actor died (process killed, node lost) comes back as `RayActorError`; the driver puts
-that unit back at the head of the queue for the next idle actor and waits for Ray to restart the dead one. Only
+that unit back at the head of the queue for the next idle actor. The dead worker gets no unit, in this call or any
+later one, until Ray has restarted it (an actor of a lost node may never come back when no node has room). Only
 the dead actor's unfinished unit is redone: finished units were already handed to `on_result` (and committed), and
 the redo's requests that had completed are answered from the request cache when the redo lands on the same node.
 An exception raised *by a handler* (a bug, a bad input) is not retried: it stops the run with its message.
@@ -105,7 +106,7 @@ def _actor_class(ray):
 
         def ready(self) -> dict[str, Any]:
             return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
-                    "teacher_id": self.context.engine.teacher_id}
+                    "node_id": ray.get_runtime_context().get_node_id(), "teacher_id": self.context.engine.teacher_id}
 
         def run(self, unit: WorkUnit) -> dict[str, Any]:
             return run_handler(self.context, unit)
@@ -161,9 +162,14 @@ class RayCluster:
             raise _user_error_from(exc) from None
         for i, info in enumerate(infos):
             self.pids[i] = info["pid"]
-            self.log(f"worker {i}: pid {info['pid']} on node {info['node']} ({info['teacher_id']})")
+            self.log(f"worker {i}: pid {info['pid']} on node {info['node']} (id {info['node_id'][:8]}; "
+                     f"{info['teacher_id']})")
         self.teacher_id = infos[0]["teacher_id"]
         self.restarts = 0
+        # Workers whose actor died stay out of every later `run` until Ray has them back: a lost node's actors may
+        # never come back (no resources left), and each round's units must not be sent to them again.
+        self._alive: set[int] = set(range(workers))
+        self._returning: dict[Any, tuple[int, float]] = {}  # ready() refs of restarting actors -> (worker, died at)
         self._announced: set[int] = set()
         self.redone_units = 0
         self.recoveries: list[dict[str, float]] = []  # per death: seconds until its unit restarted / actor back
@@ -182,8 +188,8 @@ class RayCluster:
         progress = Progress(len(pending), "units", enabled=self.progress)
         finished = sent = tokens = failures = 0
         inflight: dict[Any, tuple[WorkUnit, int]] = {}
-        returning: dict[Any, tuple[int, float]] = {}  # ready() refs of restarting actors -> (worker, died at)
-        idle = deque(range(len(self.actors)))
+        returning = self._returning
+        idle = deque(sorted(self._alive))
         last_alive = time.monotonic()
         while inflight or (pending and keep_going()):
             while pending and idle and keep_going():
@@ -234,6 +240,7 @@ class RayCluster:
             raise UserError(f"unit {unit.label or unit.id}: its worker died {unit.attempts} times running it; "
                             "giving up (see the Ray logs under /tmp/ray/session_latest/logs)")
         died_at = time.monotonic()
+        self._alive.discard(worker)
         pending.appendleft(unit)  # the next idle actor redoes it first
         self.log(f"worker {worker} (pid {self.pids.get(worker)}) died running unit {unit.label or unit.id} "
                  f"({type(exc).__name__}); the unit goes to another worker, Ray restarts this one")
@@ -249,6 +256,7 @@ class RayCluster:
             returning[self.actors[worker].ready.remote()] = (worker, died_at)
             return
         self.restarts += 1
+        self._alive.add(worker)
         self.pids[worker] = info["pid"]
         self._announced.discard(worker)
         for record in self.recoveries:

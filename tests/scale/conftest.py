@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,43 +22,110 @@ from tests.servers import free_port, llamacpp_server, redis_server  # noqa: F401
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """`ray start --head --block` on this machine with 4 CPUs, in its own process group; yields the address to pass
-    as `--ray`. Teardown stops that group only (never `ray stop`, which would stop every Ray cluster of the user)."""
-    import socket
-
-    port = free_port()
-    temp = tmp_path_factory.mktemp("ray")
-    start = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
-    head = subprocess.Popen(start, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def start_ray_node(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`ray start ... --block` in its own process group (its raylet, agents and workers are in it too)."""
+    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *argv],
+                            env=env or ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.monotonic() + 120
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
     while True:  # the GCS answers on the port once the head is up
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                return
         except OSError:
-            if head.poll() is not None or time.monotonic() > deadline:
-                head.kill()
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
                 raise RuntimeError("ray start --head did not come up")
             time.sleep(0.2)
+
+
+def stop_ray_node(process: subprocess.Popen) -> None:
+    """SIGTERM to `ray start --block` alone: it stops the raylet, GCS and workers it started (~5 s; the same signal
+    sent to the whole group takes ~60 s). Anything of the group still alive after that is killed. Never `ray stop`,
+    which would stop every Ray cluster of the user."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def kill_ray_node(process: subprocess.Popen) -> None:
+    """SIGKILL everything the node started, as losing the machine would: `ray start`, its raylet and agents (its
+    process group) and its worker processes (each in a group of its own, all in the session `ray start` leads)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == process.pid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
+    """Until the cluster at `address` has `count` nodes alive (asked from a separate driver process)."""
+    probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+             "print(sum(1 for n in ray.nodes() if n['Alive']))")
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, env=ray_env(),
+                              timeout=120)
+        if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray cluster at {address} never had {count} nodes alive: {done.stdout[-300:]}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """`ray start --head --block` on this machine with 4 CPUs, in its own process group; yields the address to pass
+    as `--ray`."""
+    port = free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    head = start_ray_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=4",
+                           "--include-dashboard=false", f"--temp-dir={temp}"])
+    wait_for_port(port, head)
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        # SIGTERM to `ray start --block` alone: it stops the raylet, GCS and workers it started (~5 s; the same
-        # signal sent to the whole group takes ~60 s). Anything of the group still alive after that is killed.
-        head.terminate()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_ray_node(head)
+
+
+@pytest.fixture()
+def two_node_cluster():
+    """Two Ray nodes on this machine, one CPU each (so one 1-CPU actor fits on each): a head, and a second node that
+    joins it, each `ray start --block` in its own session. Yields (address, the second node's process); a test may
+    `kill_ray_node` it, which is what losing a machine looks like to Ray. The head's GCS checks node
+    health every 0.5 s (Ray's default is 3 s) so that a lost node is declared dead within seconds."""
+    import shutil
+    import tempfile
+
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths under it must stay under 108 bytes
+    env = {**ray_env(), "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",
+           "RAY_health_check_timeout_ms": "500", "RAY_health_check_initial_delay_ms": "0"}
+    head = start_ray_node(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+                           "--include-dashboard=false", f"--temp-dir={temp}"], env=env)
+    nodes = [head]
+    try:
+        wait_for_port(port, head)
+        address = f"127.0.0.1:{port}"
+        nodes.append(start_ray_node([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1"]))
+        wait_for_nodes(address, 2)
+        yield address, nodes[1]
+    finally:
+        for node in reversed(nodes):
+            stop_ray_node(node)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------- a scripted evol teacher

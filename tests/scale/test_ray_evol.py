@@ -1,5 +1,5 @@
 """`gen evol --ray`: units of a round run on Ray actors; the rows are those of a one-process run, every unit is
-committed once, a killed worker costs only its unit, and the Redis index catches a near-copy made by another
+committed once, a killed worker or a lost node costs only its unit, and the Redis index catches a near-copy made by another
 worker before its answer is paid for.
 
 The teacher is a real OpenAI-compatible HTTP server with scripted replies (tests/scale/conftest.py): the same
@@ -9,12 +9,15 @@ near-duplicate pair."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
 
 from gen.shards import read_table
-from tests.scale.conftest import TWIN_EVOLUTION, run_gen, run_gen_killing_worker_1, write_inputs
+from tests.scale.conftest import (TWIN_EVOLUTION, kill_ray_node, run_gen, run_gen_killing_worker_1, start_gen,
+                                  wait_for_line, write_inputs)
 
 N_INPUTS = 8
 TWINS = (1, 6)  # positions of the twin inputs: in different units for every unit size below 6
@@ -132,3 +135,43 @@ def test_a_killed_worker_costs_only_its_unit(ray_cluster, scripted_teacher, inpu
     assert_same_rows(out, one_process)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["units"]["redone_after_worker_death"] >= 1
+
+
+def test_a_lost_node_costs_only_its_unit(two_node_cluster, scripted_teacher, inputs, one_process, tmp_path):
+    """Two workers on two Ray nodes; the second node (its raylet, agents and the worker on it) is SIGKILLed while
+    that worker runs a unit. The unit is redone on the other node, the run finishes there (Ray cannot bring the
+    lost worker back: no CPU is left anywhere), and the rows are those of one process."""
+    address, second_node = two_node_cluster
+    out = tmp_path / "lost-node"
+    proc = start_gen(evol_argv(scripted_teacher, inputs, out, "--ray", address, "--workers", "2",
+                               "--unit-size", "1"))
+    try:
+        def on_second_node(match: re.Match) -> bool:
+            try:
+                return os.getsid(int(match.group(1))) == second_node.pid
+            except ProcessLookupError:
+                return False
+
+        seen: list[str] = []
+        while True:
+            match, lines = wait_for_line(proc, r"started on worker \d+ \(pid (\d+)\)")
+            seen += lines
+            if on_second_node(match):
+                break
+        kill_ray_node(second_node)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = "".join(seen) + stderr
+    assert proc.returncode == 0, log
+    assert len(set(re.findall(r"worker \d: pid \d+ on node \S+ \(id (\w+);", log))) == 2, log  # one per node
+    # One death, one unit redone: the lost worker gets no unit of any later phase or round (Ray cannot restart it,
+    # and it must not be tried again unit after unit).
+    assert log.count("died running unit") == 1, log
+    records = unit_records(out)
+    assert len(records) == 1 + 2 * N_INPUTS  # every unit committed, once
+    assert_same_rows(out, one_process)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["units"]["redone_after_worker_death"] == 1
