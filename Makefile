@@ -12,6 +12,10 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(PIP_CPU) -e '.[test]'
+	# DeepSpeed (ZeRO-3 training test) is a source build that imports torch: built against the venv's torch with
+	# --no-build-isolation (an isolated build env would fetch a CUDA torch); no ops compiled.
+	$(VENV)/bin/python -m pip install -q setuptools wheel
+	DS_BUILD_OPS=0 $(VENV)/bin/python -m pip install -q --no-build-isolation $(PIP_CPU) deepspeed
 	touch $@
 
 install: $(VENV)/.installed

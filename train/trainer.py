@@ -22,7 +22,8 @@ Sharded lm_head: the op needs the whole [V, H] weight.
   reduce-scatters its gradient and reshards, as for any unit.
 - Any other DTensor-sharded lm_head (e.g. no_grad evaluation under FSDP2) is gathered with `full_tensor`, whose
   backward reduce-scatters dW back to the shards (`gather_full_weight`).
-- DeepSpeed ZeRO-3: gathered with `deepspeed.zero.GatheredParameters` (`_lm_head_params`).
+- DeepSpeed ZeRO-3: the op runs as the lm_head module's forward, so ZeRO-3's own hooks gather the weight for it and
+  again before its backward (`_as_head_forward`).
 - FSDP1 with transformer-layer wrapping never reshards the root unit after forward: the weight is whole already.
 """
 
@@ -89,6 +90,7 @@ class DistillTrainer(Trainer):
         core = self.accelerator.unwrap_model(self.model)
         self._head = core.get_output_embeddings()
         self._hidden: torch.Tensor | None = None
+        self._loss_ran_as_head_forward = False
         core.get_decoder().register_forward_hook(self._keep_hidden)
         self._forward_takes = set(inspect.signature(core.forward).parameters)
         self._window = {"tokens": 0, "kd_tokens": 0.0, "sft_tokens": 0.0, "kd_loss_sum": 0.0, "sft_loss_sum": 0.0}
@@ -97,16 +99,42 @@ class DistillTrainer(Trainer):
     def _keep_hidden(self, module, args, output) -> None:
         self._hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
-    def _lm_head_params(self):
-        """A context in which the lm_head weight/bias are whole when DeepSpeed ZeRO-3 partitions them (FSDP2
-        DTensors are gathered inside it by `gather_full_weight`; FSDP1 keeps the root unit unsharded after forward)."""
+    def _head_partitioned_by_zero3(self) -> bool:
         params = [p for p in (self._head.weight, getattr(self._head, "bias", None)) if p is not None]
-        if getattr(self.accelerator.state, "deepspeed_plugin", None) is not None and any(
-                hasattr(p, "ds_id") for p in params):
-            import deepspeed
+        return getattr(self.accelerator.state, "deepspeed_plugin", None) is not None and any(
+            hasattr(p, "ds_id") for p in params)
 
-            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        return contextlib.nullcontext()
+    def distributed_summary(self) -> dict[str, Any]:
+        """How the run was spread: processes, accelerate's distributed type, the ZeRO stage, and whether the loss ran
+        with a ZeRO-3-partitioned lm_head (as the head's forward)."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        kind = self.accelerator.distributed_type
+        return {"processes": self.accelerator.num_processes, "type": getattr(kind, "value", str(kind)),
+                "zero_stage": plugin.zero_stage if plugin is not None else None,
+                "loss_on_zero3_partitioned_lm_head": self._loss_ran_as_head_forward}
+
+    def _as_head_forward(self, fn):
+        """Run `fn()` as the lm_head module's forward (for DeepSpeed ZeRO-3).
+
+        ZeRO-3 keeps every parameter partitioned (a 0-element placeholder) except inside its module's forward, and
+        before its module's backward, through hooks on the module. The op reads lm_head.weight outside the lm_head
+        forward, and its dW reaches lm_head.weight in the backward: gathering the weight only around the op (a
+        GatheredParameters block) gives the op a whole weight, but by the backward it is a placeholder again, and
+        accumulating the [V, H] dW into it fails ("The size of tensor a (0) must match the size of tensor b (H)",
+        measured with DeepSpeed 0.19 on CPU/gloo; TRL's Liger losses hit the same). Called as the head's forward,
+        the op runs between ZeRO-3's own gather and release, and ZeRO-3 gathers the weight again before the op's
+        backward and reduce-scatters its gradient, as for any other layer."""
+        head = self._head
+        self._loss_ran_as_head_forward = True
+        own_forward = head.__dict__.get("forward")
+        head.forward = lambda *args, **kwargs: fn()
+        try:
+            return head()
+        finally:
+            if own_forward is None:
+                del head.forward
+            else:
+                head.forward = own_forward
 
     def _unshard_fsdp2_units(self, model) -> None:
         """FSDP2: all-gather again (no-op if still gathered) the root unit and the lm_head's own unit, if any,
@@ -133,14 +161,18 @@ class DistillTrainer(Trainer):
         model(**forward)
         hidden, self._hidden = self._hidden, None
         self._unshard_fsdp2_units(model)
-        with self._lm_head_params():
+
+        def loss_from_head():
             weight = gather_full_weight(self._head.weight)
             bias = gather_full_weight(getattr(self._head, "bias", None))
             if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
                 raise RuntimeError(f"lm_head weight has shape {tuple(weight.shape)} at loss time: it is sharded in a "
                                    f"way this trainer cannot gather; see README 'Training' for the FSDP/DeepSpeed "
                                    f"settings")
-            loss_sum, stats = batch_loss_sum(hidden, weight, bias, inputs, self.loss_config)
+            return batch_loss_sum(hidden, weight, bias, inputs, self.loss_config)
+
+        loss_sum, stats = self._as_head_forward(loss_from_head) if self._head_partitioned_by_zero3() else \
+            loss_from_head()
         if num_items_in_batch is None:
             num_items_in_batch = (inputs["labels"][:, 1:] != -100).sum()
         loss = loss_sum / num_items_in_batch.clamp_min(1) if torch.is_tensor(num_items_in_batch) else \
@@ -317,8 +349,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
                              callbacks=list(config.extra_callbacks))
     result = trainer.train(resume_from_checkpoint=resume or None)
     history = trainer.state.log_history
+    # Every rank: under FSDP and ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes the
+    # files from rank 0 only. (Called from rank 0 alone it deadlocked ZeRO-3's gather, measured.)
+    trainer.save_model(str(out))
     if trainer.is_world_process_zero():
-        trainer.save_model(str(out))
         (out / "log_history.json").write_text(json.dumps(history, indent=1) + "\n")
         plot_loss_curve(history, out / "loss_curve.png")
     losses = [entry["loss"] for entry in history if "loss" in entry]
@@ -328,6 +362,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "rows": {"conversational": data.n_conversation_rows, "logit": data.n_logit_rows},
         "examples": len(data.dataset), "bf16": bf16, "loss": asdict(config.loss),
         "loss_curve": str(out / "loss_curve.png"), "resumed_from": resume,
+        "distributed": trainer.distributed_summary(),
     }
     if trainer.is_world_process_zero():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -47,29 +47,37 @@ def _logged(out: Path) -> list[dict]:
     return [entry for entry in json.loads((out / "log_history.json").read_text()) if "loss" in entry]
 
 
-def test_torchrun_two_processes_give_the_loss_curve_of_one(tiny_pair, conversations, logit_shards, tmp_path):
-    """KD shards + SFT rows, 6 steps, global batch 4: 1 process x 4 vs 2 processes x 2 (gloo)."""
+def _train_argv(student_dir, logit_shards, conversations) -> list[str]:
+    """KD shards + SFT rows, 6 steps, seed 3; the batch size and --out are added per run."""
+    return ["train", "--student", str(student_dir), "--data", str(logit_shards), str(conversations),
+            "--max-steps", "6", "--lr", "3e-3", "--scheduler", "constant", "--max-length", "256",
+            "--logging-steps", "1", "--save-steps", "100", "--kd-weight", "0.8", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_pair, conversations, logit_shards, tmp_path_factory) -> Path:
+    """The reference: `gen train` in one process with the global batch of 4."""
     from gen.cli import main
+
+    out = tmp_path_factory.mktemp("one-process")
+    assert main([*_train_argv(tiny_pair[2], logit_shards, conversations), "--batch-size", "4", "--out", str(out)]) == 0
+    return out
+
+
+def _assert_same_training(one: Path, two: Path, student_dir: Path) -> None:
+    """Same logged loss curve (loss, grad norm, KD/SFT split) and the same saved student."""
     from safetensors.torch import load_file
 
-    _, _, student_dir = tiny_pair
-    common = ["train", "--student", str(student_dir), "--data", str(logit_shards), str(conversations),
-              "--max-steps", "6", "--lr", "3e-3", "--scheduler", "constant", "--max-length", "256",
-              "--logging-steps", "1", "--save-steps", "100", "--kd-weight", "0.8", "--seed", "3"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main([*common, "--batch-size", "4", "--out", str(one)]) == 0
-    _torchrun(["-m", "gen.cli", *common, "--batch-size", "2", "--out", str(two)], tmp_path)
-
-    single, ddp = _logged(one), _logged(two)
-    assert [e["step"] for e in single] == [e["step"] for e in ddp] == [1, 2, 3, 4, 5, 6]
+    single, distributed = _logged(one), _logged(two)
+    assert [e["step"] for e in single] == [e["step"] for e in distributed] == [1, 2, 3, 4, 5, 6]
     # each step's batch mixes KD and SFT positions somewhere in the run, so both halves of the split are compared
     assert any("kd_loss" in e for e in single) and any("sft_loss" in e for e in single)
-    for a, b in zip(single, ddp):
+    for a, b in zip(single, distributed):
         for key in ("loss", "grad_norm", "kd_loss", "sft_loss"):
             assert (key in a) == (key in b), (a["step"], key)
             if key in a:  # measured: equal to ~1e-7 relative (summation order differs across ranks)
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key, a[key], b[key])
-    losses = [e["loss"] for e in ddp]
+    losses = [e["loss"] for e in distributed]
     assert max(losses) - min(losses) > 0.1  # a curve that moves, not a flat comparison
 
     before = load_file(student_dir / "model.safetensors")
@@ -79,6 +87,39 @@ def test_torchrun_two_processes_give_the_loss_curve_of_one(tiny_pair, conversati
         torch.testing.assert_close(weights_two[name], w, rtol=1e-4, atol=2e-5, msg=name)
     assert (weights_one["lm_head.weight"] - before["lm_head.weight"]).abs().max() > 1e-3
 
+
+def test_torchrun_two_processes_give_the_loss_curve_of_one(tiny_pair, conversations, logit_shards, one_process,
+                                                            tmp_path):
+    """1 process x batch 4 vs 2 processes x batch 2 (DDP, gloo)."""
+    student_dir = tiny_pair[2]
+    two = tmp_path / "two"
+    _torchrun(["-m", "gen.cli", *_train_argv(student_dir, logit_shards, conversations), "--batch-size", "2",
+               "--out", str(two)], tmp_path)
+    _assert_same_training(one_process, two, student_dir)
+
+
+def test_accelerate_launch_deepspeed_zero3_gives_the_loss_curve_of_one(tiny_pair, conversations, logit_shards,
+                                                                        one_process, tmp_path):
+    """The shipped ZeRO-3 config (2 processes, fp32, DeepSpeed on CPU/gloo) under `accelerate launch`: every
+    parameter, lm_head included, is partitioned, and the fused op runs as the lm_head's forward so that ZeRO-3
+    gathers it for the op and again for its backward. Without that the backward failed on the 0-element weight
+    placeholder; and saving from rank 0 alone deadlocked ZeRO-3's gather."""
+    student_dir = tiny_pair[2]
+    config = tmp_path / "deepspeed_zero3.yaml"
+    shipped = (CONFIGS / "deepspeed_zero3.yaml").read_text()
+    assert "num_processes: 8" in shipped and "mixed_precision: bf16" in shipped
+    config.write_text(shipped.replace("num_processes: 8", "num_processes: 2")
+                      .replace("mixed_precision: bf16", "mixed_precision: 'no'"))
+    two = tmp_path / "zero3"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "gen.cli",
+           *_train_argv(student_dir, logit_shards, conversations), "--batch-size", "2", "--out", str(two)]
+    env = {**_distributed_env(tmp_path), "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    summary = json.loads((two / "train_summary.json").read_text())
+    assert summary["distributed"] == {"processes": 2, "type": "DEEPSPEED", "zero_stage": 3,
+                                      "loss_on_zero3_partitioned_lm_head": True}
+    _assert_same_training(one_process, two, student_dir)
 
 # ---------------------------------------------------------------------------------------------------------------
 # FSDP2: the lm_head sharded over the vocabulary at loss time
