@@ -350,7 +350,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=resume or None)
     history = trainer.state.log_history
     # Every rank: under FSDP and ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes the
-    # files from rank 0 only. (Called from rank 0 alone it deadlocked ZeRO-3's gather, measured.)
+    # files from rank 0 only. (Called from rank 0 alone, ZeRO-3's gather waited on a rank that had finished: it failed
+    # on gloo with 'Connection closed by peer', measured; NCCL would hang.)
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         (out / "log_history.json").write_text(json.dumps(history, indent=1) + "\n")

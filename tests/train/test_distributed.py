@@ -103,7 +103,7 @@ def test_accelerate_launch_deepspeed_zero3_gives_the_loss_curve_of_one(tiny_pair
     """The shipped ZeRO-3 config (2 processes, fp32, DeepSpeed on CPU/gloo) under `accelerate launch`: every
     parameter, lm_head included, is partitioned, and the fused op runs as the lm_head's forward so that ZeRO-3
     gathers it for the op and again for its backward. Without that the backward failed on the 0-element weight
-    placeholder; and saving from rank 0 alone deadlocked ZeRO-3's gather."""
+    placeholder; and saving from rank 0 alone left its ZeRO-3 gather without the other rank."""
     student_dir = tiny_pair[2]
     config = tmp_path / "deepspeed_zero3.yaml"
     shipped = (CONFIGS / "deepspeed_zero3.yaml").read_text()
