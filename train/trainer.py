@@ -23,8 +23,9 @@ Sharded lm_head: the op needs the whole [V, H] weight.
 - Any other DTensor-sharded lm_head (e.g. no_grad evaluation under FSDP2) is gathered with `full_tensor`, whose
   backward reduce-scatters dW back to the shards (`gather_full_weight`).
 - DeepSpeed ZeRO-3: the op runs as the lm_head module's forward, so ZeRO-3's own hooks gather the weight for it and
-  again before its backward (`_as_head_forward`).
-- FSDP1 with transformer-layer wrapping never reshards the root unit after forward: the weight is whole already.
+  again before its backward (`_loss_route`).
+- FSDP1 (`use_orig_params`): even the root unit points its parameters back at the local flat shard after forward;
+  the op runs as the forward of the FSDP unit holding the lm_head (`_loss_route`).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class DistillTrainer(Trainer):
         core = self.accelerator.unwrap_model(self.model)
         self._head = core.get_output_embeddings()
         self._hidden: torch.Tensor | None = None
-        self._loss_ran_as_head_forward = False
+        self._loss_ran_inside: str | None = None
+        self._route, self._route_for = None, None
         core.get_decoder().register_forward_hook(self._keep_hidden)
         self._forward_takes = set(inspect.signature(core.forward).parameters)
         self._window = {"tokens": 0, "kd_tokens": 0.0, "sft_tokens": 0.0, "kd_loss_sum": 0.0, "sft_loss_sum": 0.0}
@@ -105,36 +107,56 @@ class DistillTrainer(Trainer):
             hasattr(p, "ds_id") for p in params)
 
     def distributed_summary(self) -> dict[str, Any]:
-        """How the run was spread: processes, accelerate's distributed type, the ZeRO stage, and whether the loss ran
-        with a ZeRO-3-partitioned lm_head (as the head's forward)."""
+        """How the run was spread: processes, accelerate's distributed type, the ZeRO stage, and inside which
+        module's forward the loss ran (None: called directly)."""
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         kind = self.accelerator.distributed_type
         return {"processes": self.accelerator.num_processes, "type": getattr(kind, "value", str(kind)),
                 "zero_stage": plugin.zero_stage if plugin is not None else None,
-                "loss_on_zero3_partitioned_lm_head": self._loss_ran_as_head_forward}
+                "loss_ran_inside": self._loss_ran_inside}
 
-    def _as_head_forward(self, fn):
-        """Run `fn()` as the lm_head module's forward (for DeepSpeed ZeRO-3).
+    def _loss_route(self, model) -> tuple[torch.nn.Module, torch.nn.Module, str] | None:
+        """(module to call, module whose forward is replaced, label) when the op must run inside a wrapper's
+        forward to see a whole lm_head weight and to have its dW reach the sharded parameter; None when it can be
+        called directly.
 
-        ZeRO-3 keeps every parameter partitioned (a 0-element placeholder) except inside its module's forward, and
-        before its module's backward, through hooks on the module. The op reads lm_head.weight outside the lm_head
-        forward, and its dW reaches lm_head.weight in the backward: gathering the weight only around the op (a
-        GatheredParameters block) gives the op a whole weight, but by the backward it is a placeholder again, and
-        accumulating the [V, H] dW into it fails ("The size of tensor a (0) must match the size of tensor b (H)",
-        measured with DeepSpeed 0.19 on CPU/gloo; TRL's Liger losses hit the same). Called as the head's forward,
-        the op runs between ZeRO-3's own gather and release, and ZeRO-3 gathers the weight again before the op's
-        backward and reduce-scatters its gradient, as for any other layer."""
-        head = self._head
-        self._loss_ran_as_head_forward = True
-        own_forward = head.__dict__.get("forward")
-        head.forward = lambda *args, **kwargs: fn()
+        - DeepSpeed ZeRO-3 keeps every parameter a 0-element placeholder except inside its module's forward and
+          before its module's backward (hooks on the module). Gathering the lm_head only around the op (a
+          GatheredParameters block) gives the op a whole weight, but by the backward it is a placeholder again and
+          accumulating the [V, H] dW into it fails ("The size of tensor a (0) must match the size of tensor b (H)",
+          measured with DeepSpeed 0.19 on CPU/gloo; TRL's Liger losses hit the same). Run as the lm_head's forward,
+          the op sits between ZeRO-3's own gather and release, ZeRO-3 gathers the weight again before the op's
+          backward and reduce-scatters its gradient, as for any layer.
+        - FSDP1 with `use_orig_params` (`fsdp1.yaml`): after the forward, even the root unit points its parameters
+          back at this rank's flat shard (lm_head.weight becomes a 1-D slice, or empty; measured, torch 2.13).
+          Run as the forward of the innermost FSDP unit holding the lm_head, the op sees the unsharded views, and
+          FSDP's hooks on that output unshard again for the backward and reduce-scatter the flat gradient."""
+        if self._head_partitioned_by_zero3():
+            return self._head, self._head, "lm_head (DeepSpeed ZeRO-3)"
         try:
-            return head()
+            from torch.distributed.fsdp import FullyShardedDataParallel
+        except ImportError:  # torch built without distributed
+            return None
+        owners = [m for m in model.modules() if isinstance(m, FullyShardedDataParallel)
+                  and any(sub is self._head for sub in m.module.modules())]
+        if owners:  # modules() lists outer units before inner ones
+            return owners[-1], owners[-1].module, "FSDP1 unit holding the lm_head"
+        return None
+
+    def _run_as_forward(self, route, fn):
+        """`fn()` run as `route`'s module's forward: calling the wrapper runs its hooks around `fn` (see
+        `_loss_route`)."""
+        call, inner, label = route
+        self._loss_ran_inside = label
+        own_forward = inner.__dict__.get("forward")
+        inner.forward = lambda *args, **kwargs: fn()
+        try:
+            return call()
         finally:
             if own_forward is None:
-                del head.forward
+                del inner.forward
             else:
-                head.forward = own_forward
+                inner.forward = own_forward
 
     def _unshard_fsdp2_units(self, model) -> None:
         """FSDP2: all-gather again (no-op if still gathered) the root unit and the lm_head's own unit, if any,
@@ -171,8 +193,10 @@ class DistillTrainer(Trainer):
                                    f"settings")
             return batch_loss_sum(hidden, weight, bias, inputs, self.loss_config)
 
-        loss_sum, stats = self._as_head_forward(loss_from_head) if self._head_partitioned_by_zero3() else \
-            loss_from_head()
+        if self._route_for is not model:  # found once per wrapped model (a walk over its modules)
+            self._route, self._route_for = self._loss_route(model), model
+        route = self._route
+        loss_sum, stats = self._run_as_forward(route, loss_from_head) if route else loss_from_head()
         if num_items_in_batch is None:
             num_items_in_batch = (inputs["labels"][:, 1:] != -100).sum()
         loss = loss_sum / num_items_in_batch.clamp_min(1) if torch.is_tensor(num_items_in_batch) else \

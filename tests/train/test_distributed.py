@@ -3,12 +3,15 @@
 - data parallel: `gen train` under `torchrun --nproc_per_node 2` (2 x batch 2) logs the same loss curve and saves the
   same student as one process with batch 4 -- the loss-token normalization spans ranks (num_items_in_batch is the
   global count; DDP averages gradients, the trainer scales by the number of processes);
+- DeepSpeed ZeRO-3: the shipped config under `accelerate launch` (2 CPU processes) gives that same loss curve and
+  student (the op runs as the lm_head's forward);
 - sharded lm_head: 2 ranks with the student under FSDP2 (`fully_shard`, root unit resharded after forward, so the
-  lm_head weight is a vocabulary-sharded DTensor when the loss runs) give the loss, lm_head gradient and updated
-  weights of one unsharded process (DistillTrainer gathers the weight with `full_tensor`);
+  lm_head weight is a vocabulary-sharded DTensor when the loss runs) or FSDP1 (FullyShardedDataParallel with
+  use_orig_params: lm_head.weight a 1-D slice of the flat shard after forward) give the loss, lm_head gradient and
+  updated weights of one unsharded process;
 - the shipped accelerate configs resolve through accelerate's own launch-argument code.
 
-This file is also the FSDP2 worker: `python -m torch.distributed.run ... tests/train/test_distributed.py ...`.
+This file is also the FSDP worker: `python -m torch.distributed.run ... tests/train/test_distributed.py fsdp2 ...`.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ def test_accelerate_launch_deepspeed_zero3_gives_the_loss_curve_of_one(tiny_pair
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     summary = json.loads((two / "train_summary.json").read_text())
     assert summary["distributed"] == {"processes": 2, "type": "DEEPSPEED", "zero_stage": 3,
-                                      "loss_on_zero3_partitioned_lm_head": True}
+                                      "loss_ran_inside": "lm_head (DeepSpeed ZeRO-3)"}
     _assert_same_training(one_process, two, student_dir)
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,13 +143,18 @@ def _global_batch(student_dir: str, data_dirs: list[str], n: int = 4):
     return [data.dataset[i] for i in picks], data.collator
 
 
-def fsdp2_worker(student_dir: str, data_dirs: list[str], out: str) -> None:
-    """Run under torchrun (2 ranks, gloo): shard the student with FSDP2 as accelerate does (every decoder layer, then
-    the root, reshard_after_forward=True), give rank r items [2r, 2r + 1] of the global batch, take one step through
-    DistillTrainer.compute_loss, and write (rank 0) the mean loss, the lm_head gradient and the updated weights."""
+def fsdp_worker(version: int, student_dir: str, data_dirs: list[str], out: str) -> None:
+    """Run under torchrun (2 ranks, gloo): shard the student with FSDP as accelerate does, give rank r items
+    [2r, 2r + 1] of the global batch, take one step through DistillTrainer.compute_loss, and write (rank 0) the mean
+    loss, the lm_head gradient and the updated weights.
+    - version 2 (`fsdp.yaml`): `fully_shard` on every decoder layer, then the root, reshard_after_forward=True;
+    - version 1 (`fsdp1.yaml`): FullyShardedDataParallel, transformer-layer auto wrap, FULL_SHARD, use_orig_params."""
+    import functools
+
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy, fully_shard
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
     from torch.distributed.tensor import DTensor
     from transformers import AutoModelForCausalLM, TrainingArguments
 
@@ -157,9 +165,15 @@ def fsdp2_worker(student_dir: str, data_dirs: list[str], out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
-    fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    if version == 2:
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+        fully_shard(model, mesh=mesh, reshard_after_forward=True)
+    else:
+        wrap = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={type(model.model.layers[0])})
+        model = FullyShardedDataParallel(model, auto_wrap_policy=wrap, sharding_strategy=ShardingStrategy.FULL_SHARD,
+                                         use_orig_params=True, device_id=torch.device("cpu"))
+    head = model.module.lm_head if version == 1 else model.lm_head
     args = TrainingArguments(output_dir=str(Path(out).parent / f"args-{rank}"), report_to="none", use_cpu=True,
                              remove_unused_columns=False, average_tokens_across_devices=True)
     trainer = DistillTrainer(model=model, args=args, loss_config=LossConfig(kd_weight=0.7, temperature=2.0))
@@ -168,20 +182,33 @@ def fsdp2_worker(student_dir: str, data_dirs: list[str], out: str) -> None:
     num_items = (collator(items)["shift_labels"] != -100).sum()  # the step's loss tokens over every rank
     batch = collator(items[2 * rank: 2 * rank + 2])
 
-    with torch.no_grad():  # the setting under test: after a forward, the root unit (and lm_head) is resharded
+    with torch.no_grad():  # the setting under test: after a forward, the root unit's lm_head is a shard
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
-    sharded_after_forward = isinstance(model.lm_head.weight, DTensor)
-    local_shape = tuple(model.lm_head.weight.to_local().shape) if sharded_after_forward else None
+    if version == 2:
+        sharded_after_forward = isinstance(head.weight, DTensor)
+        local_shape = tuple(head.weight.to_local().shape) if sharded_after_forward else None
+    else:  # use_orig_params: the parameter becomes a flat 1-D view of this rank's shard of the root's flat parameter
+        sharded_after_forward = head.weight.dim() == 1
+        local_shape = tuple(head.weight.shape)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     loss = trainer.compute_loss(model, batch, num_items_in_batch=num_items)
     loss.backward()
-    grad = model.lm_head.weight.grad.full_tensor()
+    if version == 2:
+        grad = head.weight.grad.full_tensor()
+    else:
+        with FullyShardedDataParallel.summon_full_params(model, with_grads=True):
+            grad = head.weight.grad.clone()
     optimizer.step()
     # the trainer's loss is (this rank's loss sum / global tokens) x world: the mean over ranks is the step's loss
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
-    weights = {name: p.full_tensor() for name, p in model.named_parameters()}
+    if version == 2:
+        weights = {name: p.full_tensor() for name, p in model.named_parameters()}
+    else:
+        with FullyShardedDataParallel.summon_full_params(model):
+            weights = {name.replace("_fsdp_wrapped_module.", ""): p.detach().clone()
+                       for name, p in model.module.named_parameters()}
     gather_errors = _check_gather_full_weight(mesh, rank, world)
     if rank == 0:
         torch.save({"loss": float(mean_loss) / world, "sharded_after_forward": sharded_after_forward,
@@ -232,7 +259,9 @@ def _check_gather_full_weight(mesh, rank: int, world: int) -> dict[str, float]:
     return dict(zip(("loss", "dX", "dW", "dW_scale", "dW_rank_spread"), errors.tolist()))
 
 
-def test_fsdp2_sharded_lm_head_matches_one_unsharded_process(tiny_pair, conversations, logit_shards, tmp_path):
+@pytest.mark.parametrize("version", [2, 1])
+def test_fsdp_sharded_lm_head_matches_one_unsharded_process(version, tiny_pair, conversations, logit_shards,
+                                                             tmp_path):
     from transformers import AutoModelForCausalLM, TrainingArguments
 
     from train.losses import LossConfig
@@ -240,13 +269,17 @@ def test_fsdp2_sharded_lm_head_matches_one_unsharded_process(tiny_pair, conversa
 
     _, _, student_dir = tiny_pair
     data_dirs = [str(logit_shards), str(conversations)]
-    out = tmp_path / "fsdp2.pt"
-    _torchrun([str(Path(__file__)), "fsdp2", str(student_dir), str(out), *data_dirs], tmp_path)
+    out = tmp_path / f"fsdp{version}.pt"
+    _torchrun([str(Path(__file__)), f"fsdp{version}", str(student_dir), str(out), *data_dirs], tmp_path)
     sharded = torch.load(out)
 
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     vocab = model.lm_head.weight.shape[0]
-    assert sharded["sharded_after_forward"] and sharded["local_shape"] == (vocab // 2, model.config.hidden_size)
+    assert sharded["sharded_after_forward"]
+    if version == 2:
+        assert sharded["local_shape"] == (vocab // 2, model.config.hidden_size)
+    else:  # one flat shard of the root unit (embeddings, final norm, lm_head): not a [V, H] matrix at all
+        assert len(sharded["local_shape"]) == 1 and sharded["local_shape"][0] < vocab * model.config.hidden_size
     errors = sharded["gather_errors"]
     assert errors["dW_scale"] > 1e-2 and errors["dW_rank_spread"] > 1e-2 and errors["loss"] < 1e-10 and errors["dX"] < 1e-12 and errors["dW"] < 1e-12, \
         errors
@@ -328,5 +361,5 @@ def test_deepspeed_configs_resolve_through_accelerate(config):
         assert (args.machine_rank, args.main_process_ip) == (1, "192.0.2.7")
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "fsdp2":
-    fsdp2_worker(sys.argv[2], sys.argv[4:], sys.argv[3])
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("fsdp1", "fsdp2"):
+    fsdp_worker(int(sys.argv[1][-1]), sys.argv[2], sys.argv[4:], sys.argv[3])
