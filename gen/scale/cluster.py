@@ -139,7 +139,10 @@ class RayCluster:
             init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                     "logging_level": logging.WARNING}
             if address in ("local", "", None):
-                # A local cluster sized for the workers even on a small machine: HTTP workers mostly wait.
+                # Always a new cluster: without address="local", ray.init() joins whatever RAY_ADDRESS or the last
+                # `ray start` on this machine points at, even a dead one (and then refuses num_cpus). Sized for the
+                # workers even on a small machine: HTTP workers mostly wait.
+                init["address"] = "local"
                 init["num_cpus"] = max(os.cpu_count() or 1, int(workers * cpus_per_worker + 0.999))
             else:
                 init["address"] = address

@@ -198,8 +198,9 @@ def gen_env() -> dict[str, str]:
     return {**ray_env(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_gen(argv: list[str], timeout: float = 300) -> Proc:
-    done = subprocess.run([str(BIN / "gen"), *argv], capture_output=True, text=True, env=gen_env(), timeout=timeout)
+def run_gen(argv: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> Proc:
+    done = subprocess.run([str(BIN / "gen"), *argv], capture_output=True, text=True, env={**gen_env(), **(env or {})},
+                          timeout=timeout)
     return Proc(done.returncode, done.stdout, done.stderr)
 
 

@@ -18,6 +18,7 @@ import pytest
 from gen.shards import read_table
 from tests.scale.conftest import (TWIN_EVOLUTION, kill_ray_node, run_gen, run_gen_killing_worker_1, start_gen,
                                   wait_for_line, write_inputs)
+from tests.servers import free_port
 
 N_INPUTS = 8
 TWINS = (1, 6)  # positions of the twin inputs: in different units for every unit size below 6
@@ -121,6 +122,18 @@ def test_redis_index_catches_a_near_copy_made_by_another_worker(ray_cluster, red
     # the index lives in Redis, and the rows are those of the one-process run
     client = redis.Redis(**redis_server)
     assert client.keys("kdforge:evol:*"), "no index keys in Redis"
+    assert_same_rows(out, one_process)
+
+
+def test_ray_local_starts_its_own_cluster_whatever_ray_address_says(scripted_teacher, inputs, one_process, tmp_path):
+    """`--ray local` never joins another cluster: not the one RAY_ADDRESS names (here a dead address), nor the last
+    `ray start` of this machine (the file Ray keeps in /tmp/ray). It once did, and then refused its own num_cpus."""
+    out = tmp_path / "local"
+    dead = f"127.0.0.1:{free_port()}"
+    done = run_gen(evol_argv(scripted_teacher, inputs, out, "--ray", "local", "--workers", "2", "--unit-size", "4"),
+                   env={"RAY_ADDRESS": dead})
+    assert done.rc == 0, done.stderr
+    assert "started on worker 0" in done.stderr and "started on worker 1" in done.stderr
     assert_same_rows(out, one_process)
 
 
