@@ -30,7 +30,6 @@ Sharded lm_head: the op needs the whole [V, H] weight.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import resource
