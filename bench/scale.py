@@ -385,10 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     urls = [url for _, url in servers]
     # One local Ray runtime for every cluster below (RayCluster joins it and does not shut it down): room for all
     # the scaling clusters' actors at once (1 CPU each, as `gen --ray` asks; they mostly wait on the network).
-    ray.init(num_cpus=max(sum(args.workers), 2), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
-    print(f"Ray up after {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
     try:
+        # address="local": a new runtime, never one RAY_ADDRESS or a stale `ray start` on this machine points at
+        ray.init(address="local", num_cpus=max(sum(args.workers), 2), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        print(f"Ray up after {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="kdforge-bench-scale-") as tmp:
             rows = scaling(args, urls, Path(tmp), log)
             print(render_scaling(args, rows))
