@@ -116,7 +116,9 @@ def test_accelerate_launch_deepspeed_zero3_gives_the_loss_curve_of_one(tiny_pair
     two = tmp_path / "zero3"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "gen.cli",
            *_train_argv(student_dir, logit_shards, conversations), "--batch-size", "2", "--out", str(two)]
-    env = {**_distributed_env(tmp_path), "DS_ACCELERATOR": "cpu"}
+    # DeepSpeed's CPU backend JIT-compiles its shared-memory collective op (C++, ~40 s) at start: into this test's
+    # temp dir, not ~/.cache/torch_extensions
+    env = {**_distributed_env(tmp_path), "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     summary = json.loads((two / "train_summary.json").read_text())
