@@ -90,8 +90,7 @@ class DistillTrainer(Trainer):
         core = self.accelerator.unwrap_model(self.model)
         self._head = core.get_output_embeddings()
         self._hidden: torch.Tensor | None = None
-        self._loss_ran_inside: str | None = None
-        self._route, self._route_for = None, None
+        self._route, self._route_for = None, None  # `_loss_route` of the model compute_loss last saw
         core.get_decoder().register_forward_hook(self._keep_hidden)
         self._forward_takes = set(inspect.signature(core.forward).parameters)
         self._window = {"tokens": 0, "kd_tokens": 0.0, "sft_tokens": 0.0, "kd_loss_sum": 0.0, "sft_loss_sum": 0.0}
@@ -112,7 +111,7 @@ class DistillTrainer(Trainer):
         kind = self.accelerator.distributed_type
         return {"processes": self.accelerator.num_processes, "type": getattr(kind, "value", str(kind)),
                 "zero_stage": plugin.zero_stage if plugin is not None else None,
-                "loss_ran_inside": self._loss_ran_inside}
+                "loss_ran_inside": self._route[2] if self._route else None}
 
     def _loss_route(self, model) -> tuple[torch.nn.Module, torch.nn.Module, str] | None:
         """(module to call, module whose forward is replaced, label) when the op must run inside a wrapper's
@@ -145,8 +144,7 @@ class DistillTrainer(Trainer):
     def _run_as_forward(self, route, fn):
         """`fn()` run as `route`'s module's forward: calling the wrapper runs its hooks around `fn` (see
         `_loss_route`)."""
-        call, inner, label = route
-        self._loss_ran_inside = label
+        call, inner, _ = route
         own_forward = inner.__dict__.get("forward")
         inner.forward = lambda *args, **kwargs: fn()
         try:

@@ -169,10 +169,9 @@ class RayCluster:
                      f"{info['teacher_id']})")
         self.teacher_id = infos[0]["teacher_id"]
         self.restarts = 0
-        # Workers whose actor died stay out of every later `run` until Ray has them back: a lost node's actors may
-        # never come back (no resources left), and each round's units must not be sent to them again.
-        self._alive: set[int] = set(range(workers))
-        self._returning: dict[Any, tuple[int, float]] = {}  # ready() refs of restarting actors -> (worker, died at)
+        # ready() refs of restarting actors -> (worker, died at). Kept across `run` calls: a worker in it gets no
+        # unit until Ray has it back, and a lost node's actors may never come back (no resources left).
+        self._returning: dict[Any, tuple[int, float]] = {}
         self._announced: set[int] = set()
         self.redone_units = 0
         self.recoveries: list[dict[str, float]] = []  # per death: seconds until its unit restarted / actor back
@@ -191,8 +190,8 @@ class RayCluster:
         progress = Progress(len(pending), "units", enabled=self.progress)
         finished = sent = tokens = failures = 0
         inflight: dict[Any, tuple[WorkUnit, int]] = {}
-        returning = self._returning
-        idle = deque(sorted(self._alive))
+        restarting = {worker for worker, _ in self._returning.values()}
+        idle = deque(w for w in range(len(self.actors)) if w not in restarting)
         last_alive = time.monotonic()
         while inflight or (pending and keep_going()):
             while pending and idle and keep_going():
@@ -205,7 +204,7 @@ class RayCluster:
                     self._announced.add(worker)
                     self.log(f"unit {unit.label or unit.id} started on worker {worker} (pid {self.pids.get(worker)})"
                              + (f", attempt {unit.attempts}" if unit.attempts > 1 else ""))
-            waiting = list(inflight) + list(returning)
+            waiting = list(inflight) + list(self._returning)
             if not waiting:
                 break
             done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
@@ -214,14 +213,14 @@ class RayCluster:
             elif time.monotonic() - last_alive > RESTART_WAIT:
                 raise UserError(f"--ray: no worker alive for {RESTART_WAIT:.0f} s (Ray could not restart them)")
             for ref in done:
-                if ref in returning:
-                    self._back(ref, returning, idle)
+                if ref in self._returning:
+                    self._back(ref, idle)
                     continue
                 unit, worker = inflight.pop(ref)
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
-                    self._died(unit, worker, exc, pending, returning)
+                    self._died(unit, worker, exc, pending)
                     continue
                 except ray.exceptions.RayTaskError as exc:
                     raise _user_error_from(exc, unit) from None
@@ -237,29 +236,27 @@ class RayCluster:
         progress.close()
         return list(pending)
 
-    def _died(self, unit: WorkUnit, worker: int, exc: BaseException, pending: deque, returning: dict) -> None:
+    def _died(self, unit: WorkUnit, worker: int, exc: BaseException, pending: deque) -> None:
         self.redone_units += 1
         if unit.attempts >= MAX_ATTEMPTS:
             raise UserError(f"unit {unit.label or unit.id}: its worker died {unit.attempts} times running it; "
                             "giving up (see the Ray logs under /tmp/ray/session_latest/logs)")
         died_at = time.monotonic()
-        self._alive.discard(worker)
         pending.appendleft(unit)  # the next idle actor redoes it first
         self.log(f"worker {worker} (pid {self.pids.get(worker)}) died running unit {unit.label or unit.id} "
                  f"({type(exc).__name__}); the unit goes to another worker, Ray restarts this one")
-        if not any(w == worker for w, _ in returning.values()):
-            returning[self.actors[worker].ready.remote()] = (worker, died_at)
+        if not any(w == worker for w, _ in self._returning.values()):
+            self._returning[self.actors[worker].ready.remote()] = (worker, died_at)
         self.recoveries.append({"died_at": died_at})
 
-    def _back(self, ref: Any, returning: dict, idle: deque) -> None:
-        worker, died_at = returning.pop(ref)
+    def _back(self, ref: Any, idle: deque) -> None:
+        worker, died_at = self._returning.pop(ref)
         try:
             info = self.ray.get(ref)
         except self.ray.exceptions.RayActorError:  # died again while restarting: keep waiting for Ray
-            returning[self.actors[worker].ready.remote()] = (worker, died_at)
+            self._returning[self.actors[worker].ready.remote()] = (worker, died_at)
             return
         self.restarts += 1
-        self._alive.add(worker)
         self.pids[worker] = info["pid"]
         self._announced.discard(worker)
         for record in self.recoveries:
