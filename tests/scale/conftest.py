@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -226,16 +227,31 @@ def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 120) ->
     raise AssertionError(f"no line matching {pattern!r}; stderr so far:\n{''.join(seen)}")
 
 
-def run_gen_killing_worker_1(argv: list[str]) -> Proc:
-    """Run `gen argv` and SIGKILL worker 1's process as soon as it starts its first unit (mid-unit: every request
-    of the tests' teachers takes a while); returns how the run ended."""
+def run_gen_killing(argv: list[str], kill: Callable[[int, int], bool]) -> Proc:
+    """Run `gen argv`; for each "unit ... started on worker W (pid P)" line call `kill(W, P)` until it returns True
+    (it killed something, mid-unit: every request of the tests' teachers takes a while); returns how the run
+    ended, its stderr whole."""
     proc = start_gen(argv)
+    seen: list[str] = []
     try:
-        match, seen = wait_for_line(proc, r"started on worker 1 \(pid (\d+)\)")
-        os.kill(int(match.group(1)), signal.SIGKILL)
+        while True:
+            match, lines = wait_for_line(proc, r"started on worker (\d+) \(pid (\d+)\)")
+            seen += lines
+            if kill(int(match.group(1)), int(match.group(2))):
+                break
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     return Proc(proc.returncode, stdout, "".join(seen) + stderr)
+
+
+def run_gen_killing_worker_1(argv: list[str]) -> Proc:
+    """Run `gen argv` and SIGKILL worker 1's process as soon as it starts a unit."""
+    def kill(worker: int, pid: int) -> bool:
+        if worker == 1:
+            os.kill(pid, signal.SIGKILL)
+        return worker == 1
+
+    return run_gen_killing(argv, kill)

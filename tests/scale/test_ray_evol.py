@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from gen.shards import read_table
-from tests.scale.conftest import (TWIN_EVOLUTION, kill_ray_node, run_gen, run_gen_killing_worker_1, start_gen,
-                                  wait_for_line, write_inputs)
+from tests.scale.conftest import (TWIN_EVOLUTION, kill_ray_node, run_gen, run_gen_killing, run_gen_killing_worker_1,
+                                  write_inputs)
 from tests.servers import free_port
 
 N_INPUTS = 8
@@ -156,29 +156,20 @@ def test_a_lost_node_costs_only_its_unit(two_node_cluster, scripted_teacher, inp
     lost worker back: no CPU is left anywhere), and the rows are those of one process."""
     address, second_node = two_node_cluster
     out = tmp_path / "lost-node"
-    proc = start_gen(evol_argv(scripted_teacher, inputs, out, "--ray", address, "--workers", "2",
-                               "--unit-size", "1"))
-    try:
-        def on_second_node(match: re.Match) -> bool:
-            try:
-                return os.getsid(int(match.group(1))) == second_node.pid
-            except ProcessLookupError:
-                return False
 
-        seen: list[str] = []
-        while True:
-            match, lines = wait_for_line(proc, r"started on worker \d+ \(pid (\d+)\)")
-            seen += lines
-            if on_second_node(match):
-                break
-        kill_ray_node(second_node)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    log = "".join(seen) + stderr
-    assert proc.returncode == 0, log
+    def kill_second_node(_worker: int, pid: int) -> bool:
+        try:
+            on_it = os.getsid(pid) == second_node.pid  # its workers are in the session `ray start` leads
+        except ProcessLookupError:
+            return False
+        if on_it:
+            kill_ray_node(second_node)
+        return on_it
+
+    done = run_gen_killing(evol_argv(scripted_teacher, inputs, out, "--ray", address, "--workers", "2",
+                                     "--unit-size", "1"), kill_second_node)
+    log = done.stderr
+    assert done.rc == 0, log
     assert len(set(re.findall(r"worker \d: pid \d+ on node \S+ \(id (\w+);", log))) == 2, log  # one per node
     # One death, one unit redone: the lost worker gets no unit of any later phase or round (Ray cannot restart it,
     # and it must not be tried again unit after unit).
