@@ -6,7 +6,7 @@ VLLM_VENV ?= .venv-vllm
 PIP_CPU = torch==2.13.0 -c .ci/constraints.txt
 TEST_ENV = HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-vllm system-deps demo test test-main test-vllm
+.PHONY: install install-vllm system-deps demo lint test test-main test-vllm
 
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,15 @@ system-deps:
 demo: install
 	$(VENV)/bin/gen evol --rounds 4 --out runs/demo
 
+# The layer contracts (import-linter, pyproject.toml) and ruff: part of `make test`.
+lint: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+
 test-main: install system-deps
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -m "not vllm" -q --durations=15 tests
 
 test-vllm: install-vllm
 	$(TEST_ENV) VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm -q --durations=5 tests
 
-test: test-main test-vllm
+test: lint test-main test-vllm

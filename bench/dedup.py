@@ -393,7 +393,7 @@ def bench_minhash(n_docs: int, baseline_docs: int, seed: int, repeats: int, scal
     print("\n| docs | method | bands×rows | docs/s | × fast path | peak MiB | MiB / 1k docs | precision | recall | F1 | "
           + " | ".join(f"found J∈[{lo:.1f},{min(hi, 1):.1f})" for lo, hi in BANDS_REPORTED) + " |")
     print("|" + "---|" * (10 + len(BANDS_REPORTED)))
-    for (size, method), (seconds, info, found, truth, n_runs) in results.items():
+    for (size, method), (seconds, info, found, truth, _n_runs) in results.items():
         fast = results.get((size, "datasketch_fast"))
         ratio = f"{fast[0] / seconds:.1f}×" if fast else "–"
         bands = info.get("bands", f"{b}x{r} + exact check ({info.get('candidates', 0):,} candidates)")

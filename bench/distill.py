@@ -85,8 +85,8 @@ def prompt_for(topic: str) -> list[dict]:
 
 
 def write_run(directory: Path, conversations: list[list[dict]]) -> None:
-    from gen.records import make_row
-    from gen.shards import ShardWriter
+    from gen.data.records import make_row
+    from gen.data.shards import ShardWriter
 
     with ShardWriter(directory) as writer:
         for i, messages in enumerate(conversations):
@@ -147,7 +147,7 @@ def heldout_metrics(teacher_dir: Path, student_dir: Path, heldout: Path) -> dict
 def quality(args, work: Path) -> tuple[list[tuple], dict]:
     import numpy as np
 
-    from gen.capture import HFLogitTeacher, capture_logits
+    from gen.logits.capture import HFLogitTeacher, capture_logits
     from tests.tiny_models import build_tiny_llama, build_tokenizer
     from train.losses import LossConfig
     from train.trainer import TrainConfig, train

@@ -64,7 +64,7 @@ def cpu_seconds() -> float:
 
 def worker_engine(url: str, n: int, concurrency: int, transport: str | None = None) -> dict:
     sys.path.insert(0, str(REPO))
-    from gen.engine import Engine
+    from gen.engine.engine import Engine
     from gen.teachers import load_teacher
     from gen.teachers.base import ChatRequest, SamplingParams
 

@@ -142,6 +142,7 @@ def _worker(args):
 def _pair(args, h, w, ids, lp, tail, labels):
     """Alternate the matmul floor and the chunked torch path in this process; per-pair time ratios (wall and CPU)."""
     import torch
+
     from kernels.topk_kl import topk_kl_loss
 
     def floor():
@@ -217,7 +218,7 @@ def main(argv=None):
         if "error" in r:
             print(f"unavailable: {r['error']}")
             return 1
-        print(f"| {'interleaved x{0}'.format(args.interleave):<16} | {'floor':>9} | {'torch':>9} | "
+        print(f"| {f'interleaved x{args.interleave}':<16} | {'floor':>9} | {'torch':>9} | "
               f"{'median pair ratio torch/floor':>29} |")
         print(f"|{'-' * 18}|{'-' * 11}|{'-' * 11}|{'-' * 31}|")
         for k in ("wall", "cpu"):

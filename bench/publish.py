@@ -30,8 +30,8 @@ METHODS = ("evol_instruct", "self_instruct", "ultrachat")
 
 
 def build_run(out: Path, rows: int, seed: int = 0) -> Path:
-    from gen.records import make_row
-    from gen.shards import ShardWriter, write_manifest
+    from gen.data.records import make_row
+    from gen.data.shards import ShardWriter, write_manifest
 
     rng = np.random.default_rng(seed)
     vocab = np.array([f"w{i}x{(i * 7919) % 97}" for i in range(20_000)])
@@ -62,8 +62,8 @@ def build_run(out: Path, rows: int, seed: int = 0) -> Path:
 
 
 def kdforge_export(run: Path, out: Path) -> dict[str, float]:
-    from gen.card import card_facts, render_card, write_plots
-    from gen.publish import _write_parquet, plan_export
+    from gen.publish.card import card_facts, render_card, write_plots
+    from gen.publish.export import _write_parquet, plan_export
 
     times = {}
     t = time.perf_counter()
@@ -92,7 +92,7 @@ def datasets_export(run: Path, out: Path) -> float:
     """The peer: datasets' Parquet writer, one file per config/split (tables grouped outside the timer)."""
     import datasets
 
-    from gen.publish import plan_export
+    from gen.publish.export import plan_export
 
     plan = plan_export(run, include_rejected=True)
     parts = [(c.name, p) for c in plan.configs if not c.aggregate for p in c.parts]

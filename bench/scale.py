@@ -130,7 +130,7 @@ class Bench:
         self.runs = 0
 
     def engine(self):
-        from gen.engine import default_cache_path
+        from gen.engine.engine import default_cache_path
         from gen.scale.request_units import DistributedEngine
 
         return DistributedEngine(self.cluster, cache_path=default_cache_path(self.flags.out), unit_size=self.unit_size)

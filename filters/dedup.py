@@ -8,8 +8,9 @@ edge that touch it (`minhash_duplicate`, `embedding_duplicate`) and points at th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

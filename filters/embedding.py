@@ -17,7 +17,8 @@ site-packages); any sentence-transformers model name or path works.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -21,8 +21,9 @@ Reasons:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from filters.rouge import rouge_l, tokenize
 

@@ -46,8 +46,8 @@ import functools
 import math
 import os
 import re
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 import numpy as np
 

@@ -91,7 +91,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -140,7 +139,7 @@ class _Cfg:
     ce_weight: float
     ignore_index: int
     reduction: str
-    memory_budget_bytes: Optional[int]
+    memory_budget_bytes: int | None
     impl: str  # resolved: "triton" or "torch"
 
 
@@ -220,7 +219,7 @@ def _validate(hidden, weight, topk_ids, topk_logprobs, tail_logmass, labels, bia
         raise ValueError(f"alpha must be in [0, 1), got {cfg.alpha}")
 
 
-def _check_ids(ids: torch.Tensor, labels_kept: Optional[torch.Tensor], V: int, check_labels: bool):
+def _check_ids(ids: torch.Tensor, labels_kept: torch.Tensor | None, V: int, check_labels: bool):
     """Vocabulary range and duplicate checks on the kept rows (one host sync)."""
     if ids.numel() == 0:
         return
@@ -246,7 +245,7 @@ def _check_ids(ids: torch.Tensor, labels_kept: Optional[torch.Tensor], V: int, c
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _teacher_buckets(topk_logprobs: torch.Tensor, tail_logmass: Optional[torch.Tensor], has_tail: bool, cd):
+def _teacher_buckets(topk_logprobs: torch.Tensor, tail_logmass: torch.Tensor | None, has_tail: bool, cd):
     """logp_top [C, K] and logp_tail [C] (or None when there is no tail bucket) in compute dtype ``cd``."""
     logp_top = topk_logprobs.to(cd)
     if not has_tail:
@@ -485,7 +484,7 @@ def _v_block(V):
 
 
 def _compute(hidden, weight, bias, topk_ids, topk_logprobs, tail_logmass, labels, cfg: _Cfg,
-             need_dh: bool, need_dw: bool, need_db: bool, row_weight: Optional[torch.Tensor] = None):
+             need_dh: bool, need_dw: bool, need_db: bool, row_weight: torch.Tensor | None = None):
     """Loss per token [N] (0 at ignored rows) and, as requested, dh [N, H], dW [V, H] fp32, db [V] fp32.
 
     Gradients are those of sum_rows(row_scale * loss_row) where row_scale is row_weight [N] if given, else 1/n_kept

@@ -30,8 +30,9 @@ import json
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
@@ -50,33 +51,33 @@ class Fault:
     body: bytes = b""
 
     @classmethod
-    def rate_limit(cls, retry_after: float | str | None = 1) -> "Fault":
+    def rate_limit(cls, retry_after: float | str | None = 1) -> Fault:
         """429 with `Retry-After` (seconds, or an HTTP-date string; None sends no header). Not forwarded."""
         return cls("rate_limit", status=429, retry_after=None if retry_after is None else str(retry_after))
 
     @classmethod
-    def server_error(cls, status: int = 500) -> "Fault":
+    def server_error(cls, status: int = 500) -> Fault:
         """A 5xx JSON error. Not forwarded."""
         return cls("server_error", status=status)
 
     @classmethod
-    def http_error(cls, status: int, message: str = "injected by FaultProxy") -> "Fault":
+    def http_error(cls, status: int, message: str = "injected by FaultProxy") -> Fault:
         """Any status with a JSON error body (e.g. 400, 401, 529). Not forwarded."""
         return cls("http_error", status=status, body=_error_body(status, message))
 
     @classmethod
-    def slow(cls, seconds: float) -> "Fault":
+    def slow(cls, seconds: float) -> Fault:
         """Hold the request `seconds` before forwarding it (past the client's timeout, typically)."""
         return cls("slow", seconds=seconds)
 
     @classmethod
-    def reset(cls, after_forward: bool = False) -> "Fault":
+    def reset(cls, after_forward: bool = False) -> Fault:
         """Drop the connection with a TCP RST — before forwarding, or after the upstream answered (work done,
         answer lost)."""
         return cls("reset", after_forward=after_forward)
 
     @classmethod
-    def malformed(cls) -> "Fault":
+    def malformed(cls) -> Fault:
         """Forward, then return a 200 whose JSON body is cut in half (valid HTTP framing, invalid JSON)."""
         return cls("malformed")
 
@@ -187,7 +188,7 @@ class FaultProxy:
             self._received.clear()
         self.plan = plan
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self._run_loop, name="fault-proxy", daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -205,7 +206,7 @@ class FaultProxy:
             self._thread.join(10)
             self._thread = None
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -35,7 +35,8 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 FaultFn = Callable[[int, dict], "str | None"]
 
@@ -116,7 +117,7 @@ class LatencyServer:
 
     def __init__(self, latency: str = "fixed:0", *, seed: int = 0, faults: FaultFn | str | None = None,
                  model: str = "latency-test", host: str = "127.0.0.1", port: int = 0,
-                 reply: Callable[[dict], "str | None"] | None = None):
+                 reply: Callable[[dict], str | None] | None = None):
         self.latency_spec = latency
         # `reply(body) -> text | None`: a scripted teacher (tests that need particular texts, e.g. two workers
         # producing near-duplicates); None falls back to the deterministic `reply_for`.
@@ -167,7 +168,7 @@ class LatencyServer:
                                                   reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    def start(self) -> "LatencyServer":
+    def start(self) -> LatencyServer:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -203,7 +204,7 @@ class LatencyServer:
             self._thread.join(10)
             self._thread = None
 
-    def __enter__(self) -> "LatencyServer":
+    def __enter__(self) -> LatencyServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -90,7 +90,7 @@ def redis_server():
         except redis.ConnectionError:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("redis-server did not start")
+                raise RuntimeError("redis-server did not start") from None
             time.sleep(0.05)
     yield {"host": "127.0.0.1", "port": port}
     proc.terminate()

@@ -4,7 +4,7 @@ Two kinds of example, one dict shape (numpy arrays, T tokens, K teacher top-k):
 - conversational rows (gen run dirs): tokenized with the *student's* chat template; loss on assistant tokens only
   (labels = -100 elsewhere); no teacher -> hard-label cross-entropy (SFT).
 - logit rows (`gen logits` output): the teacher's `input_ids`/`labels` and its top-k per position, read zero-copy
-  from the memory-mapped Arrow buffers (gen.logit_records.load_logit_columns) -> top-k KD.
+  from the memory-mapped Arrow buffers (gen.logits.records.load_logit_columns) -> top-k KD.
 
 A batch (`DistillCollator`) holds ``input_ids``/``labels``/``shift_labels`` [B, L] and, when any example has a
 teacher, ``teacher_topk_ids`` [B, L, K] int32, ``teacher_topk_logprobs`` [B, L, K] fp16, ``teacher_tail_logmass``
@@ -17,21 +17,22 @@ other (only with `use_cache=False` in the forward: with a KV cache it silently f
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from gen.data.shards import read_table
 from gen.errors import UserError
-from gen.logit_records import (
+from gen.logits.records import (
     IGNORE_INDEX,
     conversation,
     is_logit_dir,
     load_logit_columns,
     tokenize_conversation,
 )
-from gen.shards import read_table
 
 TEACHER_KEYS = ("topk_ids", "topk_logprobs", "tail_logmass")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "training loss") -> Path:

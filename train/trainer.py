@@ -34,15 +34,16 @@ import inspect
 import json
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import Trainer
 
 from gen.errors import UserError
-from gen.logit_records import tokenizer_fingerprint
+from gen.logits.records import tokenizer_fingerprint
 from train.losses import LossConfig, batch_loss_sum
 
 # Config attributes of models whose logits are not plain `h @ W.T + b`: the op would train a different distribution.

@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen.card import card_facts, render_card
-    from gen.publish import plan_export
+    from gen.publish.card import card_facts, render_card
+    from gen.publish.export import plan_export
 
     plan = plan_export(args.run_dir, **export_options(args))
     facts = card_facts(plan, repo_id=args.repo, license=args.license, languages=args.language or ["en"],
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         from pathlib import Path
 
-        from gen.shards import atomic_write_bytes
+        from gen.data.shards import atomic_write_bytes
 
         atomic_write_bytes(Path(args.output), card.encode("utf-8"))
         print(f"gen card: wrote {args.output} ({facts.published_rows:,} rows, {len(plan.configs)} config(s), "

@@ -143,8 +143,8 @@ def load_teacher_from_args(args: argparse.Namespace):
 def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, teacher=None):
     """An `Engine` configured by the engine flags, with its request cache at `OUT/.cache/requests.sqlite`
     (in memory when `out_dir` is None). The engine owns the teacher: `engine.close()` closes both."""
-    from gen.engine import Engine, default_cache_path
-    from gen.pricing import parse_price
+    from gen.engine.engine import Engine, default_cache_path
+    from gen.teachers.pricing import parse_price
 
     price = None
     if getattr(args, "price", None):
@@ -182,7 +182,7 @@ def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, tea
 
 def open_distributed_engine(args: argparse.Namespace, out_dir, price=None):
     """`--ray`: the cluster of actors (each opens the teacher named by the flags) behind the engine interface."""
-    from gen.engine import default_cache_path
+    from gen.engine.engine import default_cache_path
     from gen.scale.cluster import RayCluster
     from gen.scale.request_units import DEFAULT_UNIT_REQUESTS, DistributedEngine
 
@@ -212,7 +212,7 @@ def _cluster_has_gpus() -> bool:
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run's configuration for the manifest: every flag (paths as strings), redacted of secrets."""
-    from gen.shards import redact
+    from gen.data.shards import redact
 
     config: dict[str, Any] = {}
     for name, value in sorted(vars(args).items()):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from gen.commands.common import add_engine_arguments, add_sampling_arguments, add_teacher_arguments
-from gen.methods.command import add_out_argument
+from gen.commands.method_common import add_out_argument
 
 HELP = "Evol-Instruct: evolve instructions in depth and breadth for N rounds (default 4), with an eliminator"
 DEFAULT_LIMIT_SHIPPED = 8
@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gen.commands.common import sampling_from_args
+    from gen.commands.method_common import finish, method_run
     from gen.errors import UserError
-    from gen.methods.command import finish, method_run
     from gen.methods.evol_instruct import METHOD, EvolConfig, EvolInstruct, parse_weights
     from gen.methods.inputs import default_seed_tasks, load_items
 

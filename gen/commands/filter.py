@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from filters.heuristics import QualityConfig, row_quality_reasons
     from filters.rouge import RougeLNovelty
-    from gen.commands.dedup import add_rejections, count_reasons, load_train, rewrite_run, row_text
+    from gen.data.records import row_text
+    from gen.data.rewrite import add_rejections, count_reasons, load_train, rewrite_run
     from gen.errors import UserError
 
     if args.min_chars is not None and args.max_chars is not None and args.min_chars > args.max_chars:

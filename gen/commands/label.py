@@ -1,6 +1,6 @@
 """`gen label --input FILE --teacher SPEC --out DIR`: the teacher answers every instruction of FILE.
 
-The simplest method, and the engine's end-to-end proof: one request per input row (`gen.inputs`), answered
+The simplest method, and the engine's end-to-end proof: one request per input row (`gen.data.inputs`), answered
 through the request engine (cache, retries, budgets), one row per answer (`method="label"`) in `OUT/train`.
 `--system TEXT` sends a system message with every request (a row's own `system` wins).
 
@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from gen.commands.common import (
     add_engine_arguments,
@@ -78,7 +79,7 @@ def rows_from_results(inputs, results, teacher_id: str, *, method: str = METHOD,
     The id hashes what was asked (method, operation, system, prompt messages, teacher, params), not the answer:
     asking the same thing twice never makes two rows.
     """
-    from gen.records import content_id, make_row
+    from gen.data.records import content_id, make_row
 
     rows = []
     for row, result in zip(inputs, results):
@@ -107,16 +108,16 @@ def rows_from_results(inputs, results, teacher_id: str, *, method: str = METHOD,
 
 def run(args: argparse.Namespace) -> int:
     from gen.commands.common import open_engine
+    from gen.data.inputs import read_inputs
+    from gen.data.shards import ShardWriter, write_manifest
     from gen.errors import UserError
-    from gen.inputs import read_inputs
     from gen.methods import orca
-    from gen.shards import ShardWriter, write_manifest
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size {args.chunk_size}: must be at least 1")
-    from gen.methods.command import reject_redis_flag
+    from gen.commands.method_common import reject_redis_flag
 
     reject_redis_flag(args, METHOD)
     inputs = read_inputs(args.input, field=args.field, limit=args.limit)

@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from gen.commands.common import read_chat_template
-    from gen.capture import capture_logits, open_logit_teacher
+    from gen.logits.capture import capture_logits, open_logit_teacher
 
     template = read_chat_template(args.chat_template)
     options = {"chat_template": template, "dtype": args.dtype}

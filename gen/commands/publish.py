@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen.publish import publish
+    from gen.publish.export import publish
 
     result = publish(args.run_dir, args.repo, private=args.private, dry_run_dir=args.dry_run,
                      license=args.license, languages=args.language or ["en"], pretty_name=args.pretty_name,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from gen.commands.common import add_engine_arguments, add_sampling_arguments, add_teacher_arguments
-from gen.methods.command import add_out_argument
+from gen.commands.method_common import add_out_argument
 
 HELP = "Baize self-chat: the teacher plays both the person and the assistant, seeded from questions"
 
@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gen.commands.common import sampling_from_args
+    from gen.commands.method_common import finish, method_run
     from gen.errors import UserError
-    from gen.methods.command import finish, method_run
     from gen.methods.inputs import load_items, shipped_data_path
     from gen.methods.self_chat import METHOD, SelfChat, SelfChatConfig
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from gen.commands.common import add_engine_arguments, add_sampling_arguments, add_teacher_arguments
-from gen.methods.command import add_out_argument
+from gen.commands.method_common import add_out_argument
 
 HELP = "Self-Instruct: grow a task pool from seed tasks (ROUGE-L novelty, classification output-first)"
 
@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gen.commands.common import sampling_from_args
+    from gen.commands.method_common import finish, method_run
     from gen.errors import UserError
-    from gen.methods.command import finish, method_run
     from gen.methods.inputs import default_seed_tasks, load_items
     from gen.methods.self_instruct import METHOD, SelfInstruct, SelfInstructConfig
 

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def collect(run_dir: str | Path) -> dict[str, Any]:
     """The numbers `gen stats` prints, as a dict (also what `--json` prints)."""
+    from gen.data.shards import MANIFEST, list_splits, read_manifest, read_table
     from gen.errors import UserError
-    from gen.shards import MANIFEST, list_splits, read_manifest, read_table
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -55,7 +55,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
             for reasons in table.column("filters").to_pylist():
                 for reason in reasons or ["(none)"]:
                     out["rejected_by_reason"][reason] = out["rejected_by_reason"].get(reason, 0) + 1
-    from gen.logit_records import is_logit_dir, logit_shard_stats
+    from gen.logits.records import is_logit_dir, logit_shard_stats
 
     if "train" in splits and is_logit_dir(run_dir):  # `gen logits` output: size per token, K, teacher
         out["logit_shards"] = logit_shard_stats(run_dir)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import random
 import sys
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from gen.records import content_id, make_row
-from gen.shards import ShardWriter, write_manifest
+from gen.data.records import content_id, make_row
+from gen.data.shards import ShardWriter, write_manifest
 from gen.teachers.base import ChatRequest, Completion, SamplingParams
 
 
@@ -25,8 +26,8 @@ class Funnel:
     summary table. Stage names are free-form; rejections are counted as `rejected:<reason>`."""
 
     def __init__(self) -> None:
-        self.total: "OrderedDict[str, int]" = OrderedDict()
-        self.rounds: "OrderedDict[str, OrderedDict[str, int]]" = OrderedDict()
+        self.total: OrderedDict[str, int] = OrderedDict()
+        self.rounds: OrderedDict[str, OrderedDict[str, int]] = OrderedDict()
 
     def add(self, stage: str, n: int = 1, round: int | str | None = None) -> None:
         self.total[stage] = self.total.get(stage, 0) + n

@@ -32,8 +32,9 @@ item id), so a rerun after a kill makes the same requests (answered from the cac
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from gen.errors import UserError
 from gen.methods.base import MethodRun
@@ -288,7 +289,7 @@ class EvolInstruct:
     # between them is shared (Redis) or resolved by the driver. The rule is the same either way (`earlier_duplicates`),
     # so N workers write the rows one process writes.
 
-    def rewrite_phase(self, round_: int, entries: Sequence[tuple[int, PoolItem]]) -> list["Candidate"]:
+    def rewrite_phase(self, round_: int, entries: Sequence[tuple[int, PoolItem]]) -> list[Candidate]:
         """Rewrite each (pool position, item); cheap checks (empty, prompt leak) reject at once. Returns the
         candidates to index and answer."""
         run = self.run
@@ -315,7 +316,7 @@ class EvolInstruct:
             candidates.append(candidate)
         return candidates
 
-    def answer_phase(self, round_: int, candidates: Sequence["Candidate"],
+    def answer_phase(self, round_: int, candidates: Sequence[Candidate],
                      duplicates: Mapping[int, str]) -> dict[int, PoolItem]:
         """Reject near-duplicates (pool position -> what they copy) unpaid; answer and judge the rest in one batch;
         the eliminator on the answers. Returns pool position -> the kept evolution that replaces its parent."""
@@ -380,7 +381,7 @@ class Candidate:
     def key(self) -> str:
         return index_key(self.round, self.pos, f"r{self.round}:{self.item.id}")
 
-    def bare_row(self, evol: "EvolInstruct") -> dict[str, Any]:
+    def bare_row(self, evol: EvolInstruct) -> dict[str, Any]:
         """The rejected row of an evolution that is not answered: the instruction alone."""
         return evol.run.row(messages=[{"role": "user", "content": self.evolved}], operation=self.operation,
                             round=self.round, parent_id=self.item.id, root_id=self.item.root_id,

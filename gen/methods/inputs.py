@@ -12,14 +12,15 @@ Accepted inputs (the first matching field wins, per row):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from gen.data.inputs import iter_jsonl
+from gen.data.records import content_id
 from gen.errors import UserError
-from gen.inputs import iter_jsonl
-from gen.records import content_id
 
 DATA_PACKAGE = "gen.methods"
 
@@ -86,7 +87,7 @@ def _item_from_record(record: Any, where: str) -> SeedItem:
 
 def _records(path: Path) -> Iterator[tuple[Any, str]]:
     if path.is_dir() or path.suffix == ".arrow":
-        from gen.shards import iter_rows
+        from gen.data.shards import iter_rows
 
         for n, row in enumerate(iter_rows(path, "train", columns=["id", "messages"])):
             yield row, f"{path} row {n}"

@@ -15,8 +15,9 @@ learn. kdforge ships its own 16 (`gen/methods/data/orca_system_messages.txt`).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 ORCA = "orca"
 COT_INSTRUCTION = ("Reason through the problem step by step and write out each step before you give the final "
@@ -65,7 +66,7 @@ def system_chooser(args: argparse.Namespace) -> Callable[[Sequence[Mapping[str, 
     pool = load_system_messages(source) if source and not fixed else None
     seed = int(args.seed) if getattr(args, "seed", None) is not None else 0
 
-    from gen.records import content_id
+    from gen.data.records import content_id
 
     def choose(messages: Sequence[Mapping[str, str]]) -> str | None:
         system = fixed

@@ -17,8 +17,8 @@ in its first turn).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from gen.errors import UserError
 from gen.methods.base import MethodRun

@@ -23,15 +23,16 @@ The paper's pipeline, in four stages:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
+from gen.data.records import content_id
 from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem, join_instruction, load_items, load_lines, shipped_data_path
 from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, parse_yes_no, word_count
 from gen.methods.templates import load_template
-from gen.records import content_id
 from gen.teachers.base import ChatRequest, SamplingParams
 
 METHOD = "self_instruct"
@@ -120,9 +121,11 @@ def classification_examples(seeds: Sequence[SeedItem]) -> list[dict[str, Any]]:
     # Spread the classification examples through the non-classification ones so neither answer dominates the end.
     while ci < len(clf) or oi < len(other):
         if oi < len(other):
-            examples.append(other[oi]); oi += 1
+            examples.append(other[oi])
+            oi += 1
         if ci < len(clf) and (oi * len(clf) >= (ci + 1) * len(other) or oi >= len(other)):
-            examples.append(clf[ci]); ci += 1
+            examples.append(clf[ci])
+            ci += 1
     # Reversed so the prompt ends on non-classification examples: a small model leans toward the last answer it saw,
     # and most tasks are not classification.
     return [{"instruction": s.task_instruction or s.instruction, "is_classification": bool(s.is_classification)}

@@ -42,7 +42,7 @@ class Template:
         return self._compiled.render(**variables).strip()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_template(name: str) -> Template:
     """The template `gen/methods/templates/<name>.txt` shipped with the package."""
     source = resources.files("gen.methods").joinpath("templates", f"{name}.txt").read_text(encoding="utf-8")

@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from gen.data.inputs import iter_jsonl
+from gen.data.records import content_id
 from gen.errors import UserError
-from gen.inputs import iter_jsonl
 from gen.methods.base import MethodRun
 from gen.methods.inputs import shipped_data_path
 from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, strip_prefix_labels
 from gen.methods.templates import load_template
-from gen.records import content_id
 from gen.teachers.base import ChatRequest, Completion
 
 METHOD = "ultrachat"

@@ -30,8 +30,9 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from gen.errors import UserError
 from gen.scale.units import WorkUnit
@@ -182,7 +183,7 @@ class RayCluster:
         """Run every unit once (redoing those whose actor died); `on_result` sees each finished unit exactly once,
         in the driver, as it finishes. Stops dispatching when `keep_going()` turns False (a budget); returns the
         units that were never run."""
-        from gen.progress import Progress
+        from gen.engine.progress import Progress
 
         ray = self.ray
         pending = deque(units)

@@ -20,14 +20,22 @@ workers keeps exactly the rows one process keeps (`EvolInstruct.evolve`) for the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from gen.data.records import content_id
 from gen.errors import UserError
 from gen.methods.base import MethodRun, RowList
-from gen.methods.evol_instruct import (METHOD, Candidate, EvolConfig, EvolInstruct, PoolItem, earlier_duplicates,
-                                       index_key)
+from gen.methods.evol_instruct import (
+    METHOD,
+    Candidate,
+    EvolConfig,
+    EvolInstruct,
+    PoolItem,
+    earlier_duplicates,
+    index_key,
+)
 from gen.methods.inputs import SeedItem
-from gen.records import content_id
 from gen.scale.units import UnitStore, WorkUnit, slices, unit_id
 
 # Without --unit-size a round is cut into about 16 units (enough for every worker of a small cluster to get

@@ -18,16 +18,17 @@ units spent reaches the budget, so a run overshoots by at most the units in flig
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from gen.cache import RequestCache
-from gen.engine import BUDGET_EXHAUSTED, Result, assemble_results, split_by_cache
+from gen.data.records import content_id
+from gen.engine.cache import RequestCache
+from gen.engine.engine import BUDGET_EXHAUSTED, Result, assemble_results, split_by_cache
 from gen.errors import UserError
-from gen.pricing import Price, price_for
-from gen.records import content_id
 from gen.scale.cluster import ENGINE_COUNTERS, RayCluster
 from gen.scale.units import WorkUnit, slices
 from gen.teachers.base import ChatRequest, Completion
+from gen.teachers.pricing import Price, price_for
 
 DEFAULT_UNIT_REQUESTS = 64
 

@@ -8,7 +8,7 @@ same id. The driver is the only writer of a run directory; it commits a finished
     OUT/rejected/unit-<id>.arrow    the unit's rejected rows  (absent when it rejected none)
     OUT/units/<id>.json             the commit record: counts, funnel, and the outcome the next round needs
 
-Shards are written under a hidden temp name, fsynced and renamed (as `gen.shards.ShardWriter` does); the record is
+Shards are written under a hidden temp name, fsynced and renamed (as `gen.data.shards.ShardWriter` does); the record is
 written last and linked into place with `os.link`, which fails if it exists, so a unit is committed at most once
 even if a second driver were started on the same directory by mistake. A crash between the shards and the record leaves shards with no record: `clean_orphans`
 deletes them at the next start and the unit is redone. Readers only ever see committed shards (`*.arrow`, no dot).
@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 
-from gen.records import content_id, rows_to_table
-from gen.shards import SHARD_SUFFIX, SPLITS, _fsync_dir, open_shard, shard_paths, write_shard_file
+from gen.data.records import content_id, rows_to_table
+from gen.data.shards import SHARD_SUFFIX, SPLITS, _fsync_dir, open_shard, shard_paths, write_shard_file
 
 UNIT_PREFIX = "unit-"
 UNITS_DIR = "units"

@@ -17,14 +17,30 @@ key in `x-api-key`, `anthropic-version` pinned) or `sdk` (`transport="sdk"`: the
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from gen.errors import UserError
-from gen.teachers.base import (ChatRequest, Completion, PermanentError, RateLimited, Teacher, TeacherError,
-                               TransientError)
-from gen.teachers.http_client import (DEFAULT_MAX_CONNECTIONS, PLACEHOLDER_KEY, LoopLocalClient, one_line,
-                                      pooled_http_client, resolve_key, retry_after_seconds, shard_count,
-                                      status_message)
+from gen.teachers.base import (
+    ChatRequest,
+    Completion,
+    PermanentError,
+    RateLimited,
+    Teacher,
+    TeacherError,
+    TransientError,
+)
+from gen.teachers.http_client import (
+    DEFAULT_MAX_CONNECTIONS,
+    PLACEHOLDER_KEY,
+    LoopLocalClient,
+    one_line,
+    pooled_http_client,
+    resolve_key,
+    retry_after_seconds,
+    shard_count,
+    status_message,
+)
 from gen.teachers.lean_http import TRANSIENT_4XX, JSONPoster, check_transport
 from gen.teachers.openai_api import reject_unknown_options
 

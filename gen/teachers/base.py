@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SamplingParams:
         d["stop"] = list(self.stop)
         return d
 
-    def replace(self, **changes: Any) -> "SamplingParams":
+    def replace(self, **changes: Any) -> SamplingParams:
         if "stop" in changes and changes["stop"] is not None:
             changes["stop"] = tuple(changes["stop"])
         return dataclasses.replace(self, **changes)
@@ -52,7 +53,7 @@ class ChatRequest:
 
     @classmethod
     def make(cls, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None,
-             system: str | None = None) -> "ChatRequest":
+             system: str | None = None) -> ChatRequest:
         pairs = tuple((str(m["role"]), str(m["content"])) for m in messages)
         if system:
             pairs = (("system", system),) + pairs
@@ -123,7 +124,7 @@ class Teacher:
     def close(self) -> None:
         """Release servers, engines, connections."""
 
-    def __enter__(self) -> "Teacher":
+    def __enter__(self) -> Teacher:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -45,13 +45,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from gen.errors import UserError
-from gen.teachers.base import (ChatRequest, Completion, PermanentError, RateLimited, Teacher, TeacherError,
-                               TransientError)
+from gen.teachers.base import (
+    ChatRequest,
+    Completion,
+    PermanentError,
+    RateLimited,
+    Teacher,
+    TeacherError,
+    TransientError,
+)
 from gen.teachers.http_client import DEFAULT_MAX_CONNECTIONS
 from gen.teachers.openai_api import OpenAITeacher
 

@@ -13,7 +13,8 @@ import functools
 import os
 import time
 import weakref
-from typing import Any, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from gen.errors import UserError
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gen.errors import UserError
 from gen.teachers.base import PermanentError, RateLimited, TeacherError, TransientError

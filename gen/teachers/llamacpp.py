@@ -176,7 +176,7 @@ class EmbeddedServer:
         # only reference.
         self._server = None
 
-    def __enter__(self) -> "EmbeddedServer":
+    def __enter__(self) -> EmbeddedServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:

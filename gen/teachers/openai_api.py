@@ -22,14 +22,30 @@ Two transports, the same requests, completions and error classes:
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from gen.errors import UserError
-from gen.teachers.base import (ChatRequest, Completion, PermanentError, RateLimited, Teacher, TeacherError,
-                               TransientError)
-from gen.teachers.http_client import (DEFAULT_MAX_CONNECTIONS, PLACEHOLDER_KEY, LoopLocalClient, one_line,
-                                      pooled_http_client, resolve_key, retry_after_seconds, shard_count,
-                                      status_message)
+from gen.teachers.base import (
+    ChatRequest,
+    Completion,
+    PermanentError,
+    RateLimited,
+    Teacher,
+    TeacherError,
+    TransientError,
+)
+from gen.teachers.http_client import (
+    DEFAULT_MAX_CONNECTIONS,
+    PLACEHOLDER_KEY,
+    LoopLocalClient,
+    one_line,
+    pooled_http_client,
+    resolve_key,
+    retry_after_seconds,
+    shard_count,
+    status_message,
+)
 from gen.teachers.lean_http import TRANSIENT_4XX, JSONPoster, check_transport
 
 OFFICIAL_HOST = "api.openai.com"
@@ -182,7 +198,8 @@ def from_spec(model: str, *, base_url: str | None = None, max_connections: int |
     reject_unknown_options("openai", unknown)
     urls = base_url or os.environ.get(BASE_URL_ENV) or ""
     if "," in urls:
-        from gen.teachers.endpoints import from_spec as pool_from_spec, split_base_urls
+        from gen.teachers.endpoints import from_spec as pool_from_spec
+        from gen.teachers.endpoints import split_base_urls
 
         return pool_from_spec(model, split_base_urls(urls), max_connections=max_connections, transport=transport)
     return OpenAITeacher(model, base_url=base_url, max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,

@@ -12,7 +12,8 @@ Engine options (`max_model_len`, `dtype`, `enforce_eager`, `seed`, `gpu_memory_u
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from gen.errors import MissingDependency, UserError
 from gen.teachers.base import ChatRequest, Completion, PermanentError, SamplingParams, Teacher, TeacherError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from gen.cache import RequestCache
+from gen.engine.cache import RequestCache
 from gen.teachers.base import Completion
 
 PROCESSES = 8

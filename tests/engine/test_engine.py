@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gen.engine import BUDGET_EXHAUSTED, Engine, estimate_prompt_tokens
+from gen.engine.engine import BUDGET_EXHAUSTED, Engine, estimate_prompt_tokens
 from gen.errors import UserError
 from gen.teachers import load_teacher
 from gen.teachers.base import ChatRequest, SamplingParams
@@ -177,7 +177,7 @@ def test_max_cost_needs_a_price(start_server):
 
 
 def test_cost_budget_with_given_price(start_server):
-    from gen.pricing import Price
+    from gen.teachers.pricing import Price
 
     server = start_server("fixed:0.01")
     price = Price(1000.0, 2000.0)  # $ per 1M tokens: ~$0.03 a request here

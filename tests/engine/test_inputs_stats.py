@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from gen.cli import main
-from gen.engine import Engine
+from gen.data.inputs import read_inputs, read_instructions
+from gen.data.records import make_row
+from gen.data.shards import ShardWriter, read_table, shard_paths, write_manifest
+from gen.engine.engine import Engine
 from gen.errors import UserError
-from gen.inputs import read_inputs, read_instructions
-from gen.pricing import parse_price, price_for
-from gen.records import make_row, rows_to_table
-from gen.shards import ShardWriter, read_table, shard_paths, write_manifest
 from gen.teachers.base import ChatRequest, Completion, PermanentError, SamplingParams, Teacher, TransientError
+from gen.teachers.pricing import parse_price, price_for
 from tests.engine.conftest import REPO, gen_env
 
 
@@ -111,8 +111,8 @@ def test_stats_table_and_json(tmp_path, capsys):
 
 _WRITER = """
 import sys
-from gen.records import make_row
-from gen.shards import ShardWriter
+from gen.data.records import make_row
+from gen.data.shards import ShardWriter
 out = sys.argv[1]
 with ShardWriter(out, max_rows=2000) as writer:
     for i in range(10**9):
@@ -197,7 +197,7 @@ def test_prices():
 
 
 def test_progress_postfix_reports_rates_hits_failures_and_spend():
-    from gen.progress import Progress
+    from gen.engine.progress import Progress
 
     progress = Progress(100, "label", enabled=False)
     progress.started -= 2.0  # two seconds in

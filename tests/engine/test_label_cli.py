@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gen.cli import main
-from gen.shards import read_manifest, read_table
+from gen.data.shards import read_manifest, read_table
 from tests.engine.conftest import REPO, gen_command, gen_env, write_instructions
 
 

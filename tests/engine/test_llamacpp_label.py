@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from gen.cli import main
-from gen.shards import read_manifest, read_table
+from gen.data.shards import read_manifest, read_table
 from tests.faultproxy import Fault, FaultProxy
 from tests.servers import llamacpp_server  # noqa: F401
 

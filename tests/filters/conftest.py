@@ -10,7 +10,6 @@ import pytest
 
 from tests.servers import free_port, redis_server  # noqa: F401  (session fixture)
 
-
 WORDS = (
     "river mountain silver quietly garden engine market winter yellow ancient bridge harbor lantern meadow orbit "
     "pepper violin canyon marble thunder velvet compass glacier orchard saddle falcon timber voyage crystal ember "

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from gen.cli import main
-from gen.records import ROW_SCHEMA, make_row
-from gen.shards import ShardWriter, read_manifest, read_table, shard_paths, write_manifest
+from gen.data.records import ROW_SCHEMA, make_row
+from gen.data.shards import ShardWriter, read_manifest, read_table, shard_paths, write_manifest
 
 LONG_Q = ("Explain step by step how photosynthesis converts light energy into chemical energy stored in glucose "
           "molecules inside the chloroplasts of green plant cells during the day")

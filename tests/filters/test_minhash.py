@@ -68,7 +68,7 @@ def test_signature_agreement_estimates_jaccard():
         for _ in range(rng.randint(0, 8)):
             words[rng.randrange(len(words))] = rng.choice(["alpha", "beta", "gamma", "delta"])
         b = " ".join(words)
-        (sa, siga), (sb, sigb) = hasher.one(a), hasher.one(b)
+        (_, siga), (_, sigb) = hasher.one(a), hasher.one(b)
         errors.append(float(np.mean(siga == sigb)) - reference_jaccard(a, b))
     # Unbiased estimator with standard error <= sqrt(0.25/256) = 0.031 per pair.
     assert abs(np.mean(errors)) < 0.02

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from gen.data.shards import read_manifest, read_table
 from gen.methods import self_chat, ultrachat
-from gen.shards import read_manifest, read_table
 
 
 def _alternates(messages) -> bool:

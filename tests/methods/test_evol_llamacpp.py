@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-from gen.cache import RequestCache
+from gen.data.shards import read_manifest, read_table
+from gen.engine.cache import RequestCache
 from gen.methods import evol_instruct as evol
 from gen.methods.inputs import default_seed_tasks, load_items
-from gen.shards import read_manifest, read_table
 from tests.faultproxy import Fault, FaultProxy
 from tests.methods.conftest import EVOL_ARGV, run_gen, teacher_argv
 
@@ -143,7 +143,7 @@ def test_kill_during_round_3_then_rerun_completes_without_resending(llamacpp_ser
     rerun = subprocess.run(_cli(out, llamacpp_server), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     stats = {k: int(v) for k, v in (kv.split("=") for kv in
-                                     next(l for l in rerun.stdout.splitlines() if l.startswith("engine: "))[8:].split())}
+                                     next(line for line in rerun.stdout.splitlines() if line.startswith("engine: "))[8:].split())}
     # Everything completed before the kill comes from the cache: none of it is sent again.
     assert stats["cache_hits"] >= completed_before_kill
     assert stats["sent"] == stats["requests"] - stats["cache_hits"]

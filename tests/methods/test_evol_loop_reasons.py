@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 
-from gen.engine import Engine
+from gen.data.records import content_id
+from gen.data.shards import read_manifest, read_table
+from gen.engine.engine import Engine
 from gen.methods import evol_instruct as evol
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
-from gen.records import content_id
-from gen.shards import read_manifest, read_table
 from gen.teachers.base import Completion, SamplingParams, Teacher
 
 # instruction marker -> (rewrite reply, answer reply, judge reply)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from gen.data.shards import read_table
 from gen.methods import orca
-from gen.shards import read_table
 from tests.methods.conftest import run_gen, teacher_argv
 
 

@@ -12,11 +12,13 @@ import json
 
 import pytest
 
-from gen.engine import Engine
-from gen.methods import evol_instruct as evol, self_chat, self_instruct as si, ultrachat
+from gen.data.shards import read_manifest, read_table
+from gen.engine.engine import Engine
+from gen.methods import evol_instruct as evol
+from gen.methods import self_chat, ultrachat
+from gen.methods import self_instruct as si
 from gen.methods.base import MethodRun
 from gen.methods.inputs import default_seed_tasks, load_items, load_lines, shipped_data_path
-from gen.shards import read_manifest, read_table
 from gen.teachers.base import SamplingParams
 
 pytestmark = pytest.mark.vllm

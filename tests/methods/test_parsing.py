@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gen.methods import self_chat, self_instruct as si, ultrachat
+from gen.methods import self_chat, ultrachat
+from gen.methods import self_instruct as si
 from gen.methods.inputs import default_seed_tasks, load_items
 from gen.methods.parsing import parse_numbered_list
 from gen.methods.templates import load_template

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gen.shards import read_table
+from gen.data.shards import read_table
 from tests.methods.conftest import SELF_CHAT_ARGV, SELF_INSTRUCT_ARGV, ULTRACHAT_ARGV, run_gen, teacher_argv
 
 

@@ -3,7 +3,7 @@ SFTTrainer on a tiny model: the schema is what those tools expect, as written.""
 
 from __future__ import annotations
 
-from gen.shards import shard_paths
+from gen.data.shards import shard_paths
 
 
 def test_rows_from_every_method_load_in_datasets_and_sfttrainer(evol_run, self_instruct_run, ultrachat_run,

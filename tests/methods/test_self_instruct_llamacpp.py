@@ -7,10 +7,10 @@ import itertools
 import json
 
 from filters.rouge import rouge_l
+from gen.data.shards import read_manifest, read_table
 from gen.methods import self_instruct as si
 from gen.methods.inputs import default_seed_tasks, load_items
 from gen.methods.templates import load_template
-from gen.shards import read_manifest, read_table
 
 REASONS = {si.UNPARSEABLE, si.TOO_SHORT, si.TOO_LONG, si.BLACKLISTED, si.ROUGE_SIMILAR, si.DUPLICATE_INSTANCE,
            si.CONFLICTING_INSTANCE}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gen.records import make_row
-from gen.shards import ShardWriter, write_manifest
+from gen.data.records import make_row
+from gen.data.shards import ShardWriter, write_manifest
 
 TEACHER = "llamacpp:gemma-3-270m-q4_k_m.gguf@a5fd3b62230a"
 EVOL_OPERATIONS = ("add_constraints", "deepen", "concretize", "breadth")

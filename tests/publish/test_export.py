@@ -11,12 +11,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from gen.card import size_category, split_front_matter
 from gen.cli import main as gen_main
+from gen.data.records import COLUMNS
+from gen.data.shards import read_manifest, read_table
 from gen.errors import UserError
-from gen.publish import plan_export, publish
-from gen.records import COLUMNS
-from gen.shards import read_manifest, read_table
+from gen.publish.card import size_category, split_front_matter
+from gen.publish.export import plan_export, publish
 from tests.publish.conftest import REPO, SMALL_FILE_MB
 from tests.publish.runs import build_run
 
@@ -24,7 +24,7 @@ FILE_NAME = re.compile(r"^data/(?P<config>[\w.\-]+)/(?P<split>train|rejected)-(?
 
 
 def expected_ids(run_dir: Path) -> dict[tuple[str, str], list[str]]:
-    """(method, split) -> ids, read straight from the shards (independently of gen.publish)."""
+    """(method, split) -> ids, read straight from the shards (independently of gen.publish.export)."""
     out: dict[tuple[str, str], list[str]] = {}
     for split in ("train", "rejected"):
         for row in read_table(run_dir, split).select(["id", "method"]).to_pylist():
@@ -224,7 +224,7 @@ def test_user_errors_name_what_is_wrong(run_dir, tmp_path):
 
 
 def test_teacher_terms_pick_the_license_and_the_warning():
-    from gen.card import default_license, teacher_terms
+    from gen.publish.card import default_license, teacher_terms
 
     gemma = teacher_terms("llamacpp")
     assert gemma.hub_license == "gemma" and gemma.last_modified and "Model Derivative" in gemma.note

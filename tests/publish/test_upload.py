@@ -12,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from huggingface_hub import constants as hub_constants
 import pyarrow.parquet as pq
 import pytest
+from huggingface_hub import constants as hub_constants
 
 from gen.errors import UserError
-from gen.publish import publish, upload
+from gen.publish.export import publish, upload
 from tests.publish.conftest import REPO, SMALL_FILE_MB
 from tests.publish.hub_server import HubServer
 from tests.publish.runs import build_run

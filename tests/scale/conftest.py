@@ -11,9 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -39,7 +39,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120) ->
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError("ray start --head did not come up")
+                raise RuntimeError("ray start --head did not come up") from None
             time.sleep(0.2)
 
 
@@ -174,7 +174,7 @@ def write_inputs(path: Path, n: int, twins: tuple[int, int] | None = None) -> Pa
         marker = ""
         if twins is not None and k in twins:
             marker = f" ({TWIN_MARKERS[twins.index(k)]})"
-        lines.append('{"instruction": "Tell me about topic%d and why it matters%s."}' % (k, marker))
+        lines.append(f'{{"instruction": "Tell me about topic{k} and why it matters{marker}."}}')
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -15,9 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from gen.shards import read_table
-from tests.scale.conftest import (TWIN_EVOLUTION, kill_ray_node, run_gen, run_gen_killing, run_gen_killing_worker_1,
-                                  write_inputs)
+from gen.data.shards import read_table
+from tests.scale.conftest import (
+    TWIN_EVOLUTION,
+    kill_ray_node,
+    run_gen,
+    run_gen_killing,
+    run_gen_killing_worker_1,
+    write_inputs,
+)
 from tests.servers import free_port
 
 N_INPUTS = 8

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from gen.records import first_user_text
-from gen.shards import read_table
+from gen.data.records import first_user_text
+from gen.data.shards import read_table
 from tests.faultproxy import FaultProxy
 from tests.scale.conftest import run_gen, run_gen_killing_worker_1
 
@@ -95,8 +95,8 @@ def test_self_instruct_on_two_workers_admits_to_one_pool(ray_cluster, llamacpp_s
     import itertools
 
     from filters.rouge import rouge_l
+    from gen.data.shards import read_manifest
     from gen.methods.inputs import default_seed_tasks, load_items
-    from gen.shards import read_manifest
 
     _, urls = endpoints
     out = tmp_path / "si"

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from gen.records import first_user_text
-from gen.shards import read_table
+from gen.data.records import first_user_text
+from gen.data.shards import read_table
 from tests.scale.conftest import run_gen
 from tests.servers import tiny_llama_dir  # noqa: F401  (session fixture)
 

@@ -3,9 +3,9 @@ redone, rows already in the split are never written twice; unit ids depend on wh
 
 from __future__ import annotations
 
-from gen.records import make_row, rows_to_table
+from gen.data.records import make_row, rows_to_table
+from gen.data.shards import read_table
 from gen.scale.units import UnitStore, slices, unit_id
-from gen.shards import read_table
 
 
 def row(text: str) -> dict:

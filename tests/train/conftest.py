@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gen.records import make_row
-from gen.shards import ShardWriter
+from gen.data.records import make_row
+from gen.data.shards import ShardWriter
 from tests.tiny_models import build_tiny_llama, build_tokenizer
 
 K = 16
@@ -59,7 +59,7 @@ def conversations(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def logit_shards(tiny_pair, conversations, tmp_path_factory):
-    from gen.capture import HFLogitTeacher, capture_logits
+    from gen.logits.capture import HFLogitTeacher, capture_logits
 
     _, teacher_dir, _ = tiny_pair
     out = tmp_path_factory.mktemp("logits")

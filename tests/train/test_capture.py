@@ -7,14 +7,14 @@ import numpy as np
 import torch
 
 from gen.cli import main
-from gen.logit_records import (
+from gen.data.shards import read_table, shard_paths
+from gen.logits.records import (
     conversation,
     load_logit_columns,
     read_logit_metadata,
     tokenize_conversation,
     tokenizer_fingerprint,
 )
-from gen.shards import read_table, shard_paths
 from tests.train.conftest import synthetic_conversations, write_conversations
 
 K = 8

@@ -14,9 +14,9 @@ K = 8
 
 
 def test_vllm_capture_agrees_with_the_exact_hf_capture(tiny_llama_dir, tmp_path):  # noqa: F811
-    from gen.capture import HFLogitTeacher, capture_logits
-    from gen.capture_vllm import VLLMLogitTeacher
-    from gen.logit_records import load_logit_columns, read_logit_metadata
+    from gen.logits.capture import HFLogitTeacher, capture_logits
+    from gen.logits.capture_vllm import VLLMLogitTeacher
+    from gen.logits.records import load_logit_columns, read_logit_metadata
 
     source = tmp_path / "conversations"
     write_conversations(source, synthetic_conversations(6, seed=5))

@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from gen.data.shards import open_shard, shard_paths
 from gen.errors import UserError
-from gen.logit_records import (
+from gen.logits.records import (
     LogitShardWriter,
     conversation,
     load_logit_columns,
@@ -18,7 +19,6 @@ from gen.logit_records import (
     read_logit_metadata,
     tokenize_conversation,
 )
-from gen.shards import open_shard, shard_paths
 
 K = 5
 

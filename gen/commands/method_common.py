@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from gen.errors import UserError
 
@@ -37,7 +38,7 @@ def reject_redis_flag(args: argparse.Namespace, method: str) -> None:
 
 
 @contextmanager
-def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator["MethodRun"]:
+def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator[MethodRun]:
     """Engine + MethodRun for a command; the engine (and its teacher) is closed on the way out."""
     from gen.commands.common import open_engine, run_config
     from gen.methods.base import MethodRun
@@ -53,7 +54,7 @@ def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator["Met
         engine.close()
 
 
-def finish(run: "MethodRun", command: str) -> int:
+def finish(run: MethodRun, command: str) -> int:
     """Print where the shards are and the funnel (stdout) and the engine line (stderr); the exit status."""
     from gen.commands.common import print_summary
 

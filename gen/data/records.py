@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -112,3 +113,14 @@ def last_assistant_text(row: Mapping[str, Any]) -> str:
         if message["role"] == "assistant":
             return message["content"]
     return ""
+
+
+def row_text(messages: Sequence[dict] | None, on: str) -> str:
+    """The text a filter compares: the first user message (`instruction`), the assistant turns (`answer`) or all
+    messages (`conversation`)."""
+    messages = messages or []
+    if on == "instruction":
+        return next((m["content"] or "" for m in messages if m["role"] == "user"), "")
+    if on == "answer":
+        return "\n".join(m["content"] or "" for m in messages if m["role"] == "assistant")
+    return "\n".join(m["content"] or "" for m in messages)

@@ -17,8 +17,8 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from gen.teachers.base import Completion
 
@@ -155,7 +155,7 @@ class RequestCache:
             self._db.close()
             self._db = None
 
-    def __enter__(self) -> "RequestCache":
+    def __enter__(self) -> RequestCache:
         return self
 
     def __exit__(self, *exc) -> None:

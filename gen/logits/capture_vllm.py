@@ -11,12 +11,13 @@ to rounding when the top-k is known exactly, but it loses precision where the to
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from gen.errors import MissingDependency
-from gen.logit_records import TAIL_FROM_TOPK
+from gen.logits.records import TAIL_FROM_TOPK
 
 # An empty tail (top-k sums to >= 1 after rounding) is stored as log(tiny) rather than -inf only if it is positive
 # mass; -inf means "no mass", which every loss handles.

@@ -17,21 +17,22 @@ import html
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from gen.data.shards import redact
 from gen.errors import UserError
-from gen.shards import redact
 
 if TYPE_CHECKING:
-    from gen.publish import ExportPlan
+    from gen.publish.export import ExportPlan
 
 CARD_TEMPLATE = "dataset_card.md.j2"
 LENGTH_PLOT = "assets/length_distribution.png"
@@ -315,7 +316,7 @@ class CardFacts:
 
 
 def card_facts(
-    plan: "ExportPlan",
+    plan: ExportPlan,
     *,
     repo_id: str,
     license: str | None = None,
@@ -373,7 +374,7 @@ def card_facts(
                      size_category(published), published, front, context)
 
 
-def _body_context(plan: "ExportPlan", *, repo_id: str, terms: list[TeacherTerms], methods: list[str],
+def _body_context(plan: ExportPlan, *, repo_id: str, terms: list[TeacherTerms], methods: list[str],
                   published: int, license_id: str, license_name: str | None) -> dict[str, Any]:
     manifest = plan.manifest
     config = redact(manifest.get("config") or {})  # redacted again: the card is public even if the manifest is not
@@ -554,7 +555,7 @@ def _word_counts(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return instruction, response
 
 
-def write_plots(plan: "ExportPlan", out_dir: str | Path) -> dict[str, Path]:
+def write_plots(plan: ExportPlan, out_dir: str | Path) -> dict[str, Path]:
     """Write the card's two PNGs under `out_dir` (assets/...). Returns {"length": path, "rows": path}; none if the
     run has no kept rows. Deterministic bytes (no timestamp or version in the PNG), so republishing is a no-op."""
     train, rejected = plan.train, plan.rejected

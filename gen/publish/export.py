@@ -32,17 +32,18 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gen.data.records import ROW_SCHEMA
+from gen.data.shards import read_manifest, read_table, sha256_file
 from gen.errors import UserError
-from gen.records import ROW_SCHEMA
-from gen.shards import read_manifest, read_table, sha256_file
 
 CONFIG_BY = ("method", "operation", "single")
 SPLITS = ("train", "rejected")
@@ -285,7 +286,7 @@ class ExportResult:
     folder: Path  # for a real publish: the staging folder, removed once publish() returns
     files: list[str]  # repo-relative POSIX paths of every file in the export
     card: str  # README.md text
-    facts: Any  # gen.card.CardFacts
+    facts: Any  # gen.publish.card.CardFacts
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -316,7 +317,7 @@ def write_export(
     pretty_name: str | None = None,
 ) -> ExportResult:
     """Write the repo's files (Parquet, card, plots) into `folder`, then check them for secrets."""
-    from gen.card import card_facts, render_card, write_plots
+    from gen.publish.card import card_facts, render_card, write_plots
 
     folder = Path(folder)
     facts = card_facts(plan, repo_id=repo_id, license=license, languages=languages, pretty_name=pretty_name)

@@ -14,9 +14,10 @@ Errors are `UserError`s that name the file and the line (JSONL), index (JSON) or
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from gen.errors import UserError
 
@@ -203,7 +204,7 @@ def _table_rows(table) -> Iterator[dict[str, Any]]:
 
 
 def _iter_run_dir(path: Path, flag: str) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
-    from gen.shards import open_shard, shard_paths
+    from gen.data.shards import open_shard, shard_paths
 
     shards = shard_paths(path, "train")
     if not shards:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
+from gen.data.shards import read_table, write_manifest
 from gen.errors import MissingDependency, UserError
-from gen.logit_records import (
+from gen.logits.records import (
     LogitShardWriter,
     conversation,
     logit_metadata,
@@ -30,7 +32,6 @@ from gen.logit_records import (
     tokenize_conversation,
     tokenizer_fingerprint,
 )
-from gen.shards import read_table, write_manifest
 
 TopK = tuple[np.ndarray, np.ndarray, np.ndarray]  # topk_ids [T, K] int32, topk_logprobs [T, K], tail_logmass [T]
 
@@ -125,7 +126,7 @@ def open_logit_teacher(spec: str, **options) -> LogitTeacher:
     if backend == "hf":
         return HFLogitTeacher(target, **options)
     if backend == "vllm":
-        from gen.capture_vllm import VLLMLogitTeacher
+        from gen.logits.capture_vllm import VLLMLogitTeacher
 
         return VLLMLogitTeacher(target, **options)
     raise UserError(f"--teacher {spec!r}: logit capture supports hf:PATH and vllm:PATH (API teachers return no logits)")

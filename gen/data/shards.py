@@ -17,13 +17,14 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 
+from gen.data.records import ROW_SCHEMA, rows_to_table
 from gen.errors import UserError
-from gen.records import ROW_SCHEMA, rows_to_table
 
 SHARD_SUFFIX = ".arrow"
 MANIFEST = "manifest.json"
@@ -160,7 +161,7 @@ class ShardWriter:
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -27,15 +27,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from gen.data.shards import ShardWriter, open_shard, shard_paths
 from gen.errors import UserError
-from gen.shards import ShardWriter, open_shard, shard_paths
 
 KIND = "topk_logits"
 ALIGNMENT = "next_token"

@@ -7,18 +7,18 @@
 
 What `run` does with a list of `ChatRequest`s:
 
-1. Looks every request up in the SQLite cache (`gen.cache`) by `request.cache_key(teacher_id)`; hits are not sent.
+1. Looks every request up in the SQLite cache (`gen.engine.cache`) by `request.cache_key(teacher_id)`; hits are not sent.
    Identical requests in one call are sent once.
 2. A whole-batch teacher (in-process vLLM) gets all the remaining requests in one `complete_batch` call, so its own
    continuous batching schedules them. Any other teacher gets them one by one from a pool of asyncio workers:
-   - adaptive concurrency (`gen.ratelimit.AdaptiveConcurrency`): additive increase while healthy, halved on a 429 or
+   - adaptive concurrency (`gen.engine.ratelimit.AdaptiveConcurrency`): additive increase while healthy, halved on a 429 or
      a timeout, bounded by `max_concurrency`; a `Retry-After` pauses all new sends until it has passed;
    - exponential backoff with full jitter on 5xx, timeouts, connection resets and malformed bodies
      (`TransientError`), up to `max_retries` retries; a `PermanentError` (4xx) fails at once;
    - a hard per-request `timeout` (seconds), enforced here even if a backend forgets to;
-   - optional RPM and TPM token buckets (`gen.ratelimit.TokenBucket`).
+   - optional RPM and TPM token buckets (`gen.engine.ratelimit.TokenBucket`).
 3. Every completion is written to the cache as soon as it arrives (committed within ~0.2 s, no fsync per request:
-   see `gen.cache`). Failures are never cached: a rerun retries them.
+   see `gen.engine.cache`). Failures are never cached: a rerun retries them.
 4. Budgets (`max_total_tokens`, `max_cost`) count what *this engine* sends (cache hits are free). A request starts
    only while the budget has room beyond what in-flight requests may still spend (prompt estimate + max_tokens), so
    a run overshoots by at most one request's worth; once nothing more fits, the remaining requests come back with
@@ -34,16 +34,16 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Sequence
+from typing import Any
 
-from gen.cache import RequestCache
+from gen.engine.cache import RequestCache
+from gen.engine.progress import Progress
+from gen.engine.ratelimit import AdaptiveConcurrency, TokenBucket
 from gen.errors import UserError
-from gen.pricing import Price, price_for
-from gen.progress import Progress
-from gen.ratelimit import AdaptiveConcurrency, TokenBucket
 from gen.teachers.base import (
     ChatRequest,
     Completion,
@@ -53,6 +53,7 @@ from gen.teachers.base import (
     TeacherError,
     TransientError,
 )
+from gen.teachers.pricing import Price, price_for
 
 BUDGET_EXHAUSTED = "budget exhausted"
 # Errors a network client may let through unwrapped that are worth retrying like a TransientError.
@@ -96,7 +97,7 @@ def split_by_cache(requests: Sequence[ChatRequest], teacher_id: str, cache: Requ
 
 
 def assemble_results(requests: Sequence[ChatRequest], keys: Sequence[str], cached: dict[str, Completion],
-                     outcomes: dict[str, "Completion | str"]) -> list[Result]:
+                     outcomes: dict[str, Completion | str]) -> list[Result]:
     """One Result per request, in order: a cache hit, a completion, or an error (a request with no outcome was never
     sent: the budget ran out)."""
     results = []
@@ -135,7 +136,7 @@ class Engine:
         timeout: seconds one attempt may take. max_retries: retries after the first attempt.
         max_total_tokens, max_cost: budgets for what this engine sends (dollars need a known or given `price`).
         progress: draw a progress bar (only when stderr is a terminal).
-        price: overrides the built-in price table (`gen.pricing`) for this teacher.
+        price: overrides the built-in price table (`gen.teachers.pricing`) for this teacher.
         backoff_base, backoff_cap: exponential backoff, seconds (attempt k waits U(0, min(cap, base * 2**k))).
 
     After each `run`: `stats` (cumulative over this engine's life) holds requests, sent, attempts, cache_hits,
@@ -275,7 +276,7 @@ class Engine:
                     self._loop.close()
                     self._loop = None
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: Any) -> None:
