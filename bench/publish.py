@@ -62,8 +62,10 @@ def build_run(out: Path, rows: int, seed: int = 0) -> Path:
 
 
 def kdforge_export(run: Path, out: Path) -> dict[str, float]:
-    from gen.publish.card import card_facts, render_card, write_plots
-    from gen.publish.export import _write_parquet, plan_export
+    from gen.publish.card import card_facts, render_card
+    from gen.publish.export import _write_parquet
+    from gen.publish.plan import plan_export
+    from gen.publish.plots import write_plots
 
     times = {}
     t = time.perf_counter()
@@ -92,7 +94,7 @@ def datasets_export(run: Path, out: Path) -> float:
     """The peer: datasets' Parquet writer, one file per config/split (tables grouped outside the timer)."""
     import datasets
 
-    from gen.publish.export import plan_export
+    from gen.publish.plan import plan_export
 
     plan = plan_export(run, include_rejected=True)
     parts = [(c.name, p) for c in plan.configs if not c.aggregate for p in c.parts]

@@ -28,6 +28,17 @@ def add_export_arguments(parser: argparse.ArgumentParser, *, repo_required: bool
                         help="cut a split into several Parquet files above this many MB of rows (default 512)")
 
 
+def repo_id_arg(args: argparse.Namespace) -> str:
+    """`--repo`, refused in one line unless the Hub would accept it (it lands in the card, the folder and the URL)."""
+    from gen.errors import UserError
+    from gen.publish.repo_id import repo_id_problem
+
+    problem = repo_id_problem(args.repo)
+    if problem:
+        raise UserError(f"--repo {args.repo!r}: {problem}")
+    return args.repo
+
+
 def export_options(args: argparse.Namespace) -> dict:
     return {"config_by": args.config_by, "include_rejected": args.include_rejected,
             "max_file_bytes": max(1, int(args.max_file_mb * 1024 * 1024))}
@@ -40,10 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gen.publish.card import card_facts, render_card
-    from gen.publish.export import plan_export
+    from gen.publish.plan import plan_export
 
+    repo_id = repo_id_arg(args)
     plan = plan_export(args.run_dir, **export_options(args))
-    facts = card_facts(plan, repo_id=args.repo, license=args.license, languages=args.language or ["en"],
+    facts = card_facts(plan, repo_id=repo_id, license=args.license, languages=args.language or ["en"],
                        pretty_name=args.pretty_name)
     card = render_card(facts)
     if args.output:

@@ -2,14 +2,16 @@
 
 Parquet under data/<config>/, the card (README.md) and its plots, pushed in one commit; `--dry-run OUTDIR` writes
 the same files locally instead (then `datasets.load_dataset(OUTDIR)` reads them). The token comes from HF_TOKEN or
-`hf auth login`, never from the command line; HF_ENDPOINT points at another Hub.
+`hf auth login`, never from the command line; HF_ENDPOINT points at another Hub. Every shard is verified against
+the run's manifest first; OUTDIR must be new, empty or an earlier export (only files recorded in its
+`.kdforge-export.json` are replaced or removed).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from gen.commands.card import add_export_arguments, export_options
+from gen.commands.card import add_export_arguments, export_options, repo_id_arg
 
 HELP = "publish a run to the Hugging Face Hub as a dataset (Parquet + card), or --dry-run to a folder"
 
@@ -18,13 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_export_arguments(parser, repo_required=True)
     parser.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
     parser.add_argument("--dry-run", metavar="OUTDIR", default=None,
-                        help="write the repo's files to OUTDIR instead of uploading them")
+                        help="write the repo's files to OUTDIR instead of uploading them (OUTDIR: new, empty or an "
+                             "earlier dry run's folder, whose files kdforge replaces only if unchanged)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen.publish.export import publish
+    from gen.publish.pipeline import publish
 
-    result = publish(args.run_dir, args.repo, private=args.private, dry_run_dir=args.dry_run,
+    result = publish(args.run_dir, repo_id_arg(args), private=args.private, dry_run_dir=args.dry_run,
                      license=args.license, languages=args.language or ["en"], pretty_name=args.pretty_name,
                      **export_options(args))
     plan, export = result.plan, result.export

@@ -2,6 +2,7 @@
 
 Counts are read from the shards themselves (the source of truth); the manifest adds the teacher, the funnel and
 when it was last updated. Works on a run without a manifest (e.g. killed before its first manifest was written).
+`--verify` also checks every shard against the sha256 the manifest recorded and fails naming a shard that changed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ HELP = "print a run's counts (rows, rejected, tokens, by method/round, funnel) a
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="DIR", help="a kdforge run directory")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every shard against the sha256 recorded in manifest.json; fail naming any that "
+                             "changed, is missing or is not listed")
 
 
 def collect(run_dir: str | Path) -> dict[str, Any]:
@@ -121,11 +125,17 @@ def render(stats: dict[str, Any]) -> str:
         parts.append(_table(["logit shards", "rows", "tokens", "loss tokens", "K", "bytes", "bytes/token"],
                             [[ls["teacher"], ls["rows"], ls["tokens"], ls["label_tokens"], ls["k"], ls["bytes"],
                               f"{ls['bytes_per_token']:.1f}"]]))
+    if "verified_shards" in stats:
+        parts.append(f"verified: all {stats['verified_shards']} shards match the sha256 in manifest.json")
     return "\n\n".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
     stats = collect(args.run_dir)
+    if args.verify:
+        from gen.data.verify import check_run
+
+        stats["verified_shards"] = check_run(args.run_dir)
     if args.json:
         json.dump(stats, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

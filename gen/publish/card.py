@@ -1,8 +1,8 @@
-"""The Hub dataset card (README.md) of a published run: YAML front matter, a Jinja2 body and two PNG plots.
+"""The Hub dataset card (README.md) of a published run: YAML front matter and a Jinja2 body (its plots: plots.py).
 
-Inputs: an `ExportPlan` from `gen.publish.plan_export` (the run's manifest, its train/rejected tables and the
-configs/files the export lays out). Outputs: `render_card(plan, repo_id=...) -> str` (the whole README.md) and
-`write_plots(plan, assets_dir) -> {name: path}`.
+Inputs: an `ExportPlan` from `gen.publish.plan.plan_export` (the run's manifest, its train/rejected tables and the
+configs/files the export lays out). Outputs: `card_facts(plan, repo_id=...) -> CardFacts` (every number the card
+shows) and `render_card(facts) -> str` (the whole README.md).
 
 The front matter is built as a dict and written with `yaml.safe_dump` (never string templating, so no value can
 break the YAML); the body comes from `datasets_cards/dataset_card.md.j2`. Every number in the card is computed
@@ -20,27 +20,23 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
 from gen.data.shards import redact
 from gen.errors import UserError
+from gen.publish.plots import LENGTH_PLOT, ROWS_PLOT
+from gen.publish.repo_id import check_repo_id
 
 if TYPE_CHECKING:
-    from gen.publish.export import ExportPlan
+    from gen.publish.plan import ExportPlan
 
 CARD_TEMPLATE = "dataset_card.md.j2"
-LENGTH_PLOT = "assets/length_distribution.png"
-ROWS_PLOT = "assets/rows_per_method_round.png"
 # An example row shows at most this many characters per message: enough to see the style, short enough to skim.
 EXAMPLE_CHARS = 600
-# Messages per slice when counting words for the length plot (bounds the memory of the split words).
-_WORD_COUNT_SLICE = 65_536
 # How many distinct values of one sampling parameter the card lists before it says "...".
 MAX_DISTINCT_VALUES = 6
 
@@ -327,6 +323,7 @@ def card_facts(
 
     `license`: a Hub license id; default from the teachers' terms (Gemma teacher -> `gemma`, else `other`).
     """
+    check_repo_id(repo_id)  # it lands in the card's links and code snippets
     manifest = plan.manifest
     config = manifest.get("config") or {}
     train, rejected = plan.train, plan.rejected
@@ -520,94 +517,3 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     if not match:
         raise UserError("README.md: no YAML front matter between '---' lines")
     return yaml.safe_load(match.group(1)) or {}, match.group(2)
-
-
-# ----------------------------------------------------------------------------------------------------------- plots
-
-
-def _word_counts(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: words of the first user message and words of all assistant turns. Shapes [rows], [rows].
-
-    Vectorised over the flattened messages (Arrow splits on whitespace, numpy sums per row with bincount): no
-    Python loop over rows.
-    """
-    n = table.num_rows
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    messages = table.column("messages").combine_chunks()
-    flat = pc.list_flatten(messages)
-    parents = pc.list_parent_indices(messages).to_numpy(zero_copy_only=False)
-    roles = flat.field("role").to_numpy(zero_copy_only=False)
-    content = pc.fill_null(flat.field("content"), "")
-    # Whitespace-split word counts, a slice at a time: the split materialises every word, so bound its memory.
-    words = np.concatenate([
-        pc.list_value_length(pc.utf8_split_whitespace(content.slice(start, _WORD_COUNT_SLICE))).to_numpy(
-            zero_copy_only=False)
-        for start in range(0, len(content), _WORD_COUNT_SLICE)
-    ] or [np.zeros(0, np.int64)]).astype(np.int64)
-    assistant = roles == "assistant"
-    response = np.bincount(parents[assistant], weights=words[assistant], minlength=n).astype(np.int64)
-    user = np.flatnonzero(roles == "user")
-    instruction = np.zeros(n, np.int64)
-    if user.size:
-        rows, first = np.unique(parents[user], return_index=True)
-        instruction[rows] = words[user[first]]
-    return instruction, response
-
-
-def write_plots(plan: ExportPlan, out_dir: str | Path) -> dict[str, Path]:
-    """Write the card's two PNGs under `out_dir` (assets/...). Returns {"length": path, "rows": path}; none if the
-    run has no kept rows. Deterministic bytes (no timestamp or version in the PNG), so republishing is a no-op."""
-    train, rejected = plan.train, plan.rejected
-    if train.num_rows == 0:
-        return {}
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; also what makes the output reproducible
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    (out_dir / "assets").mkdir(parents=True, exist_ok=True)
-    paths = {"length": out_dir / LENGTH_PLOT, "rows": out_dir / ROWS_PLOT}
-    png_metadata = {"Software": None}
-
-    instruction, response = _word_counts(train)
-    # Fixed margins instead of constrained/tight layout: those redraw the figure to measure it, tripling the cost.
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.78, wspace=0.25)
-    for ax, values, title in ((axes[0], instruction, "instruction (first user turn)"),
-                              (axes[1], response, "response (all assistant turns)")):
-        top = max(1, int(np.percentile(values, 99))) if values.size else 1
-        ax.hist(np.clip(values, 0, top), bins=min(40, top + 1), color="#4c72b0", edgecolor="white")
-        ax.set_title(f"{title}\nmedian {int(np.median(values))} words, n={values.size:,}", fontsize=10)
-        ax.set_xlabel("words (clipped at the 99th percentile)")
-        ax.set_ylabel("rows")
-    fig.suptitle("Length distribution of kept rows", fontsize=11)
-    fig.savefig(paths["length"], dpi=100, metadata=png_metadata)
-    plt.close(fig)
-
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "rejected": 0})
-    for split_name, table in (("train", train), ("rejected", rejected)):
-        if table.num_rows == 0:
-            continue
-        for method, rnd in zip(table.column("method").to_pylist(), table.column("round").to_pylist()):
-            counts[f"{method} / round {rnd}" if rnd is not None else str(method)][split_name] += 1
-    labels = sorted(counts)
-    kept = np.array([counts[k]["train"] for k in labels])
-    dropped = np.array([counts[k]["rejected"] for k in labels])
-    height = 0.4 * len(labels) + 1.7
-    fig, ax = plt.subplots(figsize=(8, height))
-    left = min(0.55, 0.09 + 0.0125 * max(len(label) for label in labels))
-    fig.subplots_adjust(left=left, right=0.97, bottom=0.9 / height, top=1 - 0.45 / height)
-    y = np.arange(len(labels))
-    ax.barh(y, kept, color="#55a868", label="kept (train)")
-    if dropped.any():
-        ax.barh(y, dropped, left=kept, color="#c44e52", label="rejected")
-    ax.set_yticks(y, labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("rows")
-    ax.set_title("Rows per method and round", fontsize=11)
-    fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)  # below the axes: never over a bar
-    fig.savefig(paths["rows"], dpi=100, metadata=png_metadata)
-    plt.close(fig)
-    return paths

@@ -16,7 +16,9 @@ from gen.data.records import COLUMNS
 from gen.data.shards import read_manifest, read_table
 from gen.errors import UserError
 from gen.publish.card import size_category, split_front_matter
-from gen.publish.export import plan_export, publish
+from gen.publish.export import MARKER
+from gen.publish.pipeline import publish
+from gen.publish.plan import plan_export
 from tests.publish.conftest import REPO, SMALL_FILE_MB
 from tests.publish.runs import build_run
 
@@ -24,7 +26,7 @@ FILE_NAME = re.compile(r"^data/(?P<config>[\w.\-]+)/(?P<split>train|rejected)-(?
 
 
 def expected_ids(run_dir: Path) -> dict[tuple[str, str], list[str]]:
-    """(method, split) -> ids, read straight from the shards (independently of gen.publish.export)."""
+    """(method, split) -> ids, read straight from the shards (independently of gen.publish)."""
     out: dict[tuple[str, str], list[str]] = {}
     for split in ("train", "rejected"):
         for row in read_table(run_dir, split).select(["id", "method"]).to_pylist():
@@ -67,7 +69,8 @@ def test_every_config_and_split_loads_offline_with_the_run_rows(run_dir, export,
 def test_layout_is_parquet_per_config_with_numbered_files_and_plots(run_dir, export):
     files = sorted(p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file())
     data = [f for f in files if f.startswith("data/")]
-    assert set(files) - set(data) == {"README.md", "assets/length_distribution.png", "assets/rows_per_method_round.png"}
+    assert set(files) - set(data) == {"README.md", "assets/length_distribution.png", "assets/rows_per_method_round.png",
+                                      MARKER}
     groups: dict[tuple[str, str], list[re.Match]] = {}
     for name in data:
         match = FILE_NAME.match(name)

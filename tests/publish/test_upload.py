@@ -17,7 +17,9 @@ import pytest
 from huggingface_hub import constants as hub_constants
 
 from gen.errors import UserError
-from gen.publish.export import publish, upload
+from gen.publish.export import MARKER
+from gen.publish.hub import upload
+from gen.publish.pipeline import publish
 from tests.publish.conftest import REPO, SMALL_FILE_MB
 from tests.publish.hub_server import HubServer
 from tests.publish.runs import build_run
@@ -36,7 +38,10 @@ def hub_env(monkeypatch):
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    """The dataset files of an export folder (its marker is the export's local record, never uploaded)."""
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert MARKER in files
+    return {p: d for p, d in files.items() if p != MARKER}
 
 
 def assert_no_secret(files: dict[str, bytes], secret: str) -> None:
