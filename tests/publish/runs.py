@@ -4,6 +4,9 @@ with reasons and duplicate_of."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from gen.data.records import make_row
@@ -81,3 +84,24 @@ def build_run(out: Path, *, evol_roots: int = 30, rounds: int = 3, self_instruct
     }
     write_manifest(out, config=config, funnel=funnel if funnel is not None else recorded)
     return out
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_gen(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m gen.cli ARGS` in a subprocess (this checkout importable, no API keys), as a user runs it."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN")}
+    base["PYTHONPATH"] = str(ROOT) + os.pathsep + base.get("PYTHONPATH", "")
+    base.update(env or {})
+    return subprocess.run([sys.executable, "-m", "gen.cli", *args], cwd=ROOT, env=base, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
+    """The error a failed `gen COMMAND` printed: exit 2, exactly one stderr line `gen COMMAND: error: ...`, no
+    traceback. Returns the message after the prefix."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gen {command}: error: "), proc.stderr
+    return lines[0].removeprefix(f"gen {command}: error: ")
