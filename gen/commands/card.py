@@ -39,6 +39,17 @@ def repo_id_arg(args: argparse.Namespace) -> str:
     return args.repo
 
 
+def license_arg(args: argparse.Namespace) -> str | None:
+    """`--license`, refused in one line naming the flag unless it is a Hub license id."""
+    from gen.errors import UserError
+    from gen.publish.card import license_problem
+
+    problem = license_problem(args.license) if args.license is not None else None
+    if problem:
+        raise UserError(f"--license {args.license!r}: {problem}")
+    return args.license
+
+
 def export_options(args: argparse.Namespace) -> dict:
     return {"config_by": args.config_by, "include_rejected": args.include_rejected,
             "max_file_bytes": max(1, int(args.max_file_mb * 1024 * 1024))}
@@ -53,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from gen.publish.card import card_facts, render_card
     from gen.publish.plan import plan_export
 
-    repo_id = repo_id_arg(args)
+    repo_id, license = repo_id_arg(args), license_arg(args)
     plan = plan_export(args.run_dir, **export_options(args))
-    facts = card_facts(plan, repo_id=repo_id, license=args.license, languages=args.language or ["en"],
+    facts = card_facts(plan, repo_id=repo_id, license=license, languages=args.language or ["en"],
                        pretty_name=args.pretty_name)
     card = render_card(facts)
     if args.output:

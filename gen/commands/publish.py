@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from gen.commands.card import add_export_arguments, export_options, repo_id_arg
+from gen.commands.card import add_export_arguments, export_options, license_arg, repo_id_arg
 
 HELP = "publish a run to the Hugging Face Hub as a dataset (Parquet + card), or --dry-run to a folder"
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from gen.publish.pipeline import publish
 
     result = publish(args.run_dir, repo_id_arg(args), private=args.private, dry_run_dir=args.dry_run,
-                     license=args.license, languages=args.language or ["en"], pretty_name=args.pretty_name,
+                     license=license_arg(args), languages=args.language or ["en"], pretty_name=args.pretty_name,
                      **export_options(args))
     plan, export = result.plan, result.export
     configs = ", ".join(c.name + (" (default)" if c.default else "") for c in plan.configs)

@@ -150,6 +150,13 @@ def teacher_terms(teacher: str) -> TeacherTerms:
         "on its outputs, and pass `--license` to `gen publish`.", "other", license_name="teacher-model-license")
 
 
+def license_problem(license: str) -> str | None:
+    """Why `license` cannot go into the card's `license:` field (one line), or None."""
+    if not _HUB_LICENSE.match(license):
+        return "use a Hub license id such as apache-2.0, cc-by-4.0, gemma, other"
+    return None
+
+
 def default_license(terms: list[TeacherTerms]) -> tuple[str, str | None, str | None]:
     """The card's license from its teachers: (hub id, license_name, license_link). One shared id wins; a mix or an
     unknown teacher is `other`, named after the (first) teacher's terms."""
@@ -336,8 +343,9 @@ def card_facts(
     # One entry per distinct set of terms: ten revisions of one model need not repeat Google's terms ten times.
     unique_terms = list({(t.title, t.url): t for t in terms}.values())
     if license is not None:
-        if not _HUB_LICENSE.match(license):
-            raise UserError(f"--license {license!r}: use a Hub license id such as apache-2.0, cc-by-4.0, gemma, other")
+        problem = license_problem(license)
+        if problem:
+            raise UserError(f"license {license!r}: {problem}")
         license_id, license_name, license_link = license, None, None
         if license == "other":
             _, license_name, license_link = default_license(terms)

@@ -148,6 +148,7 @@ def _remove(folder: Path, name: str) -> None:
 
 def _staging_folder(folder: Path) -> tempfile.TemporaryDirectory:
     """Beside the export folder (same filesystem: moving in is a rename), else the system's temp folder."""
+    folder = folder.absolute()  # `.` has no name and is its own parent
     try:
         return tempfile.TemporaryDirectory(prefix=f".{folder.name}.kdforge-export-", dir=folder.parent)
     except OSError:
@@ -191,7 +192,10 @@ def write_export(
         with _staging_folder(folder) as staging_dir:
             staging = Path(staging_dir)
             _build(plan, staging, card)
-            check_files_for_secrets(staging, secrets)
+            try:
+                check_files_for_secrets(staging, secrets)
+            except UserError as exc:  # name the file where the user would have found it, not the staging copy
+                raise UserError(str(exc).replace(str(staging), str(folder), 1)) from None
             new = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
             _refuse_foreign(folder, new, owned)
             folder.mkdir(exist_ok=True)

@@ -56,7 +56,7 @@ def _transport_errors() -> type[Exception]:
 
 def _hub_error(exc: Exception, repo_id: str) -> UserError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return UserError(f"--repo {repo_id}: the Hub request failed ({first})")
+    return UserError(f"dataset repo {repo_id}: the Hub request failed ({first})")
 
 
 def upload(

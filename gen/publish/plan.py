@@ -156,7 +156,7 @@ def plan_export(
     """
     run_dir = Path(run_dir)
     if config_by not in CONFIG_BY:
-        raise UserError(f"--config-by {config_by!r}: choose one of {', '.join(CONFIG_BY)}")
+        raise UserError(f"config_by {config_by!r}: choose one of {', '.join(CONFIG_BY)}")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     manifest = read_manifest(run_dir)

@@ -204,13 +204,18 @@ def test_a_funnel_of_any_shape_is_rendered_as_recorded(tmp_path):
                     "evol_instruct.rejected.too_short": "1", "note": "x\\|y"}
 
 
-def test_user_errors_name_what_is_wrong(run_dir, tmp_path):
+def test_user_errors_name_what_is_wrong(run_dir, tmp_path, capsys):
     with pytest.raises(UserError, match="OWNER/NAME"):
         publish(run_dir, "no-owner", dry_run_dir=tmp_path / "x")
-    with pytest.raises(UserError, match="--config-by"):
+    with pytest.raises(UserError, match="config_by 'teacher': choose one of method, operation, single"):
         plan_export(run_dir, config_by="teacher")
-    with pytest.raises(UserError, match="--license"):
+    with pytest.raises(UserError, match="license 'Not A License!': use a Hub license id"):
         publish(run_dir, REPO, dry_run_dir=tmp_path / "y", license="Not A License!")
+    # The command line names the flag.
+    assert gen_main(["publish", str(run_dir), "--repo", REPO, "--dry-run", str(tmp_path / "y"),
+                     "--license", "Not A License!"]) == 2
+    assert capsys.readouterr().err == ("gen publish: error: --license 'Not A License!': use a Hub license id such as "
+                                       "apache-2.0, cc-by-4.0, gemma, other\n")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

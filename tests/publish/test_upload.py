@@ -121,8 +121,10 @@ def test_a_secret_in_a_row_or_the_card_stops_the_publish_before_any_request(tmp_
     clean = build_run(tmp_path / "clean", evol_roots=2, self_instruct=3)
     key = "sk-test-kdforge-0123456789"
     monkeypatch.setenv("OPENAI_API_KEY", key)
-    with pytest.raises(UserError, match=r"README\.md: contains the value of OPENAI_API_KEY"):
+    with pytest.raises(UserError, match=r"README\.md: contains the value of OPENAI_API_KEY") as err:
         publish(clean, REPO, dry_run_dir=tmp_path / "dry2", pretty_name=f"set {key}")
+    assert str(err.value).startswith(f"{tmp_path / 'dry2' / 'README.md'}: ")
+    assert not (tmp_path / "dry2").exists()  # checked before it reached the folder
 
 
 def test_missing_token_offline_mode_and_a_refusing_hub_are_user_errors(export, hub_env, monkeypatch):
@@ -132,10 +134,10 @@ def test_missing_token_offline_mode_and_a_refusing_hub_are_user_errors(export, h
         with pytest.raises(UserError, match="no Hugging Face token: set HF_TOKEN"):
             upload(folder, REPO, endpoint=hub.url)
         monkeypatch.setenv("HF_TOKEN", "hf_wrongTOKENwrongTOKEN")
-        with pytest.raises(UserError, match="--repo alice/kd-set: the Hub request failed"):
+        with pytest.raises(UserError, match="dataset repo alice/kd-set: the Hub request failed"):
             upload(folder, REPO, endpoint=hub.url)
         assert hub.repos == {}
-        with pytest.raises(UserError, match="--repo alice/kd-set: the Hub request failed"):
+        with pytest.raises(UserError, match="dataset repo alice/kd-set: the Hub request failed"):
             upload(folder, REPO, endpoint="http://127.0.0.1:9")  # nothing listens there: one line, no traceback
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
         with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
