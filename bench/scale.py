@@ -121,12 +121,17 @@ class Bench:
     """One Ray cluster of `workers` actors and the helpers to time `DistributedEngine.run` on it."""
 
     def __init__(self, urls: list[str], workers: int, concurrency: int, unit_size: int, out: Path, log: TimedLog):
+        from gen.commands.common import engine_spec_from_args, teacher_spec_from_args
+        from gen.engine.engine import default_cache_path
+        from gen.engine.spec import ScaleSpec
         from gen.scale.cluster import RayCluster
 
         self.flags = gen_flags(urls, concurrency, out)
         self.workers = workers
         self.unit_size = unit_size
-        self.cluster = RayCluster(self.flags, workers=workers, address="local", log=log)
+        self.cluster = RayCluster(teacher_spec_from_args(self.flags), engine_spec_from_args(self.flags),
+                                  ScaleSpec(address="local", workers=workers), cache_path=default_cache_path(out),
+                                  log=log)
         self.runs = 0
 
     def engine(self):

@@ -30,8 +30,16 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line, like every other error of `gen` (argparse would print the whole usage first);
+    subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gen", description="kdforge: teacher -> data -> student.")
+    parser = _Parser(prog="gen", description="kdforge: teacher -> data -> student.")
     parser.add_argument("--version", action="version", version=f"kdforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():

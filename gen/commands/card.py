@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gen.commands.common import finite_float
+
 HELP = "render the Hub dataset card (README.md) of a run, for review"
 
 
@@ -24,7 +26,7 @@ def add_export_arguments(parser: argparse.ArgumentParser, *, repo_required: bool
     parser.add_argument("--language", action="append", default=None, metavar="CODE",
                         help="language code for the card (repeatable; default: en)")
     parser.add_argument("--pretty-name", default=None, help="the card's title (default: from the repo name)")
-    parser.add_argument("--max-file-mb", type=float, default=512,
+    parser.add_argument("--max-file-mb", type=finite_float, default=512,
                         help="cut a split into several Parquet files above this many MB of rows (default 512)")
 
 

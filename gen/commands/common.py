@@ -1,4 +1,5 @@
-"""Flags every generating command shares (teacher, engine, sampling) and the helpers that turn them into objects.
+"""Flags every generating command shares (teacher, engine, scale, sampling) and the helpers that turn them into
+the typed specs the library takes (`TeacherSpec`, `EngineSpec`, `ScaleSpec`, `SamplingParams`).
 
     def add_arguments(parser):
         add_teacher_arguments(parser)          # --teacher, --base-url, --system
@@ -6,24 +7,46 @@
         add_sampling_arguments(parser, temperature=0.7)
 
     def run(args):
-        engine = open_engine(args, args.out)   # cache at OUT/.cache/requests.sqlite
+        engine = open_engine(args, args.out)   # cache at OUT/.cache/requests.sqlite; on Ray with --ray
         params = sampling_from_args(args)
         ... write_manifest(args.out, config=run_config(args), funnel=...)
+
+Flags stop here: each is validated once, in the `*_from_args` function that reads it, with the flag's name in the
+error; below `gen.commands` only specs travel (into Ray actors too). Errors the library raises about a setting
+(`InvalidSetting`) are given the flag's name on the way out (`open_engine`). Every float flag of every command takes
+`finite_float` (a NaN budget or threshold compares false with everything and would silently switch its check off).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gen.engine.spec import EngineSpec, InvalidSetting, ScaleSpec
 from gen.errors import UserError
 from gen.teachers.base import SamplingParams
+from gen.teachers.spec import TeacherSpec
 
 _SAMPLING_DEFAULTS = {"max_new_tokens": 512, "temperature": 0.7, "top_p": 1.0, "presence_penalty": 0.0,
                       "frequency_penalty": 0.0, "seed": None}
+
+
+def finite_float(text: str) -> float:
+    """The argparse type of every float flag: a finite number (`nan`, `inf` and `-inf` are refused with the flag's
+    name, by argparse)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,14 +75,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        help="requests in flight at the start (grows while healthy, halves on 429; default 16)")
     group.add_argument("--max-concurrency", type=int, default=256, metavar="N",
                        help="ceiling for adaptive concurrency (default 256)")
-    group.add_argument("--rpm", type=float, default=None, help="at most this many requests per minute")
-    group.add_argument("--tpm", type=float, default=None, help="at most this many tokens per minute")
-    group.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds per request attempt")
+    group.add_argument("--rpm", type=finite_float, default=None, help="at most this many requests per minute")
+    group.add_argument("--tpm", type=finite_float, default=None, help="at most this many tokens per minute")
+    group.add_argument("--timeout", type=finite_float, default=120.0, metavar="S", help="seconds per request attempt")
     group.add_argument("--max-retries", type=int, default=6, metavar="N",
                        help="retries after the first attempt on 429/5xx/timeouts/resets (default 6)")
     group.add_argument("--max-tokens", type=int, default=None, metavar="N",
                        help="stop cleanly once this run has spent N tokens (prompt + completion; cache hits free)")
-    group.add_argument("--max-cost", type=float, default=None, metavar="USD",
+    group.add_argument("--max-cost", type=finite_float, default=None, metavar="USD",
                        help="stop cleanly once this run has spent about this many dollars (known models or --price)")
     group.add_argument("--price", default=None, metavar="IN:OUT",
                        help="dollars per 1M input:output tokens, overriding the built-in price table")
@@ -79,10 +102,10 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--unit-size", type=int, default=None, metavar="N",
                        help="items (evol) or requests (other methods) per unit of work (default: evol cuts a "
                             "round into ~16 units of at most 256 items; others 64 requests)")
-    group.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+    group.add_argument("--gpus-per-worker", type=finite_float, default=None, metavar="G",
                        help="GPUs Ray gives each actor (default 1 for vllm: teachers on a cluster with GPUs, else "
                             "0); set the teacher's tensor parallelism to match")
-    group.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs per actor (default 1)")
+    group.add_argument("--cpus-per-worker", type=finite_float, default=1.0, metavar="C", help="CPUs per actor (default 1)")
     group.add_argument("--redis", default=None, metavar="URL",
                        help="keep the near-duplicate MinHash index in Redis (redis://HOST:6379/0), shared by all "
                             "workers so that a near-copy made by another worker is caught before it is paid for")
@@ -98,10 +121,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
     group = parser.add_argument_group("sampling")
     group.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"], metavar="N",
                        help=f"tokens per completion (default {d['max_new_tokens']})")
-    group.add_argument("--temperature", type=float, default=d["temperature"], help=f"default {d['temperature']}")
-    group.add_argument("--top-p", type=float, default=d["top_p"], help=f"default {d['top_p']}")
-    group.add_argument("--presence-penalty", type=float, default=d["presence_penalty"])
-    group.add_argument("--frequency-penalty", type=float, default=d["frequency_penalty"])
+    group.add_argument("--temperature", type=finite_float, default=d["temperature"],
+                       help=f"default {d['temperature']}")
+    group.add_argument("--top-p", type=finite_float, default=d["top_p"], help=f"default {d['top_p']}")
+    group.add_argument("--presence-penalty", type=finite_float, default=d["presence_penalty"])
+    group.add_argument("--frequency-penalty", type=finite_float, default=d["frequency_penalty"])
     group.add_argument("--seed", type=int, default=d["seed"], help="sampling seed (where the backend supports it)")
 
 
@@ -124,26 +148,17 @@ def sampling_from_args(args: argparse.Namespace, **overrides: Any) -> SamplingPa
     return params.replace(**overrides) if overrides else params
 
 
-def load_teacher_from_args(args: argparse.Namespace):
-    """The teacher named by --teacher (and --base-url). Unknown specs and missing keys are UserErrors."""
-    from gen.teachers import load_teacher
-
-    options: dict[str, Any] = {}
-    if getattr(args, "base_url", None):
-        options["base_url"] = args.base_url
-    if getattr(args, "transport", None):
-        options["transport"] = args.transport
-    if getattr(args, "tensor_parallel_size", None):
-        if args.tensor_parallel_size < 1:
-            raise UserError(f"--tensor-parallel-size {args.tensor_parallel_size}: must be at least 1")
-        options["tensor_parallel_size"] = args.tensor_parallel_size
-    return load_teacher(args.teacher, **options)
+def teacher_spec_from_args(args: argparse.Namespace) -> TeacherSpec:
+    """The teacher named by --teacher, --base-url, --transport and --tensor-parallel-size."""
+    tensor_parallel = getattr(args, "tensor_parallel_size", None)
+    if tensor_parallel is not None and tensor_parallel < 1:
+        raise UserError(f"--tensor-parallel-size {tensor_parallel}: must be at least 1")
+    return TeacherSpec(name=args.teacher, base_url=getattr(args, "base_url", None) or None,
+                       transport=getattr(args, "transport", None) or None, tensor_parallel_size=tensor_parallel)
 
 
-def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, teacher=None):
-    """An `Engine` configured by the engine flags, with its request cache at `OUT/.cache/requests.sqlite`
-    (in memory when `out_dir` is None). The engine owns the teacher: `engine.close()` closes both."""
-    from gen.engine.engine import Engine, default_cache_path
+def engine_spec_from_args(args: argparse.Namespace) -> EngineSpec:
+    """The request engine's settings from the engine flags (--concurrency, --rpm, --max-cost, --price, ...)."""
     from gen.teachers.pricing import parse_price
 
     price = None
@@ -152,62 +167,93 @@ def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, tea
             price = parse_price(args.price)
         except ValueError as exc:
             raise UserError(f"--price {args.price!r}: {exc}") from None
-    for flag in ("concurrency", "max_concurrency", "max_retries"):
-        value = getattr(args, flag, None)
-        if value is not None and value < (0 if flag == "max_retries" else 1):
-            raise UserError(f"--{flag.replace('_', '-')} {value}: out of range")
-    if getattr(args, "ray", None) and teacher is None:
-        return open_distributed_engine(args, out_dir, price)
-    if teacher is None:
-        teacher = load_teacher_from_args(args)
+        if not (math.isfinite(price.input_per_million) and math.isfinite(price.output_per_million)):
+            raise UserError(f"--price {args.price!r}: prices must be finite numbers")
+    spec = EngineSpec(
+        concurrency=args.concurrency,
+        max_concurrency=getattr(args, "max_concurrency", 256),
+        rpm=args.rpm,
+        tpm=args.tpm,
+        timeout=args.timeout,
+        max_retries=getattr(args, "max_retries", 6),
+        max_total_tokens=args.max_tokens,
+        max_cost=args.max_cost,
+        price=price,
+        progress=not args.no_progress,
+    )
+    for flag, value, least in (("--concurrency", spec.concurrency, 1), ("--max-concurrency", spec.max_concurrency, 1),
+                               ("--max-retries", spec.max_retries, 0)):
+        if value < least:
+            raise UserError(f"{flag} {value}: must be at least {least}")
+    for flag, value in (("--timeout", spec.timeout), ("--rpm", spec.rpm), ("--tpm", spec.tpm),
+                        ("--max-tokens", spec.max_total_tokens), ("--max-cost", spec.max_cost)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag} {value}: must be positive")
+    return spec
+
+
+def scale_spec_from_args(args: argparse.Namespace) -> ScaleSpec | None:
+    """The Ray run the scale flags ask for (--ray, --workers, --unit-size, ...); None without --ray."""
+    if not getattr(args, "ray", None):
+        return None
+    spec = ScaleSpec(address=args.ray, workers=args.workers, unit_size=args.unit_size,
+                     gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                     redis_url=getattr(args, "redis", None))
+    if spec.workers < 1:
+        raise UserError(f"--workers {spec.workers}: must be at least 1")
+    if spec.unit_size is not None and spec.unit_size < 1:
+        raise UserError(f"--unit-size {spec.unit_size}: must be at least 1")
+    for flag, value in (("--gpus-per-worker", spec.gpus_per_worker), ("--cpus-per-worker", spec.cpus_per_worker)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{flag} {value}: must be at least 0")
+    return spec
+
+
+# The flag that sets each `EngineSpec` / `ScaleSpec` field, for the library's `InvalidSetting` errors.
+_FLAG_OF_SETTING = {"concurrency": "--concurrency", "max_concurrency": "--max-concurrency", "rpm": "--rpm",
+                    "tpm": "--tpm", "timeout": "--timeout", "max_retries": "--max-retries",
+                    "max_total_tokens": "--max-tokens", "max_cost": "--max-cost", "price": "--price",
+                    "address": "--ray", "workers": "--workers", "unit_size": "--unit-size",
+                    "gpus_per_worker": "--gpus-per-worker", "cpus_per_worker": "--cpus-per-worker",
+                    "redis_url": "--redis"}
+_FLAG_HINTS = {"max_cost": "pass --price IN:OUT (dollars per 1M tokens) or use --max-tokens"}
+
+
+@contextmanager
+def flags_named() -> Iterator[None]:
+    """Re-raise the library's `InvalidSetting` as a UserError that names the flag behind the setting."""
     try:
-        return Engine(
-            teacher,
-            cache_path=default_cache_path(out_dir) if out_dir is not None else None,
-            concurrency=args.concurrency,
-            max_concurrency=getattr(args, "max_concurrency", 256),
-            rpm=args.rpm,
-            tpm=args.tpm,
-            timeout=args.timeout,
-            max_retries=getattr(args, "max_retries", 6),
-            max_total_tokens=args.max_tokens,
-            max_cost=args.max_cost,
-            progress=not args.no_progress,
-            price=price,
-        )
-    except BaseException:
-        teacher.close()
-        raise
+        yield
+    except InvalidSetting as exc:
+        flag = _FLAG_OF_SETTING.get(exc.setting)
+        if flag is None:
+            raise
+        message = str(exc)
+        if message.startswith(f"{exc.setting} "):  # "concurrency 0: ..." -> "--concurrency 0: ..."
+            message = flag + message[len(exc.setting):]
+        else:
+            message = f"{flag}: {message}"
+        hint = _FLAG_HINTS.get(exc.setting)
+        raise UserError(f"{message}; {hint}" if hint else message) from None
 
 
-def open_distributed_engine(args: argparse.Namespace, out_dir, price=None):
-    """`--ray`: the cluster of actors (each opens the teacher named by the flags) behind the engine interface."""
-    from gen.engine.engine import default_cache_path
-    from gen.scale.cluster import RayCluster
-    from gen.scale.request_units import DEFAULT_UNIT_REQUESTS, DistributedEngine
+def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, teacher=None):
+    """The engine the flags ask for, with its request cache at `OUT/.cache/requests.sqlite` (in memory when
+    `out_dir` is None): one process (`build_engine`), or with --ray a cluster of actors behind the same interface
+    (`build_distributed_engine`). `teacher`, if given, is an open teacher to use instead of --teacher (one process).
+    The engine owns the teacher (or the cluster): `engine.close()` closes both."""
+    from gen.engine.engine import build_engine, default_cache_path
 
-    gpus = args.gpus_per_worker
-    if gpus is None:
-        vllm = str(args.teacher).startswith("vllm:")
-        gpus = float(getattr(args, "tensor_parallel_size", None) or 1) if vllm and _cluster_has_gpus() else 0.0
-    cluster = RayCluster(args, workers=args.workers, address=args.ray, cpus_per_worker=args.cpus_per_worker,
-                         gpus_per_worker=gpus, progress=not args.no_progress)
-    try:
-        return DistributedEngine(cluster, cache_path=default_cache_path(out_dir) if out_dir is not None else None,
-                                 unit_size=args.unit_size or DEFAULT_UNIT_REQUESTS, max_total_tokens=args.max_tokens,
-                                 max_cost=args.max_cost, price=price)
-    except BaseException:
-        cluster.close()
-        raise
+    teacher_spec = teacher_spec_from_args(args)
+    engine_spec = engine_spec_from_args(args)
+    scale_spec = scale_spec_from_args(args)
+    cache_path = default_cache_path(out_dir) if out_dir is not None else None
+    with flags_named():
+        if scale_spec is not None and teacher is None:
+            from gen.scale.distributed import build_distributed_engine
 
-
-def _cluster_has_gpus() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+            return build_distributed_engine(teacher_spec, engine_spec, scale_spec, cache_path)
+        return build_engine(teacher if teacher is not None else teacher_spec, engine_spec, cache_path)
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,6 +20,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from gen.commands.common import finite_float
+
 HELP = "remove near-duplicate rows of a run (MinHash and/or embeddings, one kept per cluster)"
 
 TEXT_FIELDS = ("conversation", "instruction", "answer")
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding", action="store_true", help="sentence-embedding near-duplicates")
     parser.add_argument("--on", choices=TEXT_FIELDS, default="instruction",
                         help="text compared: the first user message (default), all messages, or the answers")
-    parser.add_argument("--threshold", type=float, default=0.7, help="MinHash: Jaccard threshold (default 0.7)")
+    parser.add_argument("--threshold", type=finite_float, default=0.7, help="MinHash: Jaccard threshold (default 0.7)")
     parser.add_argument("--num-perm", type=int, default=128, help="MinHash: permutations (default 128)")
     parser.add_argument("--shingle", choices=("word", "char"), default="word", help="MinHash: shingle unit")
     parser.add_argument("--ngram", type=int, default=None,
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "word 5-grams on conversations and answers; character 5-grams)")
     parser.add_argument("--bands", type=int, nargs=2, default=None, metavar=("B", "R"),
                         help="MinHash: LSH bands and rows (default: chosen for recall at the threshold)")
-    parser.add_argument("--embedding-threshold", type=float, default=None,
+    parser.add_argument("--embedding-threshold", type=finite_float, default=None,
                         help="embedding: cosine threshold (default 0.9)")
     parser.add_argument("--embedding-model", default=None,
                         help="embedding: sentence-transformers model name or path (default: packaged all-MiniLM-L6-v2)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from gen.commands.common import add_engine_arguments, add_sampling_arguments, add_teacher_arguments
+from gen.commands.common import add_engine_arguments, add_sampling_arguments, add_teacher_arguments, finite_float
 from gen.commands.method_common import add_out_argument
 
 HELP = "Evol-Instruct: evolve instructions in depth and breadth for N rounds (default 4), with an eliminator"
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in-breadth 1/6); operations left out get weight 0")
     parser.add_argument("--no-judge", action="store_true",
                         help="skip the teacher-judged 'no information gain' check (one request less per evolution)")
-    parser.add_argument("--dedup-threshold", type=float, default=0.7, metavar="J",
+    parser.add_argument("--dedup-threshold", type=finite_float, default=0.7, metavar="J",
                         help="MinHash Jaccard threshold for near-duplicate evolutions across all rounds (default 0.7)")
     parser.add_argument("--no-inputs", action="store_true",
                         help="do not keep inputs that carry an answer as round-0 rows")

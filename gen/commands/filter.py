@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gen.commands.common import finite_float
+
 HELP = "move low-quality rows (empty, truncated, refusals, echoes, length bounds, non-text tasks) to `rejected`"
 
 ROUGE_DUPLICATE = "rouge_l_duplicate"
@@ -21,14 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="DIR", help="a kdforge run directory")
     parser.add_argument("--min-chars", type=int, default=1, help="shortest last answer kept, in characters (default 1)")
     parser.add_argument("--max-chars", type=int, default=None, help="longest last answer kept, in characters")
-    parser.add_argument("--copies-question", type=float, default=0.9, metavar="T",
+    parser.add_argument("--copies-question", type=finite_float, default=0.9, metavar="T",
                         help="reject answers with ROUGE-L >= T against the instruction (default 0.9; 0 disables)")
     parser.add_argument("--keep-truncated", action="store_true", help="keep rows with finish_reason 'length'")
     parser.add_argument("--keep-refusals", action="store_true", help="keep refusals and apologies")
     parser.add_argument("--keep-non-text", action="store_true", help="keep instructions about images, audio, ...")
     parser.add_argument("--keep-trivial", action="store_true",
                         help="keep instructions made only of punctuation and stop words")
-    parser.add_argument("--rouge-l", type=float, default=None, metavar="T",
+    parser.add_argument("--rouge-l", type=finite_float, default=None, metavar="T",
                         help="also reject instructions with ROUGE-L >= T against an earlier kept one (Self-Instruct: 0.7)")
     parser.add_argument("--out", default=None, metavar="OUT", help="write here instead of rewriting DIR in place")
 

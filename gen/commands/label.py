@@ -54,9 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_teacher_arguments(parser)
     add_engine_arguments(parser)
     add_sampling_arguments(parser)
-    from gen.methods import orca
+    group = parser.add_argument_group("Orca-style system messages")  # see gen.methods.orca
+    group.add_argument("--system-messages", default=None, metavar="orca|FILE",
+                       help="give each row a system message drawn from Orca-style messages ('orca': the 16 shipped "
+                            "ones; or a file, one message per line); --system TEXT instead fixes one for all rows")
+    group.add_argument("--cot", action="store_true",
+                       help="ask for step-by-step reasoning (appended to the system message); recorded in params")
 
-    orca.add_arguments(parser)  # --system-messages orca|FILE, --cot
+
+def system_message_options(args: argparse.Namespace):
+    """`--system-messages`, `--cot`, `--system` and the run's seed as `gen.methods.orca.SystemMessageOptions`."""
+    from gen.commands.method_common import run_seed
+    from gen.methods.orca import SystemMessageOptions
+
+    return SystemMessageOptions(system_messages=args.system_messages, cot=args.cot, system=args.system,
+                                seed=run_seed(args))
 
 
 def build_requests(inputs, params, system: str | None, system_for=None):
@@ -122,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     reject_redis_flag(args, METHOD)
     inputs = read_inputs(args.input, field=args.field, limit=args.limit)
     params = sampling_from_args(args)
-    system_for = orca.system_chooser(args)
+    orca_options = system_message_options(args)
+    system_for = orca.system_chooser(orca_options)
     funnel = {"inputs": len(inputs), "answered": 0, "failed": 0, "not_sent_budget": 0, "rows_written": 0,
               "rows_already_on_disk": 0}
     first_error: str | None = None
@@ -142,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                         funnel["failed"] += 1
                         first_error = first_error or result.error
                 writer.write_many(rows_from_results(chunk, results, engine.teacher_id,
-                                                    extra_params=orca.label_params(args) or None))
+                                                    extra_params=orca.label_params(orca_options) or None))
                 writer.flush()  # a committed shard per chunk: finished work is on disk
                 if engine.exhausted:
                     funnel["not_sent_budget"] += len(inputs) - start - len(chunk)

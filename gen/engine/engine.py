@@ -31,6 +31,7 @@ any key value present in the environment before they are returned.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import time
@@ -43,7 +44,7 @@ from typing import Any
 from gen.engine.cache import RequestCache
 from gen.engine.progress import Progress
 from gen.engine.ratelimit import AdaptiveConcurrency, TokenBucket
-from gen.errors import UserError
+from gen.engine.spec import EngineSpec, InvalidSetting
 from gen.teachers.base import (
     ChatRequest,
     Completion,
@@ -54,6 +55,7 @@ from gen.teachers.base import (
     TransientError,
 )
 from gen.teachers.pricing import Price, price_for
+from gen.teachers.spec import TeacherSpec
 
 BUDGET_EXHAUSTED = "budget exhausted"
 # Errors a network client may let through unwrapped that are worth retrying like a TransientError.
@@ -164,25 +166,14 @@ class Engine:
         backoff_cap: float = 30.0,
         own_teacher: bool = True,
     ):
-        if concurrency < 1:
-            raise UserError(f"--concurrency {concurrency}: must be at least 1")
-        if timeout <= 0:
-            raise UserError(f"--timeout {timeout}: must be positive")
-        if rpm is not None and rpm <= 0:
-            raise UserError(f"--rpm {rpm}: must be positive")
-        if tpm is not None and tpm <= 0:
-            raise UserError(f"--tpm {tpm}: must be positive")
-        if max_total_tokens is not None and max_total_tokens <= 0:
-            raise UserError(f"--max-tokens {max_total_tokens}: must be positive")
+        _check_settings(concurrency=concurrency, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm, timeout=timeout,
+                        max_retries=max_retries, max_total_tokens=max_total_tokens, max_cost=max_cost)
         self.teacher = teacher
         self.teacher_id = teacher.teacher_id
         self.price = price or price_for(self.teacher_id)
-        if max_cost is not None:
-            if max_cost <= 0:
-                raise UserError(f"--max-cost {max_cost}: must be positive")
-            if self.price is None:
-                raise UserError(f"--max-cost: no known price for teacher {self.teacher_id!r}; pass --price IN:OUT "
-                                "(dollars per 1M tokens) or use --max-tokens")
+        if max_cost is not None and self.price is None:
+            raise InvalidSetting("max_cost", f"no known price for teacher {self.teacher_id!r}: a cost budget needs "
+                                             "one (give a price, or budget tokens instead)")
         self.cache = RequestCache(cache_path)
         self.concurrency = int(concurrency)
         self.max_concurrency = max(int(max_concurrency), self.concurrency)
@@ -548,10 +539,49 @@ async def _with_timeout(awaitable: Awaitable[Completion], seconds: float) -> Com
     return await asyncio.wait_for(awaitable, seconds)
 
 
+def _check_settings(*, concurrency: int, max_concurrency: int, rpm: float | None, tpm: float | None, timeout: float,
+                    max_retries: int, max_total_tokens: int | None, max_cost: float | None) -> None:
+    """Refuse settings the engine cannot honour, naming the setting (the CLI names its flag). Every number must be
+    finite: a NaN budget compares false with everything and would silently turn the budget off."""
+    for name, value in (("rpm", rpm), ("tpm", tpm), ("timeout", timeout), ("max_cost", max_cost)):
+        if value is not None and not math.isfinite(value):
+            raise InvalidSetting(name, f"{name} {value}: must be a finite number")
+    if concurrency < 1:
+        raise InvalidSetting("concurrency", f"concurrency {concurrency}: must be at least 1")
+    if max_concurrency < 1:
+        raise InvalidSetting("max_concurrency", f"max_concurrency {max_concurrency}: must be at least 1")
+    if max_retries < 0:
+        raise InvalidSetting("max_retries", f"max_retries {max_retries}: must be at least 0")
+    if timeout <= 0:
+        raise InvalidSetting("timeout", f"timeout {timeout}: must be positive")
+    for name, value in (("rpm", rpm), ("tpm", tpm), ("max_total_tokens", max_total_tokens), ("max_cost", max_cost)):
+        if value is not None and value <= 0:
+            raise InvalidSetting(name, f"{name} {value}: must be positive")
+
+
+def build_engine(teacher: TeacherSpec | Teacher, spec: EngineSpec, cache_path: str | os.PathLike | None = None
+                 ) -> Engine:
+    """An `Engine` configured by `spec` with its request cache at `cache_path` (in memory when None). `teacher` is a
+    `TeacherSpec` to open, or a teacher already open; either way the engine owns it (`engine.close()` closes both),
+    and it is closed here if the engine cannot be built."""
+    from gen.teachers import load_teacher
+
+    if isinstance(teacher, TeacherSpec):
+        teacher = load_teacher(teacher)
+    try:
+        return Engine(teacher, cache_path=cache_path, concurrency=spec.concurrency,
+                      max_concurrency=spec.max_concurrency, rpm=spec.rpm, tpm=spec.tpm, timeout=spec.timeout,
+                      max_retries=spec.max_retries, max_total_tokens=spec.max_total_tokens, max_cost=spec.max_cost,
+                      progress=spec.progress, price=spec.price)
+    except BaseException:
+        teacher.close()
+        raise
+
+
 def default_cache_path(out_dir: str | os.PathLike) -> Path:
     """Where a run directory keeps its request cache."""
     return Path(out_dir) / ".cache" / "requests.sqlite"
 
 
-__all__ = ["Engine", "Result", "BUDGET_EXHAUSTED", "assemble_results", "default_cache_path", "split_by_cache",
-           "estimate_prompt_tokens", "one_line_error"]
+__all__ = ["Engine", "Result", "BUDGET_EXHAUSTED", "assemble_results", "build_engine", "default_cache_path",
+           "split_by_cache", "estimate_prompt_tokens", "one_line_error"]

@@ -4,9 +4,20 @@ Library code, Ray actors and methods receive these, never an `argparse.Namespace
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from gen.errors import UserError
 from gen.teachers.pricing import Price
+
+
+class InvalidSetting(UserError):
+    """A setting of the engine or of a Ray run is out of range. `setting` is the field at fault (an `EngineSpec` or
+    `ScaleSpec` field name), so that the CLI can name the flag that set it; the message names only the setting."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,11 @@ class EngineSpec:
     max_cost: float | None = None
     price: Price | None = None
     progress: bool = True
+
+    def for_worker(self) -> EngineSpec:
+        """The engine of one Ray worker: no progress bar (the driver draws one for the whole cluster) and no budget
+        (the driver enforces it between units)."""
+        return dataclasses.replace(self, progress=False, max_total_tokens=None, max_cost=None)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ item id), so a rerun after a kill makes the same requests (answered from the cac
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,16 +88,16 @@ def parse_weights(spec: str | Mapping[str, float] | None) -> dict[str, float]:
             try:
                 pairs.append((name.strip(), float(value) if sep else 1.0))
             except ValueError:
-                raise UserError(f"--ops {spec!r}: weight of {name!r} is not a number") from None
+                raise UserError(f"operation weights {spec!r}: weight of {name!r} is not a number") from None
     weights = {op: 0.0 for op in OPERATIONS}
     for name, value in pairs:
         if name not in weights:
-            raise UserError(f"--ops: unknown operation {name!r} (expected some of: {', '.join(OPERATIONS)})")
-        if value < 0:
-            raise UserError(f"--ops: weight of {name!r} must be >= 0")
+            raise UserError(f"unknown operation {name!r} (expected some of: {', '.join(OPERATIONS)})")
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"weight of operation {name!r}: {value} is not a finite number >= 0")
         weights[name] = float(value)
     if sum(weights.values()) <= 0:
-        raise UserError(f"--ops {spec!r}: at least one operation needs a positive weight")
+        raise UserError(f"operation weights {spec!r}: at least one operation needs a positive weight")
     return weights
 
 

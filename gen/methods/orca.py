@@ -14,8 +14,8 @@ learn. kdforge ships its own 16 (`gen/methods/data/orca_system_messages.txt`).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,20 @@ def load_system_messages(source: str | Path | None = ORCA) -> list[str]:
     return load_lines(source)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The label command's Orca flags (`--system` comes with the shared teacher flags)."""
-    group = parser.add_argument_group("Orca-style system messages")
-    group.add_argument("--system-messages", default=None, metavar="orca|FILE",
-                       help="give each row a system message drawn from Orca-style messages ('orca': the 16 shipped "
-                            "ones; or a file, one message per line); --system TEXT instead fixes one for all rows")
-    group.add_argument("--cot", action="store_true",
-                       help="ask for step-by-step reasoning (appended to the system message); recorded in params")
+@dataclass(frozen=True)
+class SystemMessageOptions:
+    """How each row's system message is chosen.
+
+    system_messages: `orca` (the shipped list) or a file with one message per line; None: no drawn message.
+    cot: append the step-by-step instruction (or send it alone when there is no system message).
+    system: one fixed message for every row; wins over `system_messages`.
+    seed: the run's seed, which the per-row draws derive from.
+    """
+
+    system_messages: str | None = None
+    cot: bool = False
+    system: str | None = None
+    seed: int = 0
 
 
 def pick_system(key: str, messages: Sequence[str], seed: int) -> str:
@@ -54,17 +60,14 @@ def with_cot(system: str | None) -> str:
     return f"{system.rstrip()}\n\n{COT_INSTRUCTION}" if system else COT_INSTRUCTION
 
 
-def system_chooser(args: argparse.Namespace) -> Callable[[Sequence[Mapping[str, str]]], str | None] | None:
-    """A function row messages -> system message, from the flags; None when no flag asks for one (the command then
-    behaves exactly as before). `--system` wins over `--system-messages`; a row's own system message wins over both
-    (the caller applies that)."""
-    source = getattr(args, "system_messages", None)
-    cot = bool(getattr(args, "cot", False))
-    fixed = getattr(args, "system", None)
+def system_chooser(options: SystemMessageOptions) -> Callable[[Sequence[Mapping[str, str]]], str | None] | None:
+    """A function row messages -> system message; None when neither drawn messages nor CoT are asked for (the
+    command then behaves exactly as before). A fixed `system` wins over `system_messages`; a row's own system
+    message wins over both (the caller applies that)."""
+    source, cot, fixed, seed = options.system_messages, options.cot, options.system, options.seed
     if not source and not cot:
         return None
     pool = load_system_messages(source) if source and not fixed else None
-    seed = int(args.seed) if getattr(args, "seed", None) is not None else 0
 
     from gen.data.records import content_id
 
@@ -78,11 +81,11 @@ def system_chooser(args: argparse.Namespace) -> Callable[[Sequence[Mapping[str, 
     return choose
 
 
-def label_params(args: argparse.Namespace) -> dict[str, Any]:
-    """What the flags add to each row's `params` (empty when unused, so plain label rows are unchanged)."""
+def label_params(options: SystemMessageOptions) -> dict[str, Any]:
+    """What the options add to each row's `params` (empty when unused, so plain label rows are unchanged)."""
     params: dict[str, Any] = {}
-    if getattr(args, "system_messages", None):
-        params["system_messages"] = str(args.system_messages)
-    if getattr(args, "cot", False):
+    if options.system_messages:
+        params["system_messages"] = str(options.system_messages)
+    if options.cot:
         params["cot"] = True
     return params

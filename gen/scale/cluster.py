@@ -1,13 +1,13 @@
 """Ray: a cluster of `UnitWorker` actors, each owning one teacher, and the driver's loop that keeps them busy.
 
-    cluster = RayCluster(args, workers=4, address="local")   # or "auto", "ray://head:10001", "10.0.0.1:6379"
-    cluster.run(units, on_result)                            # on_result(unit, outcome) once per unit, in the driver
+    cluster = RayCluster(TeacherSpec("openai:M", base_url=URL), EngineSpec(), ScaleSpec(workers=4, address="local"))
+    cluster.run(units, on_result)        # on_result(unit, outcome) once per unit, in the driver
     cluster.close()
 
-Each actor builds its own teacher and engine from the command's own flags (`--teacher`, `--base-url`,
-`--concurrency`, ...), exactly as a one-process run would: an in-process vLLM engine on the GPUs Ray gives the actor
-(`--gpus-per-worker`; tensor parallel inside the actor, data parallel across actors, the way vLLM itself uses Ray),
-or an HTTP client of one or several OpenAI-compatible endpoints. Ray places the actors, restarts one whose process
+Each actor builds its own teacher and engine from the same `TeacherSpec` and `EngineSpec` (`build_engine`), exactly
+as a one-process run would: an in-process vLLM engine on the GPUs Ray gives the actor (`ScaleSpec.gpus_per_worker`;
+tensor parallel inside the actor, data parallel across actors, the way vLLM itself uses Ray), or an HTTP client of
+one or several OpenAI-compatible endpoints. Ray places the actors, restarts one whose process
 or node died (`max_restarts=-1`), and moves objects; the driver only decides which unit goes to which idle actor.
 
 Failure model: a unit whose actor died (process killed, node lost) comes back as `RayActorError`; the driver puts
@@ -23,7 +23,6 @@ put into a task, an actor's arguments, or Ray's runtime environment.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
@@ -34,8 +33,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gen.engine.engine import build_engine
+from gen.engine.spec import EngineSpec, InvalidSetting, ScaleSpec
 from gen.errors import UserError
 from gen.scale.units import WorkUnit
+from gen.teachers.spec import TeacherSpec
 
 # kind -> "module:function"; a handler is `fn(worker: WorkerContext, payload) -> dict` and runs inside an actor.
 HANDLERS = {
@@ -54,33 +56,52 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise UserError("--ray needs Ray: pip install 'kdforge[ray]'") from None
+        raise InvalidSetting("address", "Ray is not installed: pip install 'kdforge[ray]'") from None
     return ray
 
 
 class WorkerContext:
-    """What a handler gets inside an actor: the command's flags, its engine (teacher + request cache), its index
-    among the workers, and a place for per-actor state (e.g. a shared near-duplicate index client)."""
+    """What a handler gets inside an actor: its engine (teacher + request cache, built from the specs as a
+    one-process run builds it), its index among the workers, and a place for per-actor state (e.g. a shared
+    near-duplicate index client)."""
 
-    def __init__(self, args: argparse.Namespace, index: int, cache_dir: str | None):
-        from gen.commands.common import open_engine
-
-        self.args = args
+    def __init__(self, teacher: TeacherSpec, engine: EngineSpec, index: int, cache_path: str | None):
+        self.teacher_spec = teacher
+        self.engine_spec = engine
         self.index = index
         self.state: dict[str, Any] = {}
-        out = cache_dir if cache_dir and _writable(cache_dir) else None
-        self.engine = open_engine(args, out)
+        self.engine = build_engine(teacher, engine, cache_path if cache_path and _writable(cache_path) else None)
 
     def close(self) -> None:
         self.engine.close()
 
 
-def _writable(directory: str) -> bool:
+def _writable(cache_path: str) -> bool:
     """The run directory's cache is reachable from this node (same machine or shared storage)?"""
+    directory = Path(cache_path).parent
     try:
-        Path(directory, ".cache").mkdir(parents=True, exist_ok=True)
-        return os.access(Path(directory, ".cache"), os.W_OK)
+        directory.mkdir(parents=True, exist_ok=True)
+        return os.access(directory, os.W_OK)
     except OSError:
+        return False
+
+
+def gpus_per_worker(teacher: TeacherSpec, scale: ScaleSpec) -> float:
+    """GPUs Ray gives each actor: `scale.gpus_per_worker` if set; else one per tensor-parallel rank for an in-process
+    vLLM teacher on a machine with GPUs, and none for the HTTP teachers."""
+    if scale.gpus_per_worker is not None:
+        return float(scale.gpus_per_worker)
+    if teacher.backend == "vllm" and _has_gpus():
+        return float(teacher.tensor_parallel_size or 1)
+    return 0.0
+
+
+def _has_gpus() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
         return False
 
 
@@ -102,8 +123,8 @@ def _actor_class(ray):
     """The actor class, built on first use so that importing this module does not need Ray."""
 
     class UnitWorker:
-        def __init__(self, args: dict[str, Any], index: int, cache_dir: str | None):
-            self.context = WorkerContext(argparse.Namespace(**args), index, cache_dir)
+        def __init__(self, teacher: TeacherSpec, engine: EngineSpec, index: int, cache_path: str | None):
+            self.context = WorkerContext(teacher, engine, index, cache_path)
 
         def ready(self) -> dict[str, Any]:
             return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
@@ -115,25 +136,19 @@ def _actor_class(ray):
     return ray.remote(UnitWorker)
 
 
-def worker_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags an actor needs to open the same teacher and engine: everything but the cluster's own flags, with
-    no progress bar (the driver draws one for the whole cluster) and no budget (the driver enforces it)."""
-    skip = {"ray", "workers", "redis", "func", "command"}
-    values = {k: v for k, v in vars(args).items() if k not in skip and not callable(v)}
-    values.update(no_progress=True, max_tokens=None, max_cost=None)
-    return values
-
-
 class RayCluster:
-    """`workers` actors on the Ray cluster at `address` ("local" starts one on this machine)."""
+    """`scale.workers` actors on the Ray cluster at `scale.address` ("local" starts one on this machine), each with
+    a teacher opened from `teacher` and an engine built from `engine` (without its progress bar and budgets: the
+    driver draws one bar and enforces the budgets). `cache_path`: the run's request cache, which the actors share
+    where they can reach it (same machine or shared storage); None: each actor caches in memory."""
 
-    def __init__(self, args: argparse.Namespace, *, workers: int, address: str = "local",
-                 log: Callable[[str], None] | None = None, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0, progress: bool = True):
+    def __init__(self, teacher: TeacherSpec, engine: EngineSpec, scale: ScaleSpec, *,
+                 cache_path: str | os.PathLike | None = None, log: Callable[[str], None] | None = None):
+        workers, address, cpus_per_worker = scale.workers, scale.address, scale.cpus_per_worker
         if workers < 1:
-            raise UserError(f"--workers {workers}: must be at least 1")
+            raise InvalidSetting("workers", f"workers {workers}: must be at least 1")
         self.ray = ray = import_ray()
-        self.progress = progress
+        self.progress = engine.progress
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._started_ray = False
         if not ray.is_initialized():
@@ -150,18 +165,18 @@ class RayCluster:
             try:
                 ray.init(**init)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise UserError(f"--ray {address}: cannot connect to the Ray cluster: "
-                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                raise InvalidSetting("address", f"cannot connect to the Ray cluster at {address!r}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             self._started_ray = True
-        cache_dir = str(Path(args.out).resolve()) if getattr(args, "out", None) else None
+        shared_cache = str(Path(cache_path).resolve()) if cache_path is not None else None
         actor = _actor_class(ray).options(max_restarts=-1, max_task_retries=0, num_cpus=cpus_per_worker,
-                                          num_gpus=gpus_per_worker)
-        flags = worker_args(args)
-        self.actors = [actor.remote(flags, i, cache_dir) for i in range(workers)]
+                                          num_gpus=gpus_per_worker(teacher, scale))
+        worker_engine = engine.for_worker()
+        self.actors = [actor.remote(teacher, worker_engine, i, shared_cache) for i in range(workers)]
         self.pids: dict[int, int] = {}
         try:
             infos = ray.get([a.ready.remote() for a in self.actors])
-        except ray.exceptions.RayTaskError as exc:  # the teacher could not be opened (bad flag, missing key, ...)
+        except ray.exceptions.RayTaskError as exc:  # the teacher could not be opened (bad spec, missing key, ...)
             self.close()
             raise _user_error_from(exc) from None
         for i, info in enumerate(infos):
@@ -212,7 +227,7 @@ class RayCluster:
             if inflight or idle:
                 last_alive = time.monotonic()
             elif time.monotonic() - last_alive > RESTART_WAIT:
-                raise UserError(f"--ray: no worker alive for {RESTART_WAIT:.0f} s (Ray could not restart them)")
+                raise UserError(f"no Ray worker alive for {RESTART_WAIT:.0f} s (Ray could not restart them)")
             for ref in done:
                 if ref in self._returning:
                     self._back(ref, idle)

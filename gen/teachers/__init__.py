@@ -17,6 +17,7 @@ from typing import Any
 
 from gen.errors import UserError
 from gen.teachers.base import Teacher
+from gen.teachers.spec import TeacherSpec
 
 DEFAULT_TEACHER = "llamacpp"
 
@@ -38,8 +39,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return backend, model
 
 
-def load_teacher(spec: str = DEFAULT_TEACHER, **options: Any) -> Teacher:
-    """Build the teacher named by `spec`. Each backend module exposes `from_spec(model: str, **options) -> Teacher`."""
+def load_teacher(spec: str | TeacherSpec = DEFAULT_TEACHER, **options: Any) -> Teacher:
+    """Build the teacher named by `spec`: a `TeacherSpec`, or its name alone (`openai:gpt-4o-mini`) with the backend's
+    options as keywords (`options` also add to or override a TeacherSpec's). Each backend module exposes
+    `from_spec(model: str, **options) -> Teacher`."""
+    if isinstance(spec, TeacherSpec):
+        options = {**spec.options(), **options}
+        spec = spec.name
     backend, model = parse_spec(spec)
     module = importlib.import_module(_BACKENDS[backend])
     return module.from_spec(model, **options)

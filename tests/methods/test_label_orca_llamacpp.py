@@ -34,12 +34,10 @@ def test_label_with_orca_system_messages_and_cot(llamacpp_server, tmp_path):  # 
 
 
 def test_fixed_system_message_and_orca_draws_are_seeded(tmp_path):
-    import argparse
-
     messages = orca.load_system_messages()
     picks = {orca.pick_system(f"row{i}", messages, seed=0) for i in range(64)}
     assert len(picks) > 8  # spread over the set
     assert orca.pick_system("row1", messages, 0) == orca.pick_system("row1", messages, 0)
-    fixed = orca.system_chooser(argparse.Namespace(system="Be brief.", system_messages="orca", cot=True, seed=None))
+    fixed = orca.system_chooser(orca.SystemMessageOptions(system="Be brief.", system_messages="orca", cot=True))
     assert fixed([{"role": "user", "content": "hi"}]) == f"Be brief.\n\n{orca.COT_INSTRUCTION}"
-    assert orca.system_chooser(argparse.Namespace(system=None, system_messages=None, cot=False, seed=None)) is None
+    assert orca.system_chooser(orca.SystemMessageOptions()) is None
