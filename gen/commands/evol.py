@@ -57,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--dedup-threshold {args.dedup_threshold}: must be within (0, 1]")
     limit = args.limit if args.limit is not None else (None if args.input else DEFAULT_LIMIT_SHIPPED)
     items = load_items(args.input or default_seed_tasks(), limit=limit or None)
-    config = EvolConfig(rounds=args.rounds, weights=parse_weights(args.ops), judge=not args.no_judge,
+    try:
+        weights = parse_weights(args.ops)
+    except UserError as exc:
+        raise UserError(f"--ops {args.ops!r}: {exc}") from None
+    config = EvolConfig(rounds=args.rounds, weights=weights, judge=not args.no_judge,
                         dedup_threshold=args.dedup_threshold, keep_inputs=not args.no_inputs)
     sampling = sampling_from_args(args)
     with method_run(args, METHOD, sampling) as run:

@@ -88,7 +88,7 @@ def parse_weights(spec: str | Mapping[str, float] | None) -> dict[str, float]:
             try:
                 pairs.append((name.strip(), float(value) if sep else 1.0))
             except ValueError:
-                raise UserError(f"operation weights {spec!r}: weight of {name!r} is not a number") from None
+                raise UserError(f"weight of operation {name!r} is not a number: {value!r}") from None
     weights = {op: 0.0 for op in OPERATIONS}
     for name, value in pairs:
         if name not in weights:
@@ -97,7 +97,7 @@ def parse_weights(spec: str | Mapping[str, float] | None) -> dict[str, float]:
             raise UserError(f"weight of operation {name!r}: {value} is not a finite number >= 0")
         weights[name] = float(value)
     if sum(weights.values()) <= 0:
-        raise UserError(f"operation weights {spec!r}: at least one operation needs a positive weight")
+        raise UserError("at least one operation needs a positive weight")
     return weights
 
 

@@ -6,8 +6,10 @@
 - `units`: what a unit of work is (a slice of the input × a round, with a deterministic id) and how its outcome is
   committed exactly once (`UnitStore`).
 - `cluster`: Ray itself: connect or start a local cluster, one `UnitWorker` actor per worker (each opens its own
-  teacher and engine from the command's flags), dispatch units to idle actors, and redo the units of an actor that
-  died on the others while Ray restarts it.
+  teacher and engine from the run's `TeacherSpec` and `EngineSpec`), dispatch units to idle actors, and redo the
+  units of an actor that died on the others while Ray restarts it.
+- `distributed`: `build_distributed_engine(teacher, engine, scale, cache_path)`, what a command builds instead of
+  `gen.engine.engine.build_engine` when it runs on Ray.
 - `request_units`: `DistributedEngine`, the engine's `run(requests)` spread over the actors — any method runs on Ray
   unchanged, its own logic (pools, admission, rounds) staying in the driver.
 - `evol_units`: Evol-Instruct's rounds as units that run on the workers, with the near-duplicate index shared in
