@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
+        from gen.commands.common import flag_error
+        from gen.engine.spec import InvalidSetting
+
+        if isinstance(exc, InvalidSetting):  # the library names a setting; the user set it with a flag
+            exc = flag_error(exc)
         print(f"gen {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

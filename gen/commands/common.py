@@ -13,8 +13,9 @@ the typed specs the library takes (`TeacherSpec`, `EngineSpec`, `ScaleSpec`, `Sa
 
 Flags stop here: each is validated once, in the `*_from_args` function that reads it, with the flag's name in the
 error; below `gen.commands` only specs travel (into Ray actors too). Errors the library raises about a setting
-(`InvalidSetting`) are given the flag's name on the way out (`open_engine`). Every float flag of every command takes
-`finite_float` (a NaN budget or threshold compares false with everything and would silently switch its check off).
+(`InvalidSetting`) are given the flag's name on the way out (`flag_error`, applied by `gen.cli.main`). Every
+float flag of every command takes `finite_float` (a NaN budget or threshold compares false with everything and
+would silently switch its check off).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +104,8 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gpus-per-worker", type=finite_float, default=None, metavar="G",
                        help="GPUs Ray gives each actor (default 1 for vllm: teachers on a cluster with GPUs, else "
                             "0); set the teacher's tensor parallelism to match")
-    group.add_argument("--cpus-per-worker", type=finite_float, default=1.0, metavar="C", help="CPUs per actor (default 1)")
+    group.add_argument("--cpus-per-worker", type=finite_float, default=1.0, metavar="C",
+                       help="CPUs per actor (default 1)")
     group.add_argument("--redis", default=None, metavar="URL",
                        help="keep the near-duplicate MinHash index in Redis (redis://HOST:6379/0), shared by all "
                             "workers so that a near-copy made by another worker is caught before it is paid for")
@@ -209,32 +209,22 @@ def scale_spec_from_args(args: argparse.Namespace) -> ScaleSpec | None:
     return spec
 
 
-# The flag that sets each `EngineSpec` / `ScaleSpec` field, for the library's `InvalidSetting` errors.
-_FLAG_OF_SETTING = {"concurrency": "--concurrency", "max_concurrency": "--max-concurrency", "rpm": "--rpm",
-                    "tpm": "--tpm", "timeout": "--timeout", "max_retries": "--max-retries",
-                    "max_total_tokens": "--max-tokens", "max_cost": "--max-cost", "price": "--price",
-                    "address": "--ray", "workers": "--workers", "unit_size": "--unit-size",
-                    "gpus_per_worker": "--gpus-per-worker", "cpus_per_worker": "--cpus-per-worker",
-                    "redis_url": "--redis"}
+# Settings whose flag is not `--` + the setting's name with dashes (`max_turns` -> `--max-turns`).
+_FLAG_OF_SETTING = {"max_total_tokens": "--max-tokens", "address": "--ray", "redis_url": "--redis"}
 _FLAG_HINTS = {"max_cost": "pass --price IN:OUT (dollars per 1M tokens) or use --max-tokens"}
 
 
-@contextmanager
-def flags_named() -> Iterator[None]:
-    """Re-raise the library's `InvalidSetting` as a UserError that names the flag behind the setting."""
-    try:
-        yield
-    except InvalidSetting as exc:
-        flag = _FLAG_OF_SETTING.get(exc.setting)
-        if flag is None:
-            raise
-        message = str(exc)
-        if message.startswith(f"{exc.setting} "):  # "concurrency 0: ..." -> "--concurrency 0: ..."
-            message = flag + message[len(exc.setting):]
-        else:
-            message = f"{flag}: {message}"
-        hint = _FLAG_HINTS.get(exc.setting)
-        raise UserError(f"{message}; {hint}" if hint else message) from None
+def flag_error(exc: InvalidSetting) -> UserError:
+    """The library's error about a setting (an `EngineSpec`/`ScaleSpec` field, a method config's field) as the CLI
+    says it: naming the flag that set it. `gen.cli` applies this to every `InvalidSetting` a command lets through."""
+    flag = _FLAG_OF_SETTING.get(exc.setting, "--" + exc.setting.replace("_", "-"))
+    message = str(exc)
+    if message.startswith(f"{exc.setting} "):  # "concurrency 0: ..." -> "--concurrency 0: ..."
+        message = flag + message[len(exc.setting):]
+    else:
+        message = f"{flag}: {message}"
+    hint = _FLAG_HINTS.get(exc.setting)
+    return UserError(f"{message}; {hint}" if hint else message)
 
 
 def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, teacher=None):
@@ -248,12 +238,11 @@ def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, tea
     engine_spec = engine_spec_from_args(args)
     scale_spec = scale_spec_from_args(args)
     cache_path = default_cache_path(out_dir) if out_dir is not None else None
-    with flags_named():
-        if scale_spec is not None and teacher is None:
-            from gen.scale.distributed import build_distributed_engine
+    if scale_spec is not None and teacher is None:
+        from gen.scale.distributed import build_distributed_engine
 
-            return build_distributed_engine(teacher_spec, engine_spec, scale_spec, cache_path)
-        return build_engine(teacher if teacher is not None else teacher_spec, engine_spec, cache_path)
+        return build_distributed_engine(teacher_spec, engine_spec, scale_spec, cache_path)
+    return build_engine(teacher if teacher is not None else teacher_spec, engine_spec, cache_path)
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gen.engine.spec import InvalidSetting
 from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
@@ -184,7 +185,7 @@ class EvolConfig:
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
-            raise UserError(f"--rounds {self.rounds}: must be at least 1")
+            raise InvalidSetting("rounds", f"rounds {self.rounds}: must be at least 1")
         if self.weights is None:
             object.__setattr__(self, "weights", dict(DEFAULT_WEIGHTS))
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gen.errors import UserError
+from gen.engine.spec import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
 from gen.methods.parsing import cut_at_speaker_label
@@ -39,9 +39,10 @@ class SelfChatConfig:
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
-            raise UserError(f"--max-turns {self.max_turns}: must be at least 1")
+            raise InvalidSetting("max_turns", f"max_turns {self.max_turns}: must be at least 1")
         if self.max_tokens_per_dialog < 1:
-            raise UserError(f"--max-tokens-per-dialog {self.max_tokens_per_dialog}: must be at least 1")
+            raise InvalidSetting("max_tokens_per_dialog",
+                                 f"max_tokens_per_dialog {self.max_tokens_per_dialog}: must be at least 1")
 
 
 @dataclass

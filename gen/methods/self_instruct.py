@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gen.data.records import content_id
-from gen.errors import UserError
+from gen.engine.spec import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem, join_instruction, load_items, load_lines, shipped_data_path
 from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, parse_yes_no, word_count
@@ -220,7 +220,8 @@ class SelfInstruct:
 
         run, cfg = self.run, self.config
         if len(seeds) < HUMAN_PER_PROMPT + MACHINE_PER_PROMPT:
-            raise UserError(f"--seeds: need at least {HUMAN_PER_PROMPT + MACHINE_PER_PROMPT} seed tasks, got {len(seeds)}")
+            raise InvalidSetting("seeds", f"need at least {HUMAN_PER_PROMPT + MACHINE_PER_PROMPT} seed tasks, got "
+                                          f"{len(seeds)}")
         human = [s.task_instruction or s.instruction for s in seeds]
         novelty = RougeLNovelty(threshold=ROUGE_THRESHOLD)
         for text in human:

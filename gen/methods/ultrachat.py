@@ -33,6 +33,7 @@ from typing import Any
 
 from gen.data.inputs import iter_jsonl
 from gen.data.records import content_id
+from gen.engine.spec import InvalidSetting
 from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import shipped_data_path
@@ -66,10 +67,13 @@ class UltraChatConfig:
     list_max_tokens: int = 160
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_turns <= self.max_turns:
-            raise UserError(f"--min-turns {self.min_turns} / --max-turns {self.max_turns}: need 1 <= min <= max")
+        if self.min_turns < 1:
+            raise InvalidSetting("min_turns", f"min_turns {self.min_turns}: must be at least 1")
+        if self.max_turns < self.min_turns:
+            raise InvalidSetting("max_turns", f"max_turns {self.max_turns}: must be at least the smallest turn "
+                                              f"budget, {self.min_turns}")
         if self.num_dialogues < 1:
-            raise UserError(f"--num-dialogues {self.num_dialogues}: must be at least 1")
+            raise InvalidSetting("num_dialogues", f"num_dialogues {self.num_dialogues}: must be at least 1")
 
 
 @dataclass
@@ -105,7 +109,7 @@ def load_documents(path: str | Path | None) -> list[dict[str, str]]:
     paragraphs separated by blank lines."""
     path = Path(path) if path else shipped_data_path("ultrachat_documents.jsonl")
     if not path.exists():
-        raise UserError(f"--documents {path}: no such file")
+        raise UserError(f"{path}: no such documents file")
     docs: list[dict[str, str]] = []
     if path.suffix == ".jsonl":
         for n, record in iter_jsonl(path):
@@ -118,7 +122,7 @@ def load_documents(path: str | Path | None) -> list[dict[str, str]]:
             if block.strip():
                 docs.append({"id": content_id("doc", block.strip()), "text": block.strip()})
     if not docs:
-        raise UserError(f"--documents {path}: no documents")
+        raise UserError(f"{path}: no documents in it")
     return docs
 
 

@@ -139,3 +139,36 @@ def test_orca_takes_typed_options():
     assert first.endswith(orca.COT_INSTRUCTION) and first == choose([{"role": "user", "content": "hi"}])
     assert orca.label_params(options) == {"system_messages": "orca", "cot": True}
     assert orca.label_params(orca.SystemMessageOptions()) == {}
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["evol", "--rounds", "0"], "--rounds 0: must be at least 1"),
+    (["self-chat", "--max-turns", "0"], "--max-turns 0: must be at least 1"),
+    (["self-chat", "--max-tokens-per-dialog", "0"], "--max-tokens-per-dialog 0: must be at least 1"),
+    (["ultrachat", "--min-turns", "0"], "--min-turns 0: must be at least 1"),
+    (["ultrachat", "--min-turns", "5", "--max-turns", "3"],
+     "--max-turns 3: must be at least the smallest turn budget, 5"),
+    (["ultrachat", "--num-dialogues", "0"], "--num-dialogues 0: must be at least 1"),
+    (["self-instruct", "--seeds", "SEEDS"], "--seeds: need at least 8 seed tasks, got 2"),
+])
+def test_method_settings_name_the_flag(argv, expect, tmp_path, capsys):
+    """The methods' configs name their setting (`rounds 0: ...`); `gen.cli` names the flag."""
+    seeds = write_instructions(tmp_path / "seeds.jsonl", 2)
+    argv = [str(seeds) if a == "SEEDS" else a for a in argv]
+    rc = main([*argv, "--out", str(tmp_path / "out"), "--teacher", "openai:m", "--base-url", UNREACHABLE,
+               "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"gen {argv[0]}: error: {expect}", err
+
+
+def test_method_configs_name_the_setting_not_a_flag():
+    from gen.methods.evol_instruct import EvolConfig
+    from gen.methods.self_chat import SelfChatConfig
+    from gen.methods.ultrachat import UltraChatConfig
+
+    for make, setting in [(lambda: EvolConfig(rounds=0), "rounds"),
+                          (lambda: SelfChatConfig(max_turns=0), "max_turns"),
+                          (lambda: UltraChatConfig(min_turns=4, max_turns=2), "max_turns")]:
+        with pytest.raises(InvalidSetting) as caught:
+            make()
+        assert caught.value.setting == setting and "--" not in str(caught.value)
