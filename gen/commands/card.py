@@ -63,14 +63,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gen.errors import UserError
     from gen.publish.card import card_facts, render_card
+    from gen.publish.leaks import check_rows_for_secrets, environment_secrets
     from gen.publish.plan import plan_export
 
     repo_id, license = repo_id_arg(args), license_arg(args)
     plan = plan_export(args.run_dir, **export_options(args))
+    # The card quotes rows: refuse what `gen publish` would refuse, before anything is printed or written.
+    secrets = environment_secrets()
+    check_rows_for_secrets(plan, secrets, action="render a card of")
     facts = card_facts(plan, repo_id=repo_id, license=license, languages=args.language or ["en"],
                        pretty_name=args.pretty_name)
     card = render_card(facts)
+    leaked = next((name for name, value in secrets.items() if value in card), None)
+    if leaked:
+        raise UserError(f"{args.run_dir}: the card would contain the value of {leaked}; refusing to render it")
     if args.output:
         from pathlib import Path
 

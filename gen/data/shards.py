@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from gen.data import secrets
 from gen.data.records import ROW_SCHEMA, rows_to_table
 from gen.errors import UserError
 
@@ -32,19 +33,6 @@ MANIFEST = "manifest.json"
 DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 DEFAULT_MAX_ROWS = 100_000
 SPLITS = ("train", "rejected")
-
-_SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "auth", "credential")
-_SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-# Names that contain a secret word but count things: `max_tokens`, `prompt_tokens`, `tokenizer_hash` are not secrets.
-_NOT_SECRET_WORDS = ("tokens", "tokenizer")
-
-
-def _secret_name(key: Any) -> bool:
-    name = str(key).lower()
-    for word in _NOT_SECRET_WORDS:
-        name = name.replace(word, "")
-    return any(w in name for w in _SECRET_WORDS)
-
 
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
@@ -245,19 +233,9 @@ def list_splits(run_dir: str | os.PathLike) -> list[str]:
 
 
 def redact(value: Any) -> Any:
-    """Drop secrets from a config before it is written anywhere: keys whose name says secret, and any value equal to
-    (or containing) an API key present in the environment."""
-    secrets = [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
-    if isinstance(value, Mapping):
-        return {
-            k: ("<redacted>" if _secret_name(k) and v not in (None, "", False) else redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    if isinstance(value, str) and any(s in value for s in secrets):
-        return "<redacted>"
-    return value
+    """Drop secrets from a config before it is written anywhere (the rules of `gen.data.secrets`: environment
+    secrets by value, exact secret key names, credentials inside URLs)."""
+    return secrets.redact(value)
 
 
 def sha256_file(path: Path) -> str:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gen.data.secrets import scrub_text
 from gen.engine.cache import RequestCache
 from gen.engine.progress import Progress
 from gen.engine.ratelimit import AdaptiveConcurrency, TokenBucket
@@ -61,7 +62,6 @@ BUDGET_EXHAUSTED = "budget exhausted"
 # Errors a network client may let through unwrapped that are worth retrying like a TransientError.
 _TRANSIENT_EXCEPTIONS = (TransientError, TimeoutError, asyncio.TimeoutError, ConnectionError, OSError, EOFError,
                          asyncio.IncompleteReadError)
-_SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # The longest single wait a Retry-After may impose; beyond it the request is retried anyway (and may fail).
 _MAX_RETRY_AFTER = 600.0
 
@@ -116,14 +116,11 @@ def assemble_results(requests: Sequence[ChatRequest], keys: Sequence[str], cache
 
 
 def one_line_error(exc: BaseException) -> str:
-    """`Type: first line of the message`, at most 300 characters, with any API key from the environment removed."""
+    """`Type: first line of the message`, at most 300 characters, with secrets removed (`gen.data.secrets`: any
+    credential from the environment, credentials inside URLs)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 8:
-            line = line.replace(value, "<redacted>")
-    return line[:300]
+    return scrub_text(line)[:300]
 
 
 class Engine:

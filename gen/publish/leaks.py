@@ -10,7 +10,6 @@ Each raises UserError naming where the value was found and which variable it bel
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,31 +17,24 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gen.data.secrets import MIN_SECRET_LEN
+from gen.data.secrets import environment_secrets as _environment_secrets
 from gen.errors import UserError
 
 if TYPE_CHECKING:
     from gen.publish.plan import ExportPlan
 
-# Environment variables whose values must never leave the machine inside an uploaded file.
-_SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
-_SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_SECRET_KEY", "_PASSWORD")
-_MIN_SECRET_LEN = 8  # shorter values ("1", "true") would match everywhere and protect nothing
-
-
 def environment_secrets() -> dict[str, str]:
-    """{name: value} of the credentials present in this process: the usual API-key variables, any variable named
-    like one (`*_API_KEY`, `*_TOKEN`, ...), and the Hub token huggingface_hub would send."""
-    found = {}
-    for name, value in os.environ.items():
-        if (name in _SECRET_ENV or name.endswith(_SECRET_SUFFIXES)) and len(value or "") >= _MIN_SECRET_LEN:
-            found[name] = value
+    """{name: value} of the credentials present in this process (`gen.data.secrets.environment_secrets`: the same
+    list the manifest and the engine redact), and the Hub token huggingface_hub would send."""
+    found = _environment_secrets()
     try:
         from huggingface_hub import get_token
 
         token = get_token()
     except Exception:  # a broken login file must not stop a dry run; it would fail at upload with its own error
         token = None
-    if token and len(token) >= _MIN_SECRET_LEN and token not in found.values():
+    if token and len(token) >= MIN_SECRET_LEN and token not in found.values():
         found["the Hugging Face login token"] = token
     return found
 
@@ -61,7 +53,7 @@ def _string_arrays(array: pa.Array) -> Iterable[pa.Array]:
             yield from _string_arrays(array.field(i))
 
 
-def check_rows_for_secrets(plan: ExportPlan, secrets: dict[str, str]) -> None:
+def check_rows_for_secrets(plan: ExportPlan, secrets: dict[str, str], action: str = "publish") -> None:
     """Raise UserError naming the split, row and column if any published row contains a secret's value.
 
     Rows are checked as Arrow strings, before Parquet compresses them (compressed bytes would hide a key). The
@@ -75,7 +67,7 @@ def check_rows_for_secrets(plan: ExportPlan, secrets: dict[str, str]) -> None:
                 for column in part.table.column_names:
                     if any(pc.any(pc.match_substring(a, value)).as_py() for a in _string_arrays(part.table[column])):
                         raise UserError(f"{plan.run_dir}/{part.split}: row {_first_row_with(part.table, value)} "
-                                        f"({column}) contains the value of {name}; refusing to publish it")
+                                        f"({column}) contains the value of {name}; refusing to {action} it")
 
 
 def check_files_for_secrets(folder: Path, secrets: dict[str, str]) -> None:

@@ -7,36 +7,33 @@
 | `vllm:<model-or-path>`    | in-process vLLM; a whole round goes to one `chat` call         | `vllm_engine`   |
 | `llamacpp[:<file.gguf>]`  | embedded default: llama.cpp server in-process (xllamacpp), Gemma-3-270M from PyPI | `llamacpp` |
 
-Backends are imported only when chosen, so a missing optional dependency only matters to its own users.
+Each backend module declares itself once (`BACKEND = gen.teachers.backend.Backend(...)`: prefix, key variables,
+prices, terms) and builds its teacher in `from_spec`; `gen.teachers.registry` lists the modules. The HTTP backends
+share `gen.teachers.http_base.HTTPTeacher` (transport choice, credentials, error mapping) and can sit behind an
+`gen.teachers.endpoints.EndpointPool` (`--base-url URL1,URL2`).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from gen.errors import UserError
+from gen.teachers import registry
 from gen.teachers.base import Teacher
 from gen.teachers.spec import TeacherSpec
 
 DEFAULT_TEACHER = "llamacpp"
 
-_BACKENDS = {
-    "openai": "gen.teachers.openai_api",
-    "anthropic": "gen.teachers.anthropic_api",
-    "vllm": "gen.teachers.vllm_engine",
-    "llamacpp": "gen.teachers.llamacpp",
-}
-
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """`backend:model` -> (backend, model); `llamacpp` alone means the embedded default model."""
-    backend, _, model = spec.partition(":")
-    if backend not in _BACKENDS:
-        raise UserError(f"--teacher {spec!r}: unknown backend {backend!r} (expected one of: {', '.join(_BACKENDS)})")
-    if not model and backend != "llamacpp":
-        raise UserError(f"--teacher {spec!r}: missing model name (write {backend}:<model>)")
-    return backend, model
+    """`backend:model` -> (backend, model); a backend with a default model (`llamacpp`) may be named alone."""
+    prefix, _, model = spec.partition(":")
+    known = registry.backends()
+    if prefix not in known:
+        raise UserError(f"--teacher {spec!r}: unknown backend {prefix!r} (expected one of: {', '.join(known)})")
+    if not model and known[prefix].model_required:
+        raise UserError(f"--teacher {spec!r}: missing model name (write {prefix}:<model>)")
+    return prefix, model
 
 
 def load_teacher(spec: str | TeacherSpec = DEFAULT_TEACHER, **options: Any) -> Teacher:
@@ -46,6 +43,5 @@ def load_teacher(spec: str | TeacherSpec = DEFAULT_TEACHER, **options: Any) -> T
     if isinstance(spec, TeacherSpec):
         options = {**spec.options(), **options}
         spec = spec.name
-    backend, model = parse_spec(spec)
-    module = importlib.import_module(_BACKENDS[backend])
-    return module.from_spec(model, **options)
+    prefix, model = parse_spec(spec)
+    return registry.module(prefix).from_spec(model, **options)

@@ -1,99 +1,119 @@
 """`anthropic:<model>`: Anthropic's native Messages API (also spoken by llama.cpp's server at `/v1/messages`).
 
-Same contract as the OpenAI backend: the SDK never retries (`max_retries=0`), every failure is raised as one of
-`RateLimited` (429, and 529 "overloaded"), `TransientError` (other 5xx, 408, timeouts, connection errors, malformed
-bodies) or `PermanentError` (other 4xx). The key comes from `ANTHROPIC_API_KEY` only; the server from the `base_url`
-option, else `ANTHROPIC_BASE_URL`, else api.anthropic.com.
+The key comes from `ANTHROPIC_API_KEY` only (sent as `x-api-key`, `anthropic-version` pinned); the server from the
+`base_url` option, else `ANTHROPIC_BASE_URL`, else api.anthropic.com. Transports, credentials in the URL and the
+error mapping are `gen.teachers.http_base.HTTPTeacher`'s; 529 "overloaded" counts as a rate limit, like 429.
 
 Differences from chat completions that matter here: the system prompt is a separate `system=` argument (several
 system messages are joined), stop strings are `stop_sequences`, `stop_reason` is mapped to the OpenAI words
-(end_turn/stop_sequence -> "stop", max_tokens -> "length"), and the API takes no sampling parameters: temperature,
-top_p and seed are sent only to other servers (as extra body fields), penalties never (all stay in the cache key).
+(end_turn/stop_sequence -> "stop", max_tokens -> "length").
 
-Transports, as for `openai:` (see `gen.teachers.openai_api`): `aiohttp` (default; `gen.teachers.lean_http`, the
-key in `x-api-key`, `anthropic-version` pinned) or `sdk` (`transport="sdk"`: the official `anthropic` SDK).
+Sampling (`sampling_sent`): the Messages API takes `temperature` in [0, 1] and `top_p`; some models (Claude Opus 4.1
+and the 4.5 family) refuse the two together. So:
+- `temperature` is always sent; above 1 the request fails at once with a `PermanentError` that says so (the API
+  would refuse it; rescaling it silently would make a different dataset than the one asked for);
+- `top_p` is sent when below 1 (1 is the API's default), except to a model known to refuse both, which gets
+  temperature only; any other model that refuses answers 400, raised as a `PermanentError` with the server's
+  message;
+- penalties are never sent (the API has none); `seed` only to other servers than Anthropic's (llama.cpp reads it,
+  Anthropic refuses unknown fields).
+What was sent is reported in `Completion.sent` and lands in the row's `params` (`"sent"`); all requested parameters
+stay in the cache key.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from gen.errors import UserError
-from gen.teachers.base import (
-    ChatRequest,
-    Completion,
-    PermanentError,
-    RateLimited,
-    Teacher,
-    TeacherError,
-    TransientError,
-)
-from gen.teachers.http_client import (
-    DEFAULT_MAX_CONNECTIONS,
-    PLACEHOLDER_KEY,
-    LoopLocalClient,
-    one_line,
-    pooled_http_client,
-    resolve_key,
-    retry_after_seconds,
-    shard_count,
-    status_message,
-)
-from gen.teachers.lean_http import TRANSIENT_4XX, JSONPoster, check_transport
-from gen.teachers.openai_api import reject_unknown_options
+from gen.teachers.backend import Backend, Price, Terms
+from gen.teachers.base import ChatRequest, Completion, PermanentError, SamplingParams, TransientError
+from gen.teachers.http_base import HTTPTeacher
+from gen.teachers.http_client import DEFAULT_MAX_CONNECTIONS, one_line
 
-OFFICIAL_HOST = "api.anthropic.com"
-KEY_ENV = "ANTHROPIC_API_KEY"
-BASE_URL_ENV = "ANTHROPIC_BASE_URL"
-OFFICIAL_BASE_URL = "https://api.anthropic.com"
+ANTHROPIC_TERMS_URL = "https://www.anthropic.com/legal/commercial-terms"
+
+BACKEND = Backend(
+    prefix="anthropic",
+    key_env=("ANTHROPIC_API_KEY",),
+    # Dollars per 1M tokens (input, output), standard (non-batch, non-cached) requests, as published by Anthropic.
+    prices_checked="2025-11",
+    prices={
+        "claude-opus-4-5": Price(5.00, 25.00),
+        "claude-opus-4": Price(15.00, 75.00),
+        "claude-sonnet-4": Price(3.00, 15.00),
+        "claude-haiku-4-5": Price(1.00, 5.00),
+        "claude-3-7-sonnet": Price(3.00, 15.00),
+        "claude-3-5-sonnet": Price(3.00, 15.00),
+        "claude-3-5-haiku": Price(0.80, 4.00),
+        "claude-3-opus": Price(15.00, 75.00),
+        "claude-3-haiku": Price(0.25, 1.25),
+    },
+    terms=Terms(
+        "Anthropic Commercial Terms of Service", ANTHROPIC_TERMS_URL,
+        "Anthropic's terms forbid using the services to build a competing product or service, including to "
+        "train competing AI models. Check that your use of this data and of models trained on it is allowed.",
+        "other", license_name="anthropic-commercial-terms"),
+    terms_cover_every_model=True,  # api.anthropic.com serves only Anthropic's models
+)
+
 # The Messages API version the request and response shapes below follow (the SDK pins the same one).
 API_VERSION = "2023-06-01"
+OFFICIAL_HOST = "api.anthropic.com"
 
 # 529 is Anthropic's "overloaded": like a 429 it asks for less pressure, not a blind retry.
 OVERLOADED_STATUSES = frozenset({429, 529})
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
-
-def _import_anthropic() -> Any:
-    try:
-        import anthropic
-    except ImportError as exc:
-        raise UserError("the anthropic backend needs the 'anthropic' package: pip install anthropic") from exc
-    return anthropic
+MAX_TEMPERATURE = 1.0
+# Models that answer 400 "`temperature` and `top_p` cannot both be specified for this model" (Anthropic's
+# migration guide for Claude 4.5 and Opus 4.1), by model-name prefix: they get temperature only.
+ONE_SAMPLING_PARAMETER_MODELS = ("claude-opus-4-1", "claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5")
 
 
-class AnthropicTeacher(Teacher):
+def refuses_temperature_with_top_p(model: str) -> bool:
+    return any(model == prefix or model.startswith(prefix + "-") for prefix in ONE_SAMPLING_PARAMETER_MODELS)
+
+
+class AnthropicTeacher(HTTPTeacher):
     """Messages API over HTTP, one request per `acomplete`; the engine keeps many in flight."""
 
-    backend = "anthropic"
+    backend = BACKEND.prefix
+    descriptor = BACKEND
+    base_url_env = "ANTHROPIC_BASE_URL"
+    official_base_url = "https://api.anthropic.com"
+    official_host = OFFICIAL_HOST
+    path = "/v1/messages"
+    sdk_name = "anthropic"
+    sdk_error = "AnthropicError"
+    rate_limit_statuses = OVERLOADED_STATUSES
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, extra_stop: Sequence[str] = (),
                  transport: str | None = None):
-        super().__init__(model)
-        self.transport = check_transport(self.backend, transport)
-        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
-        self._api_key = api_key if api_key is not None else resolve_key(KEY_ENV, self.base_url, OFFICIAL_HOST)
         self.extra_stop = tuple(extra_stop)
-        self._official = self.base_url is None or OFFICIAL_HOST in self.base_url
-        if self.transport == "aiohttp":
-            headers = {"anthropic-version": API_VERSION}
-            if self._api_key != PLACEHOLDER_KEY:  # a local server needs no key: send none
-                headers["x-api-key"] = self._api_key
-            self._poster: JSONPoster | None = JSONPoster(
-                (self.base_url or OFFICIAL_BASE_URL).rstrip("/") + "/v1/messages", headers,
-                max_connections=max_connections, backend=self.backend, rate_limit_statuses=OVERLOADED_STATUSES)
-            return
-        self._poster = None
-        anthropic = _import_anthropic()
-        self._anthropic = anthropic
-        shards = shard_count(max_connections)
-        self._clients = LoopLocalClient(lambda: anthropic.AsyncAnthropic(
-            api_key=self._api_key, base_url=self.base_url, max_retries=0,
-            http_client=pooled_http_client(anthropic, -(-max_connections // shards))), shards=shards)
+        super().__init__(model, base_url=base_url, api_key=api_key, max_connections=max_connections,
+                         transport=transport)
+
+    def key_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    def fixed_headers(self) -> dict[str, str]:
+        return {"anthropic-version": API_VERSION}
+
+    def sampling_sent(self, params: SamplingParams) -> dict[str, Any]:
+        """The sampling fields this request sends (see the module docstring); PermanentError for a temperature the
+        API cannot take."""
+        if not 0.0 <= params.temperature <= MAX_TEMPERATURE:
+            raise PermanentError(f"anthropic: temperature {params.temperature:g} is outside the Messages API's range "
+                                 f"0-{MAX_TEMPERATURE:g}; ask for a temperature in that range")
+        sent: dict[str, Any] = {"temperature": params.temperature}
+        if params.top_p < 1.0 and not refuses_temperature_with_top_p(self.model):
+            sent["top_p"] = params.top_p
+        if params.seed is not None and not self._official:
+            sent["seed"] = params.seed
+        return sent
 
     def request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The `messages.create` arguments for `request` (without the timeout)."""
@@ -106,32 +126,25 @@ class AnthropicTeacher(Teacher):
         stop = list(dict.fromkeys(list(p.stop) + list(self.extra_stop)))
         if stop:
             kwargs["stop_sequences"] = stop
-        if not self._official:
-            # Anthropic's current API (and SDK) has no sampling knobs; compatible servers such as llama.cpp still
-            # read them, so they travel as extra body fields there.
-            extra: dict[str, Any] = {"temperature": p.temperature}
-            if p.top_p < 1.0:
-                extra["top_p"] = p.top_p
-            if p.seed is not None:
-                extra["seed"] = p.seed
-            kwargs["extra_body"] = extra
+        sampling = self.sampling_sent(p)
+        seed = sampling.pop("seed", None)
+        kwargs.update(sampling)
+        if seed is not None:
+            kwargs["extra_body"] = {"seed": seed}  # not a Messages API field: the SDK sends it as a top-level field
         return kwargs
 
-    async def acomplete(self, request: ChatRequest, timeout: float) -> Completion:
-        if self._poster is not None:
-            body = self.request_kwargs(request)
-            body.update(body.pop("extra_body", {}))  # what the SDK does with extra_body: top-level fields
-            return self._from_json(await self._poster.post(body, timeout))
-        client = await self._clients.get()
-        try:
-            message = await client.messages.create(**self.request_kwargs(request), timeout=timeout)
-            return self._to_completion(message)
-        except TeacherError:
-            raise
-        except (self._anthropic.AnthropicError, ValueError) as exc:
-            raise map_anthropic_error(self._anthropic, exc) from exc
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        body = self.request_kwargs(request)
+        body.update(body.pop("extra_body", {}))  # what the SDK does with extra_body: top-level fields
+        return body
 
-    def _from_json(self, message: Any) -> Completion:
+    def sdk_client(self, sdk: Any, **options: Any) -> Any:
+        return sdk.AsyncAnthropic(**options)
+
+    async def sdk_request(self, client: Any, request: ChatRequest, timeout: float) -> Any:
+        return await client.messages.create(**self.request_kwargs(request), timeout=timeout)
+
+    def from_json(self, message: Any, request: ChatRequest) -> Completion:
         """A Messages JSON body (decoded) -> Completion; a body of any other shape is transient."""
         try:
             blocks = message["content"]
@@ -143,9 +156,10 @@ class AnthropicTeacher(Teacher):
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise TransientError(f"anthropic: malformed response (no content): {one_line(message, 120)}") from exc
         return Completion(text=text, finish_reason=STOP_REASONS.get(reason, reason),
-                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          sent=self.sampling_sent(request.params))
 
-    def _to_completion(self, message: Any) -> Completion:
+    def from_sdk(self, message: Any, request: ChatRequest) -> Completion:
         blocks = getattr(message, "content", None)
         if blocks is None or isinstance(message, (str, bytes)):
             raise TransientError(f"anthropic: malformed response (no content): {one_line(message, 120)}")
@@ -154,37 +168,11 @@ class AnthropicTeacher(Teacher):
         usage = getattr(message, "usage", None)
         return Completion(text=text, finish_reason=STOP_REASONS.get(reason, reason),
                           prompt_tokens=int(getattr(usage, "input_tokens", 0) or 0),
-                          completion_tokens=int(getattr(usage, "output_tokens", 0) or 0))
-
-    async def aclose(self) -> None:
-        await (self._poster or self._clients).aclose()
-
-    def close(self) -> None:
-        (self._poster or self._clients).close()
+                          completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+                          sent=self.sampling_sent(request.params))
 
 
-def map_anthropic_error(anthropic: Any, exc: BaseException) -> TeacherError:
-    """An exception from the anthropic SDK (or the JSON decoding under it) -> the engine's error class."""
-    if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
-        text = status_message(exc)
-        if status in OVERLOADED_STATUSES:
-            return RateLimited(text, retry_after=retry_after_seconds(exc.response.headers))
-        if status >= 500 or status in TRANSIENT_4XX:
-            return TransientError(text)
-        return PermanentError(text)
-    if isinstance(exc, anthropic.APITimeoutError):
-        return TransientError("request timed out")
-    if isinstance(exc, anthropic.APIConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        return TransientError(f"connection error: {one_line(cause or exc, 160)}")
-    return TransientError(f"malformed response: {type(exc).__name__}: {one_line(exc, 160)}")
-
-
-def from_spec(model: str, *, base_url: str | None = None, max_connections: int | None = None,
-              transport: str | None = None, **unknown: Any) -> AnthropicTeacher:
-    """`anthropic:<model>`; options: `base_url` (else $ANTHROPIC_BASE_URL), `max_connections`, `transport`
-    ("aiohttp" default, or "sdk")."""
-    reject_unknown_options("anthropic", unknown)
-    return AnthropicTeacher(model, base_url=base_url, max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
-                            transport=transport)
+def from_spec(model: str, **options: Any):
+    """`anthropic:<model>`; options: `base_url` (else $ANTHROPIC_BASE_URL; `URL1,URL2,...`: replicas behind an
+    `EndpointPool`), `max_connections`, `transport` ("aiohttp" default, or "sdk")."""
+    return AnthropicTeacher.from_options(model, **options)

@@ -71,10 +71,15 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class Completion:
+    """One answer. `sent`: the sampling parameters the backend actually sent, when it cannot send the request's
+    as they are (Anthropic: no penalties, temperature only for some models); None: sent as asked. Rows record it in
+    `params["sent"]`."""
+
     text: str
     finish_reason: str = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    sent: Mapping[str, Any] | None = None
 
     @property
     def usage(self) -> dict[str, int]:

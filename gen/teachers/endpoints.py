@@ -1,14 +1,16 @@
-"""`openai:<model>` behind several OpenAI-compatible endpoints (`--base-url URL1,URL2,...`): replicas of one model,
-balanced by in-flight load, with a circuit breaker per endpoint.
+"""An HTTP teacher behind several endpoints (`--base-url URL1,URL2,...`): replicas of one model, balanced by
+in-flight load, with a circuit breaker per endpoint.
 
-    teacher = EndpointPool("my-model", ["http://gpu1:8000/v1", "http://gpu2:8000/v1"])
+    teacher = OpenAITeacher.pool("my-model", ["http://gpu1:8000/v1", "http://gpu2:8000/v1"])
+    # = EndpointPool("my-model", urls, lambda url: OpenAITeacher("my-model", base_url=url))
     engine = Engine(teacher)                   # the engine keeps many requests in flight, as with one endpoint
     teacher.endpoint_stats()                   # {url: {requests, failures, ejections, in_flight, healthy, ...}}
 
-Every endpoint is a plain `OpenAITeacher` (same transport, same error mapping). The pool only decides where each
-`acomplete` goes and keeps score; the engine still owns retries, backoff and concurrency. The pool's `teacher_id`
-is the single endpoint's (`openai:<model>`): the endpoints are replicas, so a request's cache key must not depend
-on which one answered.
+Every endpoint is a plain teacher of any HTTP backend (`gen.teachers.http_base.HTTPTeacher`: same transport, same
+error mapping), built by the `teacher_for(url)` the pool is given. The pool only decides where each `acomplete`
+goes and keeps score; the engine still owns retries, backoff and concurrency. The pool's `teacher_id` is the single
+endpoint's (`openai:<model>`): the endpoints are replicas, so a request's cache key must not depend on which one
+answered. URLs are shown (stats, errors) with their credentials redacted.
 
 Choosing an endpoint, per request:
 1. an endpoint out of service whose cooldown has passed gets the request as its one *probe* (half-open);
@@ -45,11 +47,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from gen.data.secrets import redact_url
 from gen.errors import UserError
 from gen.teachers.base import (
     ChatRequest,
@@ -60,8 +63,6 @@ from gen.teachers.base import (
     TeacherError,
     TransientError,
 )
-from gen.teachers.http_client import DEFAULT_MAX_CONNECTIONS
-from gen.teachers.openai_api import OpenAITeacher
 
 DEFAULT_FAILURES_TO_EJECT = 3
 DEFAULT_COOLDOWN_S = 2.0
@@ -81,27 +82,24 @@ def split_base_urls(value: str) -> list[str]:
     seen: set[str] = set()
     for url in urls:
         if not url:
-            raise UserError(f"--base-url {value!r}: empty URL in the comma-separated list")
+            raise UserError(f"--base-url {redact_url(value)!r}: empty URL in the comma-separated list")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"--base-url: {url!r} is not an http:// or https:// URL with a host")
+            raise UserError(f"--base-url: {redact_url(url)!r} is not an http:// or https:// URL with a host")
         try:
             parts.port  # noqa: B018 - raises on a port that is not a number in range
         except ValueError:
-            raise UserError(f"--base-url: {url!r} has an invalid port") from None
+            raise UserError(f"--base-url: {redact_url(url)!r} has an invalid port") from None
         key = url.rstrip("/")
         if key in seen:
-            raise UserError(f"--base-url: {url!r} is given twice")
+            raise UserError(f"--base-url: {redact_url(url)!r} is given twice")
         seen.add(key)
     return urls
 
 
 def display_url(url: str) -> str:
-    """The URL without any `user:password@` part: endpoint stats go to manifests and logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    """The URL with its credentials (userinfo, `?key=`) redacted: endpoint stats go to manifests and logs."""
+    return redact_url(url)
 
 
 @dataclass
@@ -110,7 +108,7 @@ class Endpoint:
     answers of attempts started before the change do not decide its health."""
 
     url: str
-    teacher: OpenAITeacher
+    teacher: Teacher
     cooldown: float
     in_flight: int = 0
     requests: int = 0
@@ -133,27 +131,23 @@ class Endpoint:
 
 
 class EndpointPool(Teacher):
-    """One teacher over several OpenAI-compatible endpoints serving the same model. See the module docstring.
+    """One teacher over several endpoints serving the same model. See the module docstring.
 
     Args:
         model: the model name every endpoint serves.
         base_urls: the endpoints (each like `http://host:8000/v1`), at least one; validated by `split_base_urls`.
-        api_key: sent to every endpoint (None: `OPENAI_API_KEY`, or none for non-OpenAI hosts).
-        max_connections: kept-alive connections per endpoint.
+        teacher_for: builds the teacher of one endpoint from its URL (its key, connections and transport are its
+            own business).
         max_in_flight: requests in flight per endpoint at most (None: no cap). The pool's own `max_in_flight`,
             which caps the engine's concurrency, is the sum over endpoints.
-        transport: "aiohttp" (default) or "sdk", for every endpoint.
         failures_to_eject: K, consecutive failures that take an endpoint out.
         cooldown, max_cooldown: seconds out of service after an ejection, doubled after each failed probe up to
             `max_cooldown`.
         rate_limit_avoid: seconds a 429 without `Retry-After` makes its endpoint less preferred.
     """
 
-    backend = "openai"  # teacher_id == "openai:<model>", as with one endpoint: cache keys do not name the replica
-
-    def __init__(self, model: str, base_urls: Sequence[str], *, api_key: str | None = None,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, max_in_flight: int | None = None,
-                 transport: str | None = None, failures_to_eject: int = DEFAULT_FAILURES_TO_EJECT,
+    def __init__(self, model: str, base_urls: Sequence[str], teacher_for: Callable[[str], Teacher], *,
+                 max_in_flight: int | None = None, failures_to_eject: int = DEFAULT_FAILURES_TO_EJECT,
                  cooldown: float = DEFAULT_COOLDOWN_S, max_cooldown: float = DEFAULT_MAX_COOLDOWN_S,
                  rate_limit_avoid: float = DEFAULT_RATE_LIMIT_AVOID_S):
         super().__init__(model)
@@ -174,13 +168,14 @@ class EndpointPool(Teacher):
         self.endpoints: list[Endpoint] = []
         try:
             for url in urls:
-                teacher = OpenAITeacher(model, base_url=url, api_key=api_key, max_connections=max_connections,
-                                        transport=transport)
-                self.endpoints.append(Endpoint(url=url, teacher=teacher, cooldown=self.base_cooldown))
+                self.endpoints.append(Endpoint(url=url, teacher=teacher_for(url), cooldown=self.base_cooldown))
         except BaseException:
             self.close()
             raise
-        self.transport = self.endpoints[0].teacher.transport
+        first = self.endpoints[0].teacher
+        # teacher_id == "<backend>:<model>", as with one endpoint: cache keys do not name the replica.
+        self.backend = first.backend
+        self.transport = getattr(first, "transport", None)
         if max_in_flight is not None:
             self.max_in_flight = max_in_flight * len(self.endpoints)
         self._next = 0  # round-robin start among equally loaded endpoints
@@ -327,9 +322,3 @@ async def _close_all(closings: Iterable[Any]) -> None:
         if isinstance(result, BaseException):
             raise result
 
-
-def from_spec(model: str, base_urls: Sequence[str], *, max_connections: int | None = None,
-              transport: str | None = None) -> EndpointPool:
-    """The pool `openai_api.from_spec` builds when `base_url` lists several URLs."""
-    return EndpointPool(model, base_urls, max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
-                        transport=transport)

@@ -1,5 +1,6 @@
-"""What the HTTP teachers (OpenAI-compatible, Anthropic) share: a connection pool sized for many requests in flight,
-one SDK client per event loop, `Retry-After` parsing, and the key/base-url rules.
+"""What the HTTP teachers (OpenAI-compatible, Anthropic) share below `gen.teachers.http_base`: a connection pool
+sized for many requests in flight, one SDK client per event loop, `Retry-After` parsing, the status -> error
+mapping of both transports, and the key/base-url rules.
 
 Why a client per event loop: an SDK client holds an httpx pool whose sockets belong to the loop that opened them.
 The engine may call `asyncio.run` once per round, so a pool opened in round 1 must not be reused in round 2.
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from gen.errors import UserError
+from gen.teachers.base import PermanentError, RateLimited, TeacherError, TransientError
 
 # The engine keeps up to 256 requests in flight; the pool must hold that many *kept-alive* connections, or every
 # burst closes and reopens the surplus (the SDK default keeps only 100 alive), paying a TCP connect each time and
@@ -168,15 +170,52 @@ def resolve_key(env_var: str, base_url: str | None, official_host: str, flag: st
                     f"or point {flag} at a server that needs none")
 
 
-def status_message(exc: Any) -> str:
-    """`<status>: <the server's own message>` for an SDK status error, on one line.
+# Statuses that say "try again" although they are 4xx: request timeout, and "too early" / lock conflicts.
+TRANSIENT_4XX = frozenset({408, 409, 425})
+
+
+def error_for_status(status: int, message: str, headers: Mapping[str, str] | None,
+                     rate_limit_statuses: frozenset[int] = frozenset({429})) -> TeacherError:
+    """An HTTP error status -> the engine's error class, the same for every HTTP backend and transport:
+
+    | status                                                              | raised as                          |
+    | ------------------------------------------------------------------- | ---------------------------------- |
+    | 429 (and any status in `rate_limit_statuses`, e.g. Anthropic's 529) | `RateLimited` (with `Retry-After`) |
+    | 5xx, 408, 409, 425                                                  | `TransientError`                   |
+    | any other 4xx (bad request, auth, unknown model, refused parameter) | `PermanentError` (server's message) |
+    """
+    text = f"{status}: {message}"
+    if status in rate_limit_statuses:
+        return RateLimited(text, retry_after=retry_after_seconds(headers))
+    if status >= 500 or status in TRANSIENT_4XX:
+        return TransientError(text)
+    return PermanentError(text)
+
+
+def map_sdk_error(sdk: Any, exc: BaseException, rate_limit_statuses: frozenset[int] = frozenset({429})
+                  ) -> TeacherError:
+    """An exception from the `openai` or `anthropic` SDK (same class names in both), or from the JSON decoding under
+    it, -> the engine's error class (`error_for_status` for HTTP statuses)."""
+    if isinstance(exc, sdk.APIStatusError):
+        return error_for_status(exc.status_code, sdk_error_message(exc), exc.response.headers, rate_limit_statuses)
+    if isinstance(exc, sdk.APITimeoutError):
+        return TransientError("request timed out")
+    if isinstance(exc, sdk.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        return TransientError(f"connection error: {one_line(cause or exc, 160)}")
+    # Malformed bodies: invalid JSON (ValueError/JSONDecodeError), JSON of the wrong shape (validation errors).
+    return TransientError(f"malformed response: {type(exc).__name__}: {one_line(exc, 160)}")
+
+
+def sdk_error_message(exc: Any) -> str:
+    """The server's own message of an SDK status error, on one line.
 
     Both OpenAI's and Anthropic's error bodies carry `error.message`; the SDKs' own `.message` sometimes embeds the
     whole body instead."""
     body = getattr(exc, "body", None)
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
-    return f"{exc.status_code}: {one_line(message or getattr(exc, 'message', exc))}"
+    return one_line(message or getattr(exc, "message", exc))
 
 
 def one_line(text: object, limit: int = 300) -> str:

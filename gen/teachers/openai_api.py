@@ -1,103 +1,80 @@
 """`openai:<model>`: any OpenAI-compatible chat-completions server — OpenAI itself, `vllm serve`, llama.cpp, ...
 
-The SDK never retries (`max_retries=0`): the engine owns retries, backoff and concurrency, and needs every failure
-reported as one of the error classes of `gen.teachers.base`:
-
-| what came back                                              | raised as          |
-| ----------------------------------------------------------- | ------------------ |
-| 429                                                         | `RateLimited` (with `Retry-After`) |
-| 5xx, 408, timeout, connection refused/reset, malformed body | `TransientError`   |
-| any other 4xx (bad request, auth, unknown model)            | `PermanentError`   |
-
 The key comes from `OPENAI_API_KEY` only (sent as `Authorization: Bearer`); the server from the `base_url` option,
-else `OPENAI_BASE_URL`, else api.openai.com.
-
-Two transports, the same requests, completions and error classes:
-- `aiohttp` (default): `gen.teachers.lean_http` — ~0.2 ms of client CPU per request, so a fast vLLM or llama.cpp
-  server is not limited by the client at 64–256 requests in flight;
-- `sdk` (`transport="sdk"`, `--transport sdk`): the official `openai` SDK over httpx — 5–12 ms of CPU per request
-  at high concurrency, but whatever the SDK adds (its headers, its proxy and TLS handling) comes with it.
+else `OPENAI_BASE_URL`, else api.openai.com. Transports, credentials in the URL, the error mapping and several
+endpoints (`URL1,URL2`) are `gen.teachers.http_base.HTTPTeacher`'s.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from gen.errors import UserError
-from gen.teachers.base import (
-    ChatRequest,
-    Completion,
-    PermanentError,
-    RateLimited,
-    Teacher,
-    TeacherError,
-    TransientError,
+from gen.teachers.backend import Backend, Price, Terms
+from gen.teachers.base import ChatRequest, Completion, TransientError
+from gen.teachers.http_base import HTTPTeacher, reject_unknown_options
+from gen.teachers.http_client import DEFAULT_MAX_CONNECTIONS, one_line
+
+__all__ = ["BACKEND", "OpenAITeacher", "from_spec", "reject_unknown_options"]
+
+OPENAI_TERMS_URL = "https://openai.com/policies/terms-of-use"
+OPENAI_SERVICES_URL = "https://openai.com/policies/services-agreement"
+
+BACKEND = Backend(
+    prefix="openai",
+    key_env=("OPENAI_API_KEY",),
+    # Dollars per 1M tokens (input, output), standard (non-batch, non-cached) requests, as published by OpenAI.
+    prices_checked="2025-11",
+    prices={
+        "gpt-5": Price(1.25, 10.00),
+        "gpt-5-mini": Price(0.25, 2.00),
+        "gpt-5-nano": Price(0.05, 0.40),
+        "gpt-4.1": Price(2.00, 8.00),
+        "gpt-4.1-mini": Price(0.40, 1.60),
+        "gpt-4.1-nano": Price(0.10, 0.40),
+        "gpt-4o": Price(2.50, 10.00),
+        "gpt-4o-mini": Price(0.15, 0.60),
+        "gpt-4-turbo": Price(10.00, 30.00),
+        "gpt-3.5-turbo": Price(0.50, 1.50),
+        "o3": Price(2.00, 8.00),
+        "o3-mini": Price(1.10, 4.40),
+        "o4-mini": Price(1.10, 4.40),
+        "o1": Price(15.00, 60.00),
+        "o1-mini": Price(1.10, 4.40),
+    },
+    terms=Terms(
+        "OpenAI Terms of Use / Services Agreement", OPENAI_TERMS_URL,
+        "OpenAI's terms forbid using output to develop models that compete with OpenAI "
+        f"(see also the [Services Agreement]({OPENAI_SERVICES_URL}) for API customers). "
+        "Check that your use of this data and of models trained on it is allowed.",
+        "other", license_name="openai-terms-of-use"),
 )
-from gen.teachers.http_client import (
-    DEFAULT_MAX_CONNECTIONS,
-    PLACEHOLDER_KEY,
-    LoopLocalClient,
-    one_line,
-    pooled_http_client,
-    resolve_key,
-    retry_after_seconds,
-    shard_count,
-    status_message,
-)
-from gen.teachers.lean_http import TRANSIENT_4XX, JSONPoster, check_transport
-
-OFFICIAL_HOST = "api.openai.com"
-KEY_ENV = "OPENAI_API_KEY"
-BASE_URL_ENV = "OPENAI_BASE_URL"
-OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 
 
-def _import_openai() -> Any:
-    try:
-        import openai
-    except ImportError as exc:  # a core dependency, but say which one if a trimmed install lacks it
-        raise UserError("the openai backend needs the 'openai' package: pip install openai") from exc
-    return openai
-
-
-class OpenAITeacher(Teacher):
+class OpenAITeacher(HTTPTeacher):
     """Chat completions over HTTP, one request per `acomplete`; the engine keeps many in flight.
 
     `extra_stop` are stop strings this teacher always adds (the embedded llama.cpp teacher uses them to end a turn);
     `strip_text` trims surrounding whitespace from completions (for transcript-style templates).
-    `transport`: "aiohttp" (default, lean) or "sdk" (the official SDK); see the module docstring.
+    `transport`: "aiohttp" (default, lean) or "sdk" (the official SDK); see `gen.teachers.http_base`.
     """
 
-    backend = "openai"
+    backend = BACKEND.prefix
+    descriptor = BACKEND
+    base_url_env = "OPENAI_BASE_URL"
+    official_base_url = "https://api.openai.com/v1"
+    official_host = "api.openai.com"
+    path = "/chat/completions"
+    sdk_name = "openai"
+    sdk_error = "OpenAIError"
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, extra_stop: Sequence[str] = (),
                  strip_text: bool = False, transport: str | None = None):
-        super().__init__(model)
-        self.transport = check_transport(self.backend, transport)
-        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
-        self._api_key = api_key if api_key is not None else resolve_key(KEY_ENV, self.base_url, OFFICIAL_HOST)
         self.extra_stop = tuple(extra_stop)
         self.strip_text = strip_text
-        # OpenAI's own API wants `max_completion_tokens` (reasoning models reject `max_tokens`); compatible
-        # servers (llama.cpp, older vLLM) know only `max_tokens`.
-        self._official = self.base_url is None or OFFICIAL_HOST in self.base_url
-        if self.transport == "aiohttp":
-            # A local server needs no key: send none rather than the SDKs' placeholder.
-            auth = {} if self._api_key == PLACEHOLDER_KEY else {"Authorization": f"Bearer {self._api_key}"}
-            self._poster: JSONPoster | None = JSONPoster(
-                (self.base_url or OFFICIAL_BASE_URL).rstrip("/") + "/chat/completions", auth,
-                max_connections=max_connections, backend=self.backend)
-            return
-        self._poster = None
-        openai = _import_openai()
-        self._openai = openai
-        shards = shard_count(max_connections)
-        self._clients = LoopLocalClient(lambda: openai.AsyncOpenAI(
-            api_key=self._api_key, base_url=self.base_url, max_retries=0,
-            http_client=pooled_http_client(openai, -(-max_connections // shards))), shards=shards)
+        super().__init__(model, base_url=base_url, api_key=api_key, max_connections=max_connections,
+                         transport=transport)
 
     def request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """The chat-completions arguments for `request` (without the timeout)."""
@@ -117,21 +94,16 @@ class OpenAITeacher(Teacher):
             kwargs["seed"] = p.seed
         return kwargs
 
-    async def acomplete(self, request: ChatRequest, timeout: float) -> Completion:
-        if self._poster is not None:
-            return self._from_json(await self._poster.post(self.request_kwargs(request), timeout))
-        client = await self._clients.get()
-        try:
-            response = await client.chat.completions.create(**self.request_kwargs(request), timeout=timeout)
-            return self._to_completion(response)
-        except TeacherError:
-            raise
-        # Every SDK/transport failure and every undecodable body becomes one of the engine's three classes;
-        # anything else is a bug here and must surface, not be retried.
-        except (self._openai.OpenAIError, ValueError) as exc:
-            raise map_openai_error(self._openai, exc) from exc
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        return self.request_kwargs(request)
 
-    def _from_json(self, response: Any) -> Completion:
+    def sdk_client(self, sdk: Any, **options: Any) -> Any:
+        return sdk.AsyncOpenAI(**options)
+
+    async def sdk_request(self, client: Any, request: ChatRequest, timeout: float) -> Any:
+        return await client.chat.completions.create(**self.request_kwargs(request), timeout=timeout)
+
+    def from_json(self, response: Any, request: ChatRequest) -> Completion:
         """A chat-completions JSON body (decoded) -> Completion; a body of any other shape is transient."""
         try:
             choice = response["choices"][0]
@@ -148,7 +120,7 @@ class OpenAITeacher(Teacher):
         return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
-    def _to_completion(self, response: Any) -> Completion:
+    def from_sdk(self, response: Any, request: ChatRequest) -> Completion:
         choices = getattr(response, "choices", None)
         if not choices:
             # A 200 whose body is not a chat completion (the SDK hands back a str for non-JSON bodies).
@@ -162,53 +134,8 @@ class OpenAITeacher(Teacher):
                           prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                           completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
 
-    async def aclose(self) -> None:
-        """Close the connection pool from inside the event loop that used it (the engine calls this last)."""
-        await (self._poster or self._clients).aclose()
 
-    def close(self) -> None:
-        (self._poster or self._clients).close()
-
-
-def map_openai_error(openai: Any, exc: BaseException) -> TeacherError:
-    """An exception from the openai SDK (or the JSON decoding under it) -> the engine's error class."""
-    if isinstance(exc, openai.RateLimitError):
-        return RateLimited(status_message(exc),
-                           retry_after=retry_after_seconds(exc.response.headers))
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        text = status_message(exc)
-        if status >= 500 or status in TRANSIENT_4XX:
-            return TransientError(text)
-        return PermanentError(text)
-    if isinstance(exc, openai.APITimeoutError):
-        return TransientError("request timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        return TransientError(f"connection error: {one_line(cause or exc, 160)}")
-    # Malformed bodies: invalid JSON (ValueError/JSONDecodeError), JSON of the wrong shape (validation errors).
-    return TransientError(f"malformed response: {type(exc).__name__}: {one_line(exc, 160)}")
-
-
-def from_spec(model: str, *, base_url: str | None = None, max_connections: int | None = None,
-              transport: str | None = None, **unknown: Any) -> Teacher:
-    """`openai:<model>`; options: `base_url` (else $OPENAI_BASE_URL), `max_connections`, `transport`
-    ("aiohttp" default, or "sdk"). A `base_url` listing several URLs (`URL1,URL2,...`: replicas of one model)
-    gives a `gen.teachers.endpoints.EndpointPool` balancing over them."""
-    reject_unknown_options("openai", unknown)
-    urls = base_url or os.environ.get(BASE_URL_ENV) or ""
-    if "," in urls:
-        from gen.teachers.endpoints import from_spec as pool_from_spec
-        from gen.teachers.endpoints import split_base_urls
-
-        return pool_from_spec(model, split_base_urls(urls), max_connections=max_connections, transport=transport)
-    return OpenAITeacher(model, base_url=base_url, max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
-                         transport=transport)
-
-
-def reject_unknown_options(backend: str, options: dict[str, Any]) -> None:
-    """Options left unset (None) are fine; any other option this backend does not know is a user error."""
-    given = sorted(name for name, value in options.items() if value is not None)
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UserError(f"--teacher {backend}:...: option(s) {flags} do not apply to the {backend} backend")
+def from_spec(model: str, **options: Any):
+    """`openai:<model>`; options: `base_url` (else $OPENAI_BASE_URL; `URL1,URL2,...`: replicas of one model behind
+    an `EndpointPool`), `max_connections`, `transport` ("aiohttp" default, or "sdk")."""
+    return OpenAITeacher.from_options(model, **options)

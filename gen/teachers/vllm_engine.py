@@ -16,7 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from gen.errors import MissingDependency, UserError
+from gen.teachers.backend import Backend
 from gen.teachers.base import ChatRequest, Completion, PermanentError, SamplingParams, Teacher, TeacherError
+
+# Local weights: no key, no price; their own license decides (`gen.teachers.terms`).
+BACKEND = Backend(prefix="vllm")
 
 # Options the CLI may hand every backend that make no sense for an in-process engine.
 NOT_FOR_VLLM = ("base_url", "max_connections")
@@ -33,7 +37,7 @@ def _import_vllm() -> Any:
 class VllmTeacher(Teacher):
     """An in-process `vllm.LLM`; `complete_batch(requests)` answers a whole round with one `chat` call."""
 
-    backend = "vllm"
+    backend = BACKEND.prefix
     takes_whole_batch = True
 
     def __init__(self, model: str, **engine_options: Any):
