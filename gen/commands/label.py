@@ -102,8 +102,11 @@ def rows_from_results(inputs, results, teacher_id: str, *, method: str = METHOD,
         params = {**request.params.to_dict(), **(extra_params or {})}
         prompt = [dict(m) for m in row.messages]
         completion = result.completion
+        row_id = content_id(method, operation, system, prompt, teacher_id, params)  # what was asked, not sent
+        if completion.sent is not None:
+            params = {**params, "sent": dict(completion.sent)}
         rows.append(make_row(
-            id=content_id(method, operation, system, prompt, teacher_id, params),
+            id=row_id,
             messages=prompt + [{"role": "assistant", "content": completion.text}],
             method=method,
             operation=operation,

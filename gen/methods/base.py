@@ -189,6 +189,8 @@ class MethodRun:
         merged["run_seed"] = self.seed
         merged.update(params or {})
         last = next((c for c in reversed(completions) if c is not None), None)
+        if last is not None and last.sent is not None:
+            merged["sent"] = dict(last.sent)  # what the backend really sent, where it differs (`Completion.sent`)
         # Each request's tokens are charged to the first row built from it, so that summing `usage` over all rows
         # (as the manifest does) gives what the run really spent, even when one reply yields several rows.
         fresh = [c for c in completions if c is not None and id(c) not in self._charged]

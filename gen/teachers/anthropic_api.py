@@ -8,13 +8,16 @@ Differences from chat completions that matter here: the system prompt is a separ
 system messages are joined), stop strings are `stop_sequences`, `stop_reason` is mapped to the OpenAI words
 (end_turn/stop_sequence -> "stop", max_tokens -> "length").
 
-Sampling (`sampling_sent`): the Messages API takes `temperature` in [0, 1] and `top_p`; some models (Claude Opus 4.1
-and the 4.5 family) refuse the two together. So:
-- `temperature` is always sent; above 1 the request fails at once with a `PermanentError` that says so (the API
-  would refuse it; rescaling it silently would make a different dataset than the one asked for);
-- `top_p` is sent when below 1 (1 is the API's default), except to a model known to refuse both, which gets
-  temperature only; any other model that refuses answers 400, raised as a `PermanentError` with the server's
-  message;
+Sampling (`sampling_sent`): the Messages API takes `temperature` in [0, 1] and `top_p` on the models that support
+sampling options; the Claude 4.5 family (and Opus 4.1) refuse the two together ("`temperature` and `top_p` cannot
+both be specified for this model"), and some newer models refuse `temperature` altogether. The SDK dropped these
+keyword arguments in anthropic 1.0 (the API kept them), so they travel as body fields (`extra_body`) on both
+transports. So:
+- `temperature` is always sent; outside [0, 1] the request fails at once with a `PermanentError` that says so (the
+  API would refuse it; rescaling it silently would make a different dataset than the one asked for);
+- `top_p` is sent when below 1 (1 is the API's default), except to a model known to refuse both
+  (`ONE_SAMPLING_PARAMETER_MODELS`), which gets temperature only;
+- a model that refuses what was sent answers 400, raised as a `PermanentError` with the server's own message;
 - penalties are never sent (the API has none); `seed` only to other servers than Anthropic's (llama.cpp reads it,
   Anthropic refuses unknown fields).
 What was sent is reported in `Completion.sent` and lands in the row's `params` (`"sent"`); all requested parameters
@@ -68,8 +71,10 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 
 MAX_TEMPERATURE = 1.0
 # Models that answer 400 "`temperature` and `top_p` cannot both be specified for this model" (Anthropic's
-# migration guide for Claude 4.5 and Opus 4.1), by model-name prefix: they get temperature only.
-ONE_SAMPLING_PARAMETER_MODELS = ("claude-opus-4-1", "claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5")
+# migration guide to Claude 4.5 and Opus 4.1; reported for the 4.6 models too), by model-name prefix: they get
+# temperature only.
+ONE_SAMPLING_PARAMETER_MODELS = ("claude-opus-4-1", "claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5",
+                                 "claude-opus-4-6", "claude-sonnet-4-6")
 
 
 def refuses_temperature_with_top_p(model: str) -> bool:
@@ -126,11 +131,9 @@ class AnthropicTeacher(HTTPTeacher):
         stop = list(dict.fromkeys(list(p.stop) + list(self.extra_stop)))
         if stop:
             kwargs["stop_sequences"] = stop
-        sampling = self.sampling_sent(p)
-        seed = sampling.pop("seed", None)
-        kwargs.update(sampling)
-        if seed is not None:
-            kwargs["extra_body"] = {"seed": seed}  # not a Messages API field: the SDK sends it as a top-level field
+        # Body fields, not SDK keyword arguments: anthropic>=1.0 has no sampling arguments (see the docstring); the
+        # SDK sends `extra_body` as top-level fields, the aiohttp transport merges them (`request_body`).
+        kwargs["extra_body"] = self.sampling_sent(p)
         return kwargs
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def test_a_bad_url_in_the_list_is_a_one_line_user_error_naming_it(value, named):
 
 def test_balancing_by_in_flight_load_sends_less_to_the_slow_replica(latency_servers):
     fast, slow = latency_servers("fixed:0.02"), latency_servers("fixed:0.5")
-    pool = EndpointPool("latency-test", [fast.v1_url, slow.v1_url])
+    pool = OpenAITeacher.pool("latency-test", [fast.v1_url, slow.v1_url])
     with Engine(pool, concurrency=8, max_concurrency=8, progress=False) as engine:
         results = engine.run(requests(96))
         stats = engine.stats["endpoints"]
@@ -103,7 +103,7 @@ def test_balancing_by_in_flight_load_sends_less_to_the_slow_replica(latency_serv
 
 def test_max_in_flight_is_per_endpoint_and_caps_the_engine(latency_servers):
     a, b = latency_servers("fixed:0.05"), latency_servers("fixed:0.05")
-    pool = EndpointPool("latency-test", [a.v1_url, b.v1_url], max_in_flight=2)
+    pool = OpenAITeacher.pool("latency-test", [a.v1_url, b.v1_url], max_in_flight=2)
     assert pool.max_in_flight == 4
     with Engine(pool, concurrency=16, progress=False) as engine:
         assert engine.max_concurrency == 4
@@ -113,7 +113,7 @@ def test_max_in_flight_is_per_endpoint_and_caps_the_engine(latency_servers):
 
 def test_all_endpoints_down_raises_transient_then_one_probe_each_after_the_cooldown(latency_servers):
     a, b = latency_servers(faults="500%1.0"), latency_servers(faults="500%1.0")
-    pool = EndpointPool("latency-test", [a.v1_url, b.v1_url], failures_to_eject=2, cooldown=0.4, max_cooldown=0.8)
+    pool = OpenAITeacher.pool("latency-test", [a.v1_url, b.v1_url], failures_to_eject=2, cooldown=0.4, max_cooldown=0.8)
     request = requests(1)[0]
 
     async def scenario() -> dict:
@@ -170,7 +170,7 @@ async def _outcome(awaitable):
 def test_429_and_4xx_pass_through_without_counting_toward_ejection(latency_servers):
     limited = latency_servers("fixed:0", faults="429:1@0,429:1@1,429:1@2,400@3")
     other = latency_servers("fixed:0.3")
-    pool = EndpointPool("latency-test", [limited.v1_url, other.v1_url], failures_to_eject=1)
+    pool = OpenAITeacher.pool("latency-test", [limited.v1_url, other.v1_url], failures_to_eject=1)
     request = requests(1)[0]
 
     async def scenario() -> None:
@@ -200,7 +200,7 @@ def test_429_and_4xx_pass_through_without_counting_toward_ejection(latency_serve
 def test_timeouts_count_as_failures_and_the_engine_completes_on_the_other_endpoint(latency_servers):
     hung, fine = latency_servers("fixed:30"), latency_servers("fixed:0.01")
     # K=2: the engine's first 4 requests go 2 and 2, and both of the hung endpoint's time out.
-    pool = EndpointPool("latency-test", [hung.v1_url, fine.v1_url], failures_to_eject=2, cooldown=30.0)
+    pool = OpenAITeacher.pool("latency-test", [hung.v1_url, fine.v1_url], failures_to_eject=2, cooldown=30.0)
     with Engine(pool, concurrency=4, max_concurrency=4, timeout=1.0, backoff_base=0.02, progress=False) as engine:
         results = engine.run(requests(24))
         stats = engine.stats["endpoints"]
@@ -213,7 +213,7 @@ def test_timeouts_count_as_failures_and_the_engine_completes_on_the_other_endpoi
 # ---------------------------------------------------------------------------------------------------- llama.cpp
 
 def pool_over(proxies, model: str, **options) -> EndpointPool:
-    return EndpointPool(model, [p.base_url + "/v1" for p in proxies], **options)
+    return OpenAITeacher.pool(model, [p.base_url + "/v1" for p in proxies], **options)
 
 
 def test_two_llamacpp_endpoints_answer_every_request_once_and_both_are_used(llamacpp_server, two_proxies):  # noqa: F811
