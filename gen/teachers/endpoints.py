@@ -97,11 +97,6 @@ def split_base_urls(value: str) -> list[str]:
     return urls
 
 
-def display_url(url: str) -> str:
-    """The URL with its credentials (userinfo, `?key=`) redacted: endpoint stats go to manifests and logs."""
-    return redact_url(url)
-
-
 @dataclass
 class Endpoint:
     """One endpoint's teacher, load and health. `generation` changes whenever it is taken out or put back, so that
@@ -291,13 +286,13 @@ class EndpointPool(Teacher):
     @staticmethod
     def _label(endpoint: Endpoint, exc: BaseException) -> str:
         """The error's message prefixed with its endpoint (which replica failed matters when reading errors)."""
-        return f"{display_url(endpoint.url)}: {exc}"
+        return f"{redact_url(endpoint.url)}: {exc}"
 
     def endpoint_stats(self) -> dict[str, dict[str, Any]]:
         """Per endpoint URL (credentials stripped): requests (attempts sent), failures (counted toward ejection),
         ejections, in_flight, healthy (in service), rate_limited (429s), probes, retry_in_s (cooldown left)."""
         now = time.monotonic()
-        return {display_url(e.url): e.stats(now) for e in self.endpoints}
+        return {redact_url(e.url): e.stats(now) for e in self.endpoints}
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 

@@ -1,6 +1,6 @@
 """What the HTTP teachers (OpenAI-compatible, Anthropic) share below `gen.teachers.http_base`: a connection pool
 sized for many requests in flight, one SDK client per event loop, `Retry-After` parsing, the status -> error
-mapping of both transports, and the key/base-url rules.
+mapping of both transports.
 
 Why a client per event loop: an SDK client holds an httpx pool whose sockets belong to the loop that opened them.
 The engine may call `asyncio.run` once per round, so a pool opened in round 1 must not be reused in round 2.
@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
-import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from gen.errors import UserError
 from gen.teachers.base import PermanentError, RateLimited, TeacherError, TransientError
 
 # The engine keeps up to 256 requests in flight; the pool must hold that many *kept-alive* connections, or every
@@ -156,18 +154,6 @@ def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = N
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def resolve_key(env_var: str, base_url: str | None, official_host: str, flag: str = "--base-url") -> str:
-    """The API key from `env_var`; a placeholder for any other server than `official_host` (local servers need
-    none); a one-line UserError naming the variable when the official service is used without one."""
-    key = os.environ.get(env_var, "").strip()
-    if key:
-        return key
-    if base_url and official_host not in base_url:
-        return PLACEHOLDER_KEY
-    raise UserError(f"{env_var} is not set: export it (keys are read from the environment only), "
-                    f"or point {flag} at a server that needs none")
 
 
 # Statuses that say "try again" although they are 4xx: request timeout, and "too early" / lock conflicts.

@@ -63,6 +63,9 @@ def test_a_password_in_base_url_is_used_as_basic_auth_and_written_nowhere(transp
     assert main(["card", str(run)]) == 0
     card = capsys.readouterr().out
     assert "<redacted>" in card and PASSWORD not in card and QUERY_KEY not in card and "alice" not in card
+    export = tmp_path / "export"  # the published repo: card, Parquet files, plots
+    assert main(["publish", str(run), "--repo", "alice/set", "--dry-run", str(export)]) == 0
+    assert (export / "README.md").is_file() and _files_containing(export, PASSWORD, QUERY_KEY, ENV_KEY) == []
 
 
 def _label_anthropic(proxy, tmp_path, model: str, *flags: str) -> tuple[int, str]:
