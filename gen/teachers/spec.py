@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gen.data.secrets import redact_url
+
 
 @dataclass(frozen=True)
 class TeacherSpec:
@@ -19,6 +21,12 @@ class TeacherSpec:
     base_url: str | None = None
     transport: str | None = None
     tensor_parallel_size: int | None = None
+
+    def __repr__(self) -> str:
+        # A spec reaches logs and Ray error messages: credentials written into a URL must not.
+        url = ",".join(redact_url(u) for u in self.base_url.split(",")) if self.base_url else None
+        return (f"TeacherSpec(name={self.name!r}, base_url={url!r}, transport={self.transport!r}, "
+                f"tensor_parallel_size={self.tensor_parallel_size!r})")
 
     @property
     def backend(self) -> str:

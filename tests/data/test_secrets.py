@@ -104,3 +104,13 @@ def test_a_key_in_a_row_the_manifest_card_and_publish_agree(llamacpp_server, tmp
         assert err.startswith(f"gen {command}: error: {run}/train: row {row_id} (system) contains the value of "
                               "GEMINI_API_KEY"), err
     assert not (tmp_path / "export" / "README.md").exists()
+
+
+def test_a_teacher_spec_never_shows_url_credentials_in_its_repr():
+    from gen.teachers.spec import TeacherSpec
+
+    spec = TeacherSpec("openai:m", base_url="http://alice:S3cretPass@h1/v1?api_key=K3yValue,http://h2/v1")
+    text = repr(spec)
+    assert "S3cretPass" not in text and "K3yValue" not in text
+    assert "h1/v1" in text and "http://h2/v1" in text
+    assert spec.base_url.startswith("http://alice:S3cretPass@")  # the request still gets them
