@@ -325,6 +325,15 @@ def write_manifest(
         shards = [_shard_entry(path, f"{split}/{path.name}", recorded.get(f"{split}/{path.name}"))
                   for path in shard_paths(run_dir, split)]
         splits[split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
+    # What a later step (`gen dedup`, `gen filter`) recorded stays when the run's own command commits again: its rows
+    # stay where the step put them, so its settings (`config.filters`) and counts (`funnel.<step>`) stay too.
+    steps = (previous.get("config") or {}).get("filters") if isinstance(previous.get("config"), Mapping) else None
+    if isinstance(steps, Mapping) and steps:
+        if config is not None and "filters" not in config:
+            config = {**config, "filters": steps}
+        previous_funnel = previous.get("funnel") if isinstance(previous.get("funnel"), Mapping) else {}
+        if funnel is not None:
+            funnel = {**{k: v for k, v in previous_funnel.items() if k in steps}, **funnel}
     manifest = {
         "kdforge_version": _version(),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
