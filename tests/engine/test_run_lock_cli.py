@@ -16,6 +16,7 @@ from pathlib import Path
 from gen.cli import main
 from gen.data.shards import read_manifest, read_table
 from tests.engine.conftest import REPO, gen_command, gen_env, run_gen, write_instructions
+from tests.servers import tiny_llama_dir  # noqa: F401  (session fixture)
 
 N = 40
 
@@ -98,18 +99,21 @@ def test_a_lock_held_by_a_sigkilled_process_does_not_block_the_next_run(start_se
 HOLD = """
 import sys, time
 from gen.data.lock import acquire
-acquire(sys.argv[1], "test holder")
+for run in sys.argv[1:]:
+    acquire(run, "test holder")
 print("locked", flush=True)
 time.sleep(120)
 """
 
 
-def test_every_writing_command_is_refused_while_another_process_holds_the_run(start_server, tmp_path):
+def test_every_writing_command_is_refused_while_another_process_holds_the_run(start_server, tiny_llama_dir,  # noqa: F811
+                                                                              tmp_path):
     server = start_server("fixed:0")
     inputs = write_instructions(tmp_path / "in.jsonl", 4)
     run = tmp_path / "run"
     assert main(label_argv(server, inputs, run)) == 0
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=REPO, env=gen_env(),
+    logits = tmp_path / "logits"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(logits)], cwd=REPO, env=gen_env(),
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -122,6 +126,8 @@ def test_every_writing_command_is_refused_while_another_process_holds_the_run(st
                               "openai:test-model", "--base-url", server.v1_url, "--no-progress"],
             "dedup": ["dedup", str(run)],
             "filter": ["filter", str(run)],
+            "logits": ["logits", "--shards", str(run), "--teacher", f"hf:{tiny_llama_dir}", "--device", "cpu",
+                       "--out", str(logits), "--no-progress"],
         }
         for command, argv in commands.items():
             result = run_gen(*argv)
@@ -129,6 +135,7 @@ def test_every_writing_command_is_refused_while_another_process_holds_the_run(st
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and f"in use by pid {holder.pid} (test holder)" in lines[0], (command, lines)
         assert server.requests == 0  # refused before sending anything
+        assert not (logits / "train").exists()
     finally:
         holder.kill()
         holder.wait()
