@@ -51,7 +51,6 @@ def _holder(path: Path) -> str:
 def acquire(run_dir: str | os.PathLike, command: str) -> None:
     """Take the lock of `run_dir` (created if missing) or raise RunLocked naming the process that holds it."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(run_dir)
     with _guard:
         if key in _held:
@@ -59,11 +58,20 @@ def acquire(run_dir: str | os.PathLike, command: str) -> None:
             _held[key] = (fd, count + 1)
             return
         path = run_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            raise UserError(f"{run_dir}: exists and is not a directory") from None
+        except OSError as exc:
+            raise UserError(f"{run_dir}: cannot write a run here ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
             os.close(fd)
+            if not isinstance(exc, BlockingIOError):
+                raise UserError(f"{path}: cannot lock it ({exc.strerror or exc}); is the run on a file system "
+                                "without file locks?") from None
             holder = _holder(path)
             pid, _, what = holder.partition(" ")
             who = f"pid {pid} ({what})" if pid.isdigit() and what else f"pid {pid}" if pid.isdigit() else \
