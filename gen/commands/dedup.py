@@ -135,10 +135,9 @@ def _dedup(args: argparse.Namespace) -> int:
     for i in range(len(ids)):
         if not result.kept[i]:
             rejected.add(i, result.reasons[i], ids[int(result.duplicate_of[i])])
-    reasons = rejected.counts()
     sizes = np.bincount(result.cluster, minlength=len(ids))
-    funnel = {"rows_in": len(ids), "kept": int(result.kept.sum()), "rejected": len(rejected),
-              "by_reason": reasons, "clusters_with_duplicates": int((sizes > 1).sum()), "pairs": result.pairs}
+    funnel = rejected.funnel_entry(len(ids), clusters_with_duplicates=int((sizes > 1).sum()), pairs=result.pairs)
+    reasons = funnel["by_reason"]
     settings = {**result.settings, "on": args.on}
     destination = rewrite_run(run_dir, Path(args.out) if args.out else None, table, rejected, step="dedup",
                               settings=settings, funnel_entry=funnel)

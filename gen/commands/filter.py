@@ -78,8 +78,8 @@ def _filter(args: argparse.Namespace) -> int:
         instructions = [row_text(row["messages"], "instruction") for row in rows]
         for position, match in novelty_duplicates(instructions, args.rouge_l, skip=set(rejected.by_position)):
             rejected.add(position, [ROUGE_DUPLICATE], rows[match]["id"])
-    reasons = rejected.counts()
-    funnel = {"rows_in": len(rows), "kept": len(rows) - len(rejected), "rejected": len(rejected), "by_reason": reasons}
+    funnel = rejected.funnel_entry(len(rows))
+    reasons = funnel["by_reason"]
     settings = {**config.as_dict(), "rouge_l": args.rouge_l}
     destination = rewrite_run(run_dir, Path(args.out) if args.out else None, table, rejected, step="filter",
                               settings=settings, funnel_entry=funnel)

@@ -54,3 +54,9 @@ class Rejections:
             for reason in reasons:
                 counts[reason] = counts.get(reason, 0) + 1
         return dict(sorted(counts.items()))
+
+    def funnel_entry(self, rows_in: int, **extra: Any) -> dict[str, Any]:
+        """The step's entry in the manifest's funnel (`funnel.dedup`, `funnel.filter`): rows in, kept, rejected, and
+        rejected per reason, plus what else the step counts."""
+        return {"rows_in": rows_in, "kept": rows_in - len(self), "rejected": len(self), "by_reason": self.counts(),
+                **extra}
