@@ -29,16 +29,6 @@ def _sibling_pattern(destination: Path) -> re.Pattern[str]:
     return re.compile(rf"^\.{re.escape(destination.name)}\.(gen-[a-z_]+|old)-(\d+)$")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 def clean_dead_siblings(destination: Path) -> list[Path]:
     """Remove the hidden siblings of `destination` that a killed rewrite left, when their pid is dead. If the kill
     landed between the two renames of the non-atomic swap (no run at `destination`, the old one at
@@ -51,7 +41,7 @@ def clean_dead_siblings(destination: Path) -> list[Path]:
     dead = []
     for entry in sorted(parent.iterdir()):
         match = pattern.match(entry.name)
-        if match and not pid_alive(int(match.group(2))):
+        if match and not lock.pid_alive(int(match.group(2))):
             dead.append((match.group(1), entry))
     removed = []
     for kind, entry in dead:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from gen.data.lock import pid_alive
 from gen.data.records import ROW_SCHEMA, rows_to_table
 from gen.errors import UserError
 
@@ -346,6 +347,10 @@ def write_manifest(
         manifest[key] = redact(value)
     for key, value in previous.items():
         manifest.setdefault(key, value)
+    for stale in run_dir.glob(f".{MANIFEST}.tmp-*"):  # a writer killed mid-write left it; never read
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
     atomic_write_bytes(run_dir / MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     return manifest
 

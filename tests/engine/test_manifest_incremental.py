@@ -5,6 +5,8 @@ a shard rewritten or altered in place is hashed again."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
@@ -77,3 +79,21 @@ def test_n_commits_hash_each_shard_once_and_a_rewritten_shard_again(tmp_path, mo
     write_manifest(run)
     assert hashed == ["train-00007.arrow"]
     assert_manifest_matches_disk(run)
+
+
+def test_a_manifest_temp_file_of_a_dead_writer_is_removed_a_live_ones_kept(tmp_path):
+    run = tmp_path / "run"
+    with ShardWriter(run, "train") as writer:
+        writer.write(row(0))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / f".manifest.json.tmp-{dead.pid}").write_text("{half a manif")
+        (run / f".manifest.json.tmp-{live.pid}").write_text("{being written")
+        write_manifest(run)
+        assert sorted(p.name for p in run.iterdir() if p.name.startswith(".manifest")) == \
+            [f".manifest.json.tmp-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
