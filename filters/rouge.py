@@ -19,7 +19,7 @@ only where it can matter:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Sequence
 
 import numpy as np
 
@@ -201,3 +201,25 @@ class RougeLNovelty:
             return False, score, match
         self.add(text)
         return True, score, match
+
+
+def novelty_duplicates(texts: Sequence[str], threshold: float = 0.7,
+                       skip: Container[int] = ()) -> list[tuple[int, int]]:
+    """The Self-Instruct novelty rule as a pair filter over `texts` in order: (position, position of the earlier
+    novel text it matched) for each text whose ROUGE-L against an earlier novel text reaches `threshold`.
+
+    Texts at the `skip` positions are not tested and never enter the pool (a row rejected for another reason must
+    not block a good later one); texts with no token are neither novel nor a duplicate of anything."""
+    novelty = RougeLNovelty(threshold)
+    pool_positions: list[int] = []  # pool entry -> position in `texts`
+    pairs: list[tuple[int, int]] = []
+    for position, text in enumerate(texts):
+        if position in skip or not tokenize(text):
+            continue
+        score, index = novelty.best_match(text)
+        if score >= novelty.threshold and index is not None:
+            pairs.append((position, pool_positions[index]))
+        else:
+            novelty.add(text)
+            pool_positions.append(position)
+    return pairs

@@ -70,10 +70,19 @@ def answer_length(messages: Sequence[dict] | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gen.data.rewrite import rewriting
+
+    # The run's lock from before its rows are read until the deduped run is in place (gen.data.rewrite).
+    with rewriting(Path(args.run_dir), Path(args.out) if args.out else None, "dedup"):
+        return _dedup(args)
+
+
+def _dedup(args: argparse.Namespace) -> int:
     import numpy as np
 
     from gen.data.records import row_text
-    from gen.data.rewrite import count_reasons, load_train, rewrite_run
+    from gen.data.rejections import Rejections
+    from gen.data.rewrite import load_train, rewrite_run
     from gen.errors import UserError
 
     if not args.minhash and not args.embedding:
@@ -122,12 +131,13 @@ def run(args: argparse.Namespace) -> int:
     result = dedup(texts, minhash=minhash, embedding=embedding, keep=args.keep,
                    lengths=[answer_length(m) for m in messages], scores=scores)
     ids = table.column("id").to_pylist()
-    rejected = {i: (result.reasons[i], ids[int(result.duplicate_of[i])])
-                for i in range(len(ids)) if not result.kept[i]}
-    reasons = count_reasons(rejected)
+    rejected = Rejections()
+    for i in range(len(ids)):
+        if not result.kept[i]:
+            rejected.add(i, result.reasons[i], ids[int(result.duplicate_of[i])])
     sizes = np.bincount(result.cluster, minlength=len(ids))
-    funnel = {"rows_in": len(ids), "kept": int(result.kept.sum()), "rejected": len(rejected),
-              "by_reason": reasons, "clusters_with_duplicates": int((sizes > 1).sum()), "pairs": result.pairs}
+    funnel = rejected.funnel_entry(len(ids), clusters_with_duplicates=int((sizes > 1).sum()), pairs=result.pairs)
+    reasons = funnel["by_reason"]
     settings = {**result.settings, "on": args.on}
     destination = rewrite_run(run_dir, Path(args.out) if args.out else None, table, rejected, step="dedup",
                               settings=settings, funnel_entry=funnel)

@@ -36,10 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gen.data.rewrite import rewriting
+
+    # The run's lock from before its rows are read until the filtered run is in place (gen.data.rewrite).
+    with rewriting(Path(args.run_dir), Path(args.out) if args.out else None, "filter"):
+        return _filter(args)
+
+
+def _filter(args: argparse.Namespace) -> int:
     from filters.heuristics import QualityConfig, row_quality_reasons
-    from filters.rouge import RougeLNovelty
+    from filters.rouge import novelty_duplicates
     from gen.data.records import row_text
-    from gen.data.rewrite import add_rejections, count_reasons, load_train, rewrite_run
+    from gen.data.rejections import Rejections
+    from gen.data.rewrite import load_train, rewrite_run
     from gen.errors import UserError
 
     if args.min_chars is not None and args.max_chars is not None and args.min_chars > args.max_chars:
@@ -59,27 +68,18 @@ def run(args: argparse.Namespace) -> int:
     table = load_train(run_dir)
     columns = [c for c in ("id", "messages", "finish_reason") if c in table.column_names]
     rows = table.select(columns).to_pylist()
-    rejected: dict[int, tuple[list[str], str | None]] = {}
-    for position, row in enumerate(rows):
+    rejected = Rejections()
+    for position, row in enumerate(rows):  # row filter: its reasons
         reasons = row_quality_reasons(row, config)
         if reasons:
-            add_rejections(rejected, position, reasons)
-    if args.rouge_l is not None:
+            rejected.add(position, reasons)
+    if args.rouge_l is not None:  # pair filter: (row, the earlier kept row it repeats)
         # Rows already rejected for quality do not enter the pool: a bad row must not block a good later one.
-        novelty = RougeLNovelty(args.rouge_l)
-        pool_rows: list[int] = []
-        for position, row in enumerate(rows):
-            if position in rejected:
-                continue
-            instruction = row_text(row["messages"], "instruction")
-            novel, _, _ = novelty.check_and_add(instruction)
-            if novel:
-                pool_rows.append(position)
-            elif instruction.strip():
-                _, match = novelty.best_match(instruction)
-                add_rejections(rejected, position, [ROUGE_DUPLICATE], rows[pool_rows[match]]["id"])
-    reasons = count_reasons(rejected)
-    funnel = {"rows_in": len(rows), "kept": len(rows) - len(rejected), "rejected": len(rejected), "by_reason": reasons}
+        instructions = [row_text(row["messages"], "instruction") for row in rows]
+        for position, match in novelty_duplicates(instructions, args.rouge_l, skip=set(rejected.by_position)):
+            rejected.add(position, [ROUGE_DUPLICATE], rows[match]["id"])
+    funnel = rejected.funnel_entry(len(rows))
+    reasons = funnel["by_reason"]
     settings = {**config.as_dict(), "rouge_l": args.rouge_l}
     destination = rewrite_run(run_dir, Path(args.out) if args.out else None, table, rejected, step="filter",
                               settings=settings, funnel_entry=funnel)

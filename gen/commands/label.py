@@ -142,7 +142,14 @@ def run(args: argparse.Namespace) -> int:
     funnel = {"inputs": len(inputs), "answered": 0, "failed": 0, "not_sent_budget": 0, "rows_written": 0,
               "rows_already_on_disk": 0}
     first_error: str | None = None
-    engine = open_engine(args, args.out)
+    from gen.data import lock
+
+    lock.acquire(args.out, METHOD)  # one writer per run directory, taken before any request is sent
+    try:
+        engine = open_engine(args, args.out)
+    except BaseException:
+        lock.release(args.out)
+        raise
     try:
         with ShardWriter(args.out, "train", metadata={"method": METHOD}) as writer:
             for start in range(0, len(inputs), args.chunk_size):
@@ -171,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         print_summary(engine)
     finally:
         engine.close()
+        lock.release(args.out)
     if first_error:
         print(f"gen label: {funnel['failed']} requests failed (not written; rerun to retry); first error: "
               f"{first_error}", file=sys.stderr)

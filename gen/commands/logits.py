@@ -27,20 +27,24 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from gen.commands.common import read_chat_template
+    from gen.data.lock import run_lock
     from gen.logits.capture import capture_logits, open_logit_teacher
 
     template = read_chat_template(args.chat_template)
     options = {"chat_template": template, "dtype": args.dtype}
     if args.teacher.startswith("hf:"):
         options["device"] = args.device
-    teacher = open_logit_teacher(args.teacher, **options)
-    config = {"command": "logits", "shards": str(args.shards), "split": args.split, "teacher": args.teacher,
-              "k": args.k, "max_length": args.max_length}
-    try:
-        summary = capture_logits(args.shards, args.out, teacher, args.k, split=args.split,
-                                 max_length=args.max_length, batch_size=args.batch_size,
-                                 max_batch_tokens=args.max_batch_tokens, progress=not args.no_progress, config=config)
-    finally:
-        teacher.close()
+    # One writer per run directory (gen.data.lock), taken before the teacher loads: a refused run costs nothing.
+    with run_lock(args.out, "logits"):
+        teacher = open_logit_teacher(args.teacher, **options)
+        config = {"command": "logits", "shards": str(args.shards), "split": args.split, "teacher": args.teacher,
+                  "k": args.k, "max_length": args.max_length}
+        try:
+            summary = capture_logits(args.shards, args.out, teacher, args.k, split=args.split,
+                                     max_length=args.max_length, batch_size=args.batch_size,
+                                     max_batch_tokens=args.max_batch_tokens, progress=not args.no_progress,
+                                     config=config)
+        finally:
+            teacher.close()
     print(json.dumps(summary, indent=2), file=sys.stdout)
     return 0

@@ -39,19 +39,22 @@ def reject_redis_flag(args: argparse.Namespace, method: str) -> None:
 
 @contextmanager
 def method_run(args: argparse.Namespace, method: str, sampling) -> Iterator[MethodRun]:
-    """Engine + MethodRun for a command; the engine (and its teacher) is closed on the way out."""
+    """Engine + MethodRun for a command, holding the run directory's lock (`gen.data.lock`); the engine (and its
+    teacher) is closed on the way out."""
     from gen.commands.common import open_engine, run_config
+    from gen.data.lock import run_lock
     from gen.methods.base import MethodRun
 
     reject_redis_flag(args, method)
-    engine = open_engine(args, args.out)
-    try:
-        config = run_config(args)
-        config["method"] = method
-        yield MethodRun(engine, args.out, method=method, sampling=sampling, seed=run_seed(args), config=config,
-                        system=getattr(args, "system", None))
-    finally:
-        engine.close()
+    with run_lock(args.out, method):  # one writer per run directory, taken before any request is sent
+        engine = open_engine(args, args.out)
+        try:
+            config = run_config(args)
+            config["method"] = method
+            yield MethodRun(engine, args.out, method=method, sampling=sampling, seed=run_seed(args), config=config,
+                            system=getattr(args, "system", None))
+        finally:
+            engine.close()
 
 
 def finish(run: MethodRun, command: str) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from gen.data import secrets
+from gen.data.lock import pid_alive
 from gen.data.records import ROW_SCHEMA, rows_to_table
 from gen.errors import UserError
 
@@ -73,8 +74,10 @@ class ShardWriter:
 
     - `write(row)` buffers; a shard is committed when the buffer passes `max_rows` or `max_bytes`, on `flush()`
       (methods flush at round boundaries so finished work is on disk) and on `close()`.
-    - With `key_column` (default "id"), a row whose key is already in a committed shard of this split, or already
-      written in this session, is skipped: a rerun after a crash never writes a duplicate row.
+    - With `key_column` (default "id"), a row whose key is already in a committed shard of *any* split of the run,
+      or already written to this split in this session, is skipped: a rerun after a crash never writes a duplicate
+      row, and a row that a later step moved to another split (`gen dedup`/`gen filter` move rows from train to
+      rejected) counts as done: a rerun never undoes what that step decided.
     """
 
     def __init__(
@@ -103,18 +106,19 @@ class ShardWriter:
             stale.unlink()  # left by a writer that died mid-shard; never renamed, so never read
         existing = shard_paths(self.directory)
         self._next_index = 1 + max((_shard_index(p) for p in existing), default=-1)
-        self.keys: set[str] = set()
+        self.keys: set[str] = set()  # keys in this split (on disk and written since)
+        self.done_elsewhere: set[str] = set()  # keys already committed in the run's other splits
         if key_column is not None:
-            for path in existing:
-                table = open_shard(path)
-                if key_column in table.column_names:
-                    self.keys.update(table.column(key_column).to_pylist())
+            self.keys = shard_keys(existing, key_column)
+            for other in list_splits(self.directory.parent):
+                if other != split:
+                    self.done_elsewhere |= shard_keys(shard_paths(self.directory.parent / other), key_column)
 
     def write(self, row: Mapping[str, Any]) -> bool:
         """Buffer one row; returns False if a row with the same key was already written."""
         if self.key_column is not None:
             key = row[self.key_column]
-            if key in self.keys:
+            if key in self.keys or key in self.done_elsewhere:
                 self.rows_skipped += 1
                 return False
             self.keys.add(key)
@@ -224,6 +228,24 @@ def iter_rows(
             yield from batch.to_pylist()
 
 
+def shard_keys(paths: Iterable[Path], key_column: str = "id") -> set[str]:
+    """The values of `key_column` in these shards (shards without that column contribute none)."""
+    keys: set[str] = set()
+    for path in paths:
+        table = open_shard(path)
+        if key_column in table.column_names:
+            keys.update(table.column(key_column).to_pylist())
+    return keys
+
+
+def run_keys(run_dir: str | os.PathLike, key_column: str = "id") -> set[str]:
+    """Row keys committed in every split of a run: what a resumed run counts as done, wherever a row now lives."""
+    keys: set[str] = set()
+    for split in list_splits(run_dir):
+        keys |= shard_keys(shard_paths(Path(run_dir) / split), key_column)
+    return keys
+
+
 def list_splits(run_dir: str | os.PathLike) -> list[str]:
     run_dir = Path(run_dir)
     return sorted(d.name for d in run_dir.iterdir() if d.is_dir() and any(d.glob(f"*{SHARD_SUFFIX}")))
@@ -246,6 +268,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _shard_entry(path: Path, name: str, recorded: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A shard's manifest entry. Its rows and sha256 are taken from the previous manifest when the file's size and
+    mtime_ns are still the recorded ones (shards are written once, under a new name or by an atomic replace, which
+    changes both), so a commit reads only the shards added since the last one: a long run stays linear, not
+    quadratic. A shard whose size or mtime changed is read and hashed again."""
+    stat = path.stat()
+    if (recorded is not None and recorded.get("bytes") == stat.st_size and recorded.get("mtime_ns") == stat.st_mtime_ns
+            and isinstance(recorded.get("sha256"), str) and isinstance(recorded.get("rows"), int)):
+        return {"file": name, "rows": recorded["rows"], "bytes": stat.st_size, "sha256": recorded["sha256"],
+                "mtime_ns": stat.st_mtime_ns}
+    rows = open_shard(path).num_rows
+    return {"file": name, "rows": rows, "bytes": stat.st_size, "sha256": sha256_file(path),
+            "mtime_ns": stat.st_mtime_ns}
+
+
 def write_manifest(
     run_dir: str | os.PathLike,
     *,
@@ -260,14 +297,22 @@ def write_manifest(
     """
     run_dir = Path(run_dir)
     previous = read_manifest(run_dir) if (run_dir / MANIFEST).exists() else {}
+    recorded = {entry.get("file"): entry for split in (previous.get("splits") or {}).values()
+                if isinstance(split, Mapping) for entry in split.get("shards") or [] if isinstance(entry, Mapping)}
     splits: dict[str, Any] = {}
     for split in list_splits(run_dir):
-        shards = []
-        for path in shard_paths(run_dir, split):
-            table = open_shard(path)
-            shards.append({"file": f"{split}/{path.name}", "rows": table.num_rows, "bytes": path.stat().st_size,
-                           "sha256": sha256_file(path)})
+        shards = [_shard_entry(path, f"{split}/{path.name}", recorded.get(f"{split}/{path.name}"))
+                  for path in shard_paths(run_dir, split)]
         splits[split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
+    # What a later step (`gen dedup`, `gen filter`) recorded stays when the run's own command commits again: its rows
+    # stay where the step put them, so its settings (`config.filters`) and counts (`funnel.<step>`) stay too.
+    steps = (previous.get("config") or {}).get("filters") if isinstance(previous.get("config"), Mapping) else None
+    if isinstance(steps, Mapping) and steps:
+        if config is not None and "filters" not in config:
+            config = {**config, "filters": steps}
+        previous_funnel = previous.get("funnel") if isinstance(previous.get("funnel"), Mapping) else {}
+        if funnel is not None:
+            funnel = {**{k: v for k, v in previous_funnel.items() if k in steps}, **funnel}
     manifest = {
         "kdforge_version": _version(),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -280,6 +325,10 @@ def write_manifest(
         manifest[key] = redact(value)
     for key, value in previous.items():
         manifest.setdefault(key, value)
+    for stale in run_dir.glob(f".{MANIFEST}.tmp-*"):  # a writer killed mid-write left it; never read
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
     atomic_write_bytes(run_dir / MANIFEST, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     return manifest
 
@@ -298,28 +347,62 @@ def _stats(run_dir: Path) -> dict[str, Any]:
     """Tokens and row counts by method/round/reason, read from the shards' columns (only conversational splits)."""
     stats: dict[str, Any] = {}
     for split in list_splits(run_dir):
-        table = read_table(run_dir, split)
-        if "usage" not in table.column_names:
+        parts = [part for part in (_shard_stats(path) for path in shard_paths(run_dir, split)) if part is not None]
+        if not parts:
             continue
+        by_method_round: dict[str, int] = {}
+        reasons: dict[str, int] = {}
+        for part in parts:
+            for label, n in part["by_method_round"].items():
+                by_method_round[label] = by_method_round.get(label, 0) + n
+            for reason, n in part["by_reason"].items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        entry = {
+            "rows": sum(part["rows"] for part in parts),
+            "prompt_tokens": sum(part["prompt_tokens"] for part in parts),
+            "completion_tokens": sum(part["completion_tokens"] for part in parts),
+            "by_method_round": dict(sorted(by_method_round.items())),
+        }
+        if split != "train" or any(part["any_filters"] for part in parts):
+            entry["by_reason"] = dict(sorted(reasons.items()))
+        stats[split] = entry
+    return stats
+
+
+# One process commits many times (a method flushes every round): each shard's counts are read once, kept here under
+# its identity (path, inode, size, mtime), and summed at every commit.
+_SHARD_STATS: dict[tuple[str, int, int, int], dict[str, Any] | None] = {}
+
+
+def _shard_stats(path: Path) -> dict[str, Any] | None:
+    """The counts `_stats` sums, for one shard (None for a shard without a `usage` column: not conversational)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key in _SHARD_STATS:
+        return _SHARD_STATS[key]
+    table = open_shard(path)
+    part = None
+    if "usage" in table.column_names:
         usage = table.column("usage").to_pylist()
         by_method_round: dict[str, int] = {}
         for method, rnd in zip(table.column("method").to_pylist(), table.column("round").to_pylist()):
             label = f"{method}/round {rnd}" if rnd is not None else str(method)
             by_method_round[label] = by_method_round.get(label, 0) + 1
-        entry = {
+        filters = table.column("filters").to_pylist()
+        reasons: dict[str, int] = {}
+        for row_filters in filters:
+            for reason in row_filters or []:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        part = {
             "rows": table.num_rows,
             "prompt_tokens": sum((u or {}).get("prompt_tokens") or 0 for u in usage),
             "completion_tokens": sum((u or {}).get("completion_tokens") or 0 for u in usage),
-            "by_method_round": dict(sorted(by_method_round.items())),
+            "by_method_round": by_method_round,
+            "by_reason": reasons,
+            "any_filters": any(filters),
         }
-        if split != "train" or any(table.column("filters").to_pylist()):
-            reasons: dict[str, int] = {}
-            for row_filters in table.column("filters").to_pylist():
-                for reason in row_filters or []:
-                    reasons[reason] = reasons.get(reason, 0) + 1
-            entry["by_reason"] = dict(sorted(reasons.items()))
-        stats[split] = entry
-    return stats
+    _SHARD_STATS[key] = part
+    return part
 
 
 def _version() -> str:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gen.data.lock import run_lock
 from gen.data.shards import read_table, write_manifest
 from gen.errors import MissingDependency, UserError
 from gen.logits.records import (
@@ -173,7 +174,8 @@ def capture_logits(source: str | os.PathLike, out: str | os.PathLike, teacher: L
         raise UserError(f"{source}: no 'messages' column in split '{split}' (expected conversational shards)")
     started = time.monotonic()
     tokens = 0
-    with LogitShardWriter(out, k=min(k, teacher.vocab_size), metadata=metadata) as writer:
+    # One writer per run directory (gen.data.lock): held until the manifest is written.
+    with run_lock(out, "logits"), LogitShardWriter(out, k=min(k, teacher.vocab_size), metadata=metadata) as writer:
         todo_rows = [row for row in table.select([c for c in ("id", "messages", "system") if c in table.column_names])
                      .to_pylist() if row["id"] not in writer.keys]
         bar = tqdm(total=len(todo_rows), desc="logits", unit="row", disable=not progress)
@@ -195,7 +197,8 @@ def capture_logits(source: str | os.PathLike, out: str | os.PathLike, teacher: L
         bar.close()
         skipped = table.num_rows - len(todo_rows)
         written_rows = len(items)
-    stats = logit_shard_stats(out)
-    write_manifest(out, config=config or {}, extra={"logits": stats})
+        writer.close()  # every row committed before the manifest describes them
+        stats = logit_shard_stats(out)
+        write_manifest(out, config=config or {}, extra={"logits": stats})
     return {**stats, "new_rows": written_rows, "resumed_rows": skipped, "new_tokens": tokens,
             "seconds": time.monotonic() - started}

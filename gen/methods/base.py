@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gen.data.records import content_id, make_row
+from gen.data.rejections import mark_rejected
 from gen.data.shards import ShardWriter, write_manifest
 from gen.teachers.base import ChatRequest, Completion, SamplingParams
 
@@ -212,11 +213,7 @@ class MethodRun:
         reasons = [reason] if isinstance(reason, str) else list(reason)
         for r in reasons:
             self.funnel.reject(r, 1, round)
-        row = dict(row)
-        row["filters"] = list(row.get("filters") or []) + reasons
-        if duplicate_of is not None:
-            row["duplicate_of"] = duplicate_of
-        return self.rejected.write(row)
+        return self.rejected.write(mark_rejected(row, reasons, duplicate_of))
 
     # ---------------------------------------------------------------------------------------------------- commit
     def engine_stats(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from gen.data.records import content_id, rows_to_table
-from gen.data.shards import SHARD_SUFFIX, SPLITS, _fsync_dir, open_shard, shard_paths, write_shard_file
+from gen.data.shards import SHARD_SUFFIX, SPLITS, _fsync_dir, run_keys, write_shard_file
 
 UNIT_PREFIX = "unit-"
 UNITS_DIR = "units"
@@ -64,6 +64,7 @@ class UnitStore:
         self.records = self.out_dir / UNITS_DIR
         self.records.mkdir(parents=True, exist_ok=True)
         self._keys: dict[str, set[str]] = {}
+        self._on_disk: set[str] | None = None
 
     def record_path(self, unit: str) -> Path:
         return self.records / f"{unit}.json"
@@ -96,16 +97,13 @@ class UnitStore:
         return removed
 
     def _split_keys(self, split: str) -> set[str]:
-        """Row ids already committed in `split` (by units or by a plain run): a unit never writes a row twice."""
+        """Row ids not to write to `split` again: those committed in any split of the run when it started (by units
+        or by a plain run; a row a later step moved to `rejected` counts as done) and those written to `split` since.
+        A unit never writes a row twice, and a rerun never undoes what `gen dedup`/`gen filter` decided."""
         if split not in self._keys:
-            keys: set[str] = set()
-            directory = self.out_dir / split
-            if directory.is_dir():
-                for path in shard_paths(directory):
-                    table = open_shard(path)
-                    if "id" in table.column_names:
-                        keys.update(table.column("id").to_pylist())
-            self._keys[split] = keys
+            if self._on_disk is None:
+                self._on_disk = run_keys(self.out_dir)
+            self._keys[split] = set(self._on_disk)
         return self._keys[split]
 
     def commit(self, unit: str, rows: Mapping[str, Sequence[Mapping[str, Any]]], outcome: Mapping[str, Any]) -> bool:
