@@ -59,17 +59,16 @@ def test_second_label_on_one_out_is_refused_naming_the_pid_then_resumes_without_
                                  "--max-concurrency", "2"))
     try:
         wait_until_locked_by(first, out, server, answered=2)
-        answered_before = server.requests
         second = run_gen(*label_argv(server, inputs, out, "--chunk-size", "11", "--concurrency", "2"))
         assert_refused(second, "label", out, first.pid)
         # A dedup during the label is refused too: it would have lost the label's rows and manifest entry.
         dedup = run_gen("dedup", str(out), "--minhash")
         assert_refused(dedup, "dedup", out, first.pid)
         assert first.poll() is None  # the refusals came while the first was still running
-        assert server.requests - answered_before <= 6  # the first one's requests only (2 in flight at a time)
     finally:
         assert first.wait(timeout=120) == 0, first.stderr.read()
-    assert max(server.seen.values()) == 1  # no request paid twice
+    # The refused commands sent nothing: every request reached the server once, all of them from the first.
+    assert max(server.seen.values()) == 1
     assert server.requests == N
 
     server.reset_stats()
