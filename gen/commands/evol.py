@@ -67,16 +67,14 @@ def run(args: argparse.Namespace) -> int:
     with method_run(args, METHOD, sampling) as run:
         storage = None
         if args.redis:
-            from gen.scale.evol_units import redis_index_storage
+            from gen.scale.redis_index import redis_index_storage
 
             storage = redis_index_storage(args.redis, run.seed, items, config.dedup_threshold)
-        if getattr(args, "ray", None):
-            from gen.scale.evol_units import ClusterEvol
+        runner = None
+        if getattr(args, "ray", None):  # the rounds' phases as units on the cluster behind the run's engine
+            from gen.scale.phase_units import RayPhases
 
-            ClusterEvol(run, config, rewrite_max_tokens=args.rewrite_max_tokens, unit_size=args.unit_size,
-                        index_storage=storage).evolve(items)
-        else:
-            evol = EvolInstruct(run, config, rewrite_max_tokens=args.rewrite_max_tokens)
-            evol.index_storage = storage
-            evol.evolve(items)
+            runner = RayPhases(run, unit_size=args.unit_size)
+        EvolInstruct(run, config, rewrite_max_tokens=args.rewrite_max_tokens, index_storage=storage,
+                     runner=runner).evolve(items)
         return finish(run, "evol")

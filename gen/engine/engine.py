@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from gen.data.secrets import scrub_text
+from gen.engine.budget import BUDGET_EXHAUSTED, Budget, estimate_prompt_tokens
 from gen.engine.cache import RequestCache
 from gen.engine.progress import Progress
 from gen.engine.ratelimit import AdaptiveConcurrency, TokenBucket
@@ -58,7 +59,6 @@ from gen.teachers.base import (
 from gen.teachers.pricing import Price, price_for
 from gen.teachers.spec import TeacherSpec
 
-BUDGET_EXHAUSTED = "budget exhausted"
 # Errors a network client may let through unwrapped that are worth retrying like a TransientError.
 _TRANSIENT_EXCEPTIONS = (TransientError, TimeoutError, asyncio.TimeoutError, ConnectionError, OSError, EOFError,
                          asyncio.IncompleteReadError)
@@ -78,12 +78,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.completion is not None
-
-
-def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """A cheap upper-ish estimate of a request's prompt tokens (≈4 characters per token plus per-message overhead),
-    used only to reserve budget and TPM before the true usage is known."""
-    return sum(len(content) for _, content in request.messages) // 3 + 8 * len(request.messages) + 8
 
 
 def split_by_cache(requests: Sequence[ChatRequest], teacher_id: str, cache: RequestCache
@@ -185,18 +179,13 @@ class Engine:
         self.tpm_bucket = TokenBucket(tpm) if tpm else None
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
-        self.max_total_tokens = max_total_tokens
-        self.max_cost = max_cost
         self.progress = progress
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.own_teacher = own_teacher
-        self.exhausted = False
-        self.stats: dict[str, Any] = {
-            "requests": 0, "sent": 0, "attempts": 0, "cache_hits": 0, "failures": 0, "skipped": 0,
-            "rate_limited": 0, "prompt_tokens": 0, "completion_tokens": 0,
-            "cost": 0.0 if self.price is not None else None, "seconds": 0.0,
-        }
+        # The budgets and the counters (`stats`, `exhausted`) they are checked against (shared with the Ray driver).
+        self.budget = Budget(max_total_tokens=max_total_tokens, max_cost=max_cost, price=self.price)
+        self.stats: dict[str, Any] = self.budget.stats
         self._reserved_tokens = 0
         self._reserved_cost = 0.0
         self._budget_changed: asyncio.Future | None = None
@@ -204,6 +193,11 @@ class Engine:
         self._closed = False
 
     # ------------------------------------------------------------------------------------------------ public API
+
+    @property
+    def exhausted(self) -> bool:
+        """A budget stopped this engine: nothing more is sent."""
+        return self.budget.exhausted
 
     def run(self, requests: Sequence[ChatRequest], desc: str = "") -> list[Result]:
         """Complete `requests`; returns one `Result` per request, in the same order."""
@@ -237,12 +231,7 @@ class Engine:
                 self.stats["endpoints"] = endpoint_stats()
 
         results = assemble_results(requests, keys, cached, outcomes)
-        self.stats["requests"] += len(requests)
-        self.stats["cache_hits"] += self._cache_hits_now
-        self.stats["failures"] += sum(1 for r in results if not r.ok and r.error != BUDGET_EXHAUSTED)
-        self.stats["skipped"] += sum(1 for r in results if r.error == BUDGET_EXHAUSTED)
-        if any(r.error == BUDGET_EXHAUSTED for r in results):
-            self.exhausted = True
+        self.budget.count_results(results)
         return results
 
     def close(self) -> None:
@@ -286,32 +275,10 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------------ budgets
 
-    def _estimate(self, request: ChatRequest) -> tuple[int, float]:
-        prompt = estimate_prompt_tokens(request)
-        tokens = prompt + int(request.params.max_tokens or 0)
-        cost = self.price.cost(prompt, int(request.params.max_tokens or 0)) if self.price is not None else 0.0
-        return tokens, cost
-
-    def _spent_tokens(self) -> int:
-        return self.stats["prompt_tokens"] + self.stats["completion_tokens"]
-
-    def _budget_has_room(self) -> bool:
-        """True while some budget is left beyond what in-flight requests may still spend."""
-        if self.max_total_tokens is not None and self._spent_tokens() + self._reserved_tokens >= self.max_total_tokens:
-            return False
-        if self.max_cost is not None and (self.stats["cost"] or 0.0) + self._reserved_cost >= self.max_cost:
-            return False
-        return True
+    # What fits and what was spent is `self.budget`'s; the engine adds the reservations of requests in flight.
 
     def _nothing_reserved(self) -> bool:
         return self._reserved_tokens == 0 and self._reserved_cost <= 1e-12
-
-    def _account(self, completion: Completion) -> None:
-        self.stats["prompt_tokens"] += int(completion.prompt_tokens or 0)
-        self.stats["completion_tokens"] += int(completion.completion_tokens or 0)
-        if self.price is not None:
-            self.stats["cost"] += self.price.cost(int(completion.prompt_tokens or 0),
-                                                  int(completion.completion_tokens or 0))
 
     def _notify_budget(self) -> None:
         waiter, self._budget_changed = self._budget_changed, None
@@ -320,11 +287,11 @@ class Engine:
 
     async def _reserve(self, tokens: int, cost: float) -> bool:
         """Wait until the budget has room, then reserve this request's worst case. False: the budget is spent."""
-        if self.max_total_tokens is None and self.max_cost is None:
+        if not self.budget.limited:
             return True
-        while not self._budget_has_room():
+        while not self.budget.has_room(self._reserved_tokens, self._reserved_cost):
             if self.exhausted or self._nothing_reserved():
-                self.exhausted = True
+                self.budget.exhausted = True
                 return False
             # In-flight requests usually spend less than reserved: wait for one to finish and look again.
             if self._budget_changed is None:
@@ -335,7 +302,7 @@ class Engine:
         return True
 
     def _unreserve(self, tokens: int, cost: float) -> None:
-        if self.max_total_tokens is None and self.max_cost is None:
+        if not self.budget.limited:
             return
         self._reserved_tokens -= tokens
         self._reserved_cost -= cost
@@ -379,7 +346,7 @@ class Engine:
         if not progress.enabled:
             return
         progress.update(done=self._done_now, sent=self.stats["attempts"], cache_hits=self._cache_hits_now,
-                        failures=self.stats["failures"] + self._failed_now, tokens=self._spent_tokens(), cost=self.stats["cost"])
+                        failures=self.stats["failures"] + self._failed_now, tokens=self.budget.spent_tokens(), cost=self.stats["cost"])
         progress.refresh()
 
     async def _worker(self, iterator, outcomes: dict[str, Completion | str]) -> None:
@@ -395,7 +362,7 @@ class Engine:
 
     async def _complete_one(self, key: str, request: ChatRequest) -> Completion | str:
         """One request, through retries, to a Completion (cached) or a one-line error."""
-        est_tokens, est_cost = self._estimate(request)
+        est_tokens, est_cost = self.budget.estimate(request)
         limiter = self.limiter
         attempt = 0
         sent = False
@@ -458,7 +425,7 @@ class Engine:
             else:
                 limiter.release()
                 limiter.succeeded()
-                self._account(completion)
+                self.budget.charge(completion)
                 self._unreserve(est_tokens, est_cost)
                 if self.tpm_bucket is not None:
                     self.tpm_bucket.adjust(completion.prompt_tokens + completion.completion_tokens - est_tokens)
@@ -478,20 +445,7 @@ class Engine:
     def _run_whole_batch(self, items: list[tuple[str, ChatRequest]], outcomes: dict[str, Completion | str]) -> None:
         """All uncached requests in one `complete_batch` call; transient failures are retried in one more call each
         round. Under a budget, only the prefix whose worst case fits is sent (a batch cannot be stopped midway)."""
-        pending = items
-        if self.max_total_tokens is not None or self.max_cost is not None:
-            fitting = []
-            tokens, cost = self._spent_tokens(), self.stats["cost"] or 0.0
-            for key, request in items:
-                est_tokens, est_cost = self._estimate(request)
-                over_tokens = self.max_total_tokens is not None and tokens >= self.max_total_tokens
-                over_cost = self.max_cost is not None and cost >= self.max_cost
-                if over_tokens or over_cost:
-                    break
-                fitting.append((key, request))
-                tokens += est_tokens
-                cost += est_cost
-            pending = fitting
+        pending = self.budget.fitting(items)
         self.stats["sent"] += len(pending)
         attempt = 0
         while pending:
@@ -507,7 +461,7 @@ class Engine:
             retry = []
             for (key, request), answer in zip(pending, answers):
                 if isinstance(answer, Completion):
-                    self._account(answer)
+                    self.budget.charge(answer)
                     self.cache.put(key, self.teacher_id, answer)
                     outcomes[key] = answer
                     self._done_now += 1

@@ -139,6 +139,16 @@ class MethodRun:
         self._charged: dict[int, Completion] = {}  # id() -> completion (held so ids are not reused)
         self.stopped = False  # set once the engine's budget is exhausted: commit what we have and stop
 
+    def spec(self) -> dict[str, Any]:
+        """What a unit of work on a Ray worker needs to rebuild this run over its own engine (picklable)."""
+        return {"method": self.method, "sampling": self.sampling, "seed": self.seed, "system": self.system}
+
+    @classmethod
+    def in_memory(cls, engine: Any, spec: Mapping[str, Any]) -> MethodRun:
+        """The run of `spec` over `engine`, quiet, its rows collected in memory (`RowList`s): a unit of work."""
+        return cls(engine, ".", method=spec["method"], sampling=spec["sampling"], seed=spec["seed"],
+                   system=spec["system"], log=lambda line: None, sinks=(RowList(), RowList()))
+
     # ------------------------------------------------------------------------------------------------ randomness
     def rng(self, *parts: Any) -> random.Random:
         """A private random stream for one unit of work (a round, an item, a dialogue), identical on every rerun."""

@@ -31,6 +31,7 @@ item id), so a rerun after a kill makes the same requests (answered from the cac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
 from gen.methods.parsing import contains_any, strip_prefix_labels, word_count
+from gen.methods.phases import LocalPhases
 from gen.methods.templates import Template, combined_hash, load_template
 from gen.teachers.base import ChatRequest, Completion, SamplingParams
 
@@ -212,16 +214,29 @@ def judge_messages(original: str, evolved: str) -> list[dict[str, str]]:
 
 class EvolInstruct:
     """Runs N rounds over a pool of instructions. `answer_params` are the user's sampling settings (also used for
-    rewrites); the judge is greedy and short."""
+    rewrites); the judge is greedy and short.
 
-    def __init__(self, run: MethodRun, config: EvolConfig, rewrite_max_tokens: int | None = None):
+    A round is two phases (`gen.methods.phases`), run on the whole pool in this process or, with a `RayPhases`
+    runner, on slices of it by Ray workers: `rewrite` then `answer`, with the near-duplicate rule between them.
+    `index_storage`: datasketch storage config of the near-duplicate index (Redis, `--redis`): the index is then
+    shared, and each phase indexes and queries it itself (on whichever worker it runs); otherwise the index is the
+    driver's and it resolves the near-duplicates between the phases."""
+
+    phases = ("rewrite", "answer")
+    step = "evolve"
+
+    def __init__(self, run: MethodRun, config: EvolConfig, rewrite_max_tokens: int | None = None, *,
+                 index_storage: Mapping[str, Any] | None = None, runner: Any = None):
         self.run = run
         self.config = config
+        self.rewrite_max_tokens = rewrite_max_tokens
         self.rewrite_params = run.sampling.replace(max_tokens=rewrite_max_tokens or run.sampling.max_tokens)
         self.operations = [op for op in OPERATIONS if config.weights.get(op, 0) > 0]
         self.op_weights = [config.weights[op] for op in self.operations]
         self.judge_params = SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0)
-        self.index_storage: dict | None = None  # datasketch storage config: the index in Redis (`--redis`)
+        self.index_storage = dict(index_storage) if index_storage else None
+        self.runner = runner or LocalPhases(run)
+        self._index: Any = None
 
     def _draw_operation(self, round_: int, item: PoolItem) -> str:
         rng = self.run.rng("operation", round_, item.id)
@@ -231,33 +246,56 @@ class EvolInstruct:
         return {"template_hash": template_hash, "judge_template_hash": load_template("evol_equality").hash,
                 "depth_or_breadth": "breadth" if operation in BREADTH_OPERATIONS else "depth"}
 
+    # ---------------------------------------------------------------------------------------- the loop over rounds
+
     def evolve(self, items: Sequence[SeedItem]) -> list[PoolItem]:
         """Run all rounds (stopping early only if the engine's budget is exhausted); returns the final pool."""
-        run = self.run
+        run, runner = self.run, self.runner
         pool = [PoolItem(id=item.id, instruction=item.instruction, root_id=item.id) for item in items]
         run.funnel.add("inputs", len(pool), round=0)
         # One index for the whole run: an evolution that near-copies any input or any earlier evolution is caught
         # before its answer is paid for.
-        index = self.new_index(storage_config=self.index_storage)
+        index = self.index()
         for pos, item in enumerate(items):
             index.add(index_key(0, pos, item.id), item.instruction)
-        for row in self.input_rows(items):
-            run.keep(row, round=0)
+        runner.keep_once(0, "inputs", [item.id for item in items], self.input_rows(items))
         run.commit(extra=self.extra(0))
 
         for round_ in range(1, self.config.rounds + 1):
-            run.log(f"round {round_}/{self.config.rounds}: evolving {len(pool)} instructions")
-            pool = self._round(round_, pool, index)
-            run.commit(extra=self.extra(round_))
+            run.log(f"round {round_}/{self.config.rounds}: evolving {len(pool)} instructions{runner.describe(len(pool))}")
+            outcomes = runner.run_round(self, round_, list(enumerate(pool)))
+            pool = self.next_pool(round_, pool, outcomes)
+            run.commit(extra={**self.extra(round_), **runner.extra()})
             if run.stopped:
                 run.log(f"round {round_}/{self.config.rounds}: budget exhausted; stopping (rerun to continue)")
                 break
         return pool
 
-    def new_index(self, storage_config: dict | None = None):
+    def next_pool(self, round_: int, pool: Sequence[PoolItem],
+                  outcomes: Sequence[Mapping[str, Any] | None]) -> list[PoolItem]:
+        """The kept evolutions replace their parents; a slice that did not run (the budget) leaves its parents."""
+        next_pool = list(pool)
+        replaced = 0
+        for outcome in outcomes:
+            for pos, item in ((outcome or {}).get("replacements") or {}).items():
+                next_pool[int(pos)] = PoolItem(**item)
+                replaced += 1
+        self.run.funnel.add("carried_over_unchanged", len(pool) - replaced, round_)
+        return next_pool
+
+    def index(self) -> Any:
+        """The run's near-duplicate index: in this process, or a client of the shared one (one per process)."""
+        if self._index is None:
+            if self.index_storage is not None:
+                self._index = shared_index(self.config.dedup_threshold, self.index_storage)
+            else:
+                self._index = self.new_index()
+        return self._index
+
+    def new_index(self):
         from filters.minhash import MinHashIndex
 
-        return MinHashIndex(threshold=self.config.dedup_threshold, storage_config=storage_config)
+        return MinHashIndex(threshold=self.config.dedup_threshold)
 
     def input_rows(self, items: Sequence[SeedItem]) -> list[dict[str, Any]]:
         """Round-0 rows: the inputs that come with an answer (unless `keep_inputs` is off)."""
@@ -275,21 +313,57 @@ class EvolInstruct:
         return {"evol": {"rounds": self.config.rounds, "completed_round": completed_round,
                          "weights": dict(self.config.weights), "depth_share": round(depth_share(self.config.weights), 4)}}
 
-    def _round(self, round_: int, pool: list[PoolItem], index: Any) -> list[PoolItem]:
-        """One round in this process: rewrite all, index and resolve near-duplicates, answer the survivors."""
-        candidates = self.rewrite_phase(round_, list(enumerate(pool)))
-        for c in candidates:
-            index.add(c.key, c.evolved)
-        duplicates = earlier_duplicates(index, candidates)
-        replacements = self.answer_phase(round_, candidates, duplicates)
-        next_pool = [replacements.get(pos, item) for pos, item in enumerate(pool)]
-        self.run.funnel.add("carried_over_unchanged", len(pool) - len(replacements), round_)
-        return next_pool
+    # ------------------------------------------------------------------------- the phases (gen.methods.phases)
 
-    # The two halves of a round. In one process `_round` calls them on the whole pool; on a Ray cluster
-    # (`gen.scale.evol_units`) each unit of work calls them on its slice of the pool, and the near-duplicate index
-    # between them is shared (Redis) or resolved by the driver. The rule is the same either way (`earlier_duplicates`),
-    # so N workers write the rows one process writes.
+    def spec(self) -> dict[str, Any]:
+        return {"config": dataclasses.asdict(self.config), "rewrite_max_tokens": self.rewrite_max_tokens,
+                "index_storage": self.index_storage}
+
+    @classmethod
+    def from_spec(cls, run: MethodRun, spec: Mapping[str, Any]) -> EvolInstruct:
+        return cls(run, EvolConfig(**spec["config"]), rewrite_max_tokens=spec["rewrite_max_tokens"],
+                   index_storage=spec["index_storage"])
+
+    def item_id(self, entry: tuple[int, PoolItem]) -> str:
+        return entry[1].id
+
+    def phase(self, name: str, round_: int, data: Any, given: Any) -> Any:
+        if name == "rewrite":
+            candidates = self.rewrite_phase(round_, data)
+            if self.index_storage is not None:  # the shared index: index where the candidates are made
+                for c in candidates:
+                    self.index().add(c.key, c.evolved)
+            return candidates
+        if name == "answer":
+            duplicates = given
+            if duplicates is None:  # the shared index: each slice resolves its own candidates against it
+                duplicates = earlier_duplicates(self.index(), data)
+            return self.answer_phase(round_, data, duplicates)
+        raise ValueError(f"evol_instruct has no phase {name!r}")
+
+    def between(self, name: str, round_: int, outputs: Mapping[str, Sequence[Candidate]],
+                earlier: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, str] | None]:
+        """After `rewrite`: every candidate of the round is indexed (the rule needs them all), then each slice gets
+        its near-duplicates (pool position -> what they copy). With the shared index the phases did both."""
+        if self.index_storage is not None:
+            return {key: None for key in outputs}
+        index = self.index()
+        for outcome in earlier:  # slices committed by an earlier run of the driver
+            for key, text in outcome.get("candidates", []):
+                index.add(key, text)
+        for candidates in outputs.values():
+            for c in candidates:
+                index.add(c.key, c.evolved)
+        return {key: earlier_duplicates(index, candidates) for key, candidates in outputs.items()}
+
+    def outcome(self, round_: int, outputs: Sequence[Any]) -> dict[str, Any]:
+        candidates, replacements = outputs
+        return {"replacements": {pos: dataclasses.asdict(item) for pos, item in replacements.items()},
+                "candidates": [(c.key, c.evolved) for c in candidates]}
+
+    # The two halves of a round. In one process they run on the whole pool; on a Ray cluster each unit of work runs
+    # them on its slice of the pool, and the near-duplicate index between them is shared (Redis) or resolved by the
+    # driver. The rule is the same either way (`earlier_duplicates`), so N workers write the rows one process writes.
 
     def rewrite_phase(self, round_: int, entries: Sequence[tuple[int, PoolItem]]) -> list[Candidate]:
         """Rewrite each (pool position, item); cheap checks (empty, prompt leak) reject at once. Returns the
@@ -410,3 +484,17 @@ def earlier_duplicates(index: Any, candidates: Sequence[Candidate]) -> dict[int,
             first = min(str(key) for similarity, key in earlier if similarity == best)  # ties: the earliest
             found[c.pos] = first.split("|", 1)[1]
     return found
+
+
+_SHARED_INDEXES: dict[Any, Any] = {}
+
+
+def shared_index(threshold: float, storage: Mapping[str, Any]) -> Any:
+    """One client per process of the shared (Redis) near-duplicate index named by `storage` (a worker runs many
+    units of one run; connecting once is enough)."""
+    from filters.minhash import MinHashIndex
+
+    key = (storage["basename"], threshold)
+    if key not in _SHARED_INDEXES:
+        _SHARED_INDEXES[key] = MinHashIndex(threshold=threshold, storage_config=dict(storage))
+    return _SHARED_INDEXES[key]

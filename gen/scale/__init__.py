@@ -12,6 +12,8 @@
   `gen.engine.engine.build_engine` when it runs on Ray.
 - `request_units`: `DistributedEngine`, the engine's `run(requests)` spread over the actors — any method runs on Ray
   unchanged, its own logic (pools, admission, rounds) staying in the driver.
-- `evol_units`: Evol-Instruct's rounds as units that run on the workers, with the near-duplicate index shared in
-  Redis so that workers catch each other's near-copies before the answer is paid for.
+- `phase_units`: `RayPhases`, the executor of a method's rounds (`gen.methods.phases`) on the actors: each phase of
+  a slice of a round is a unit, committed once with its rows (Evol-Instruct's rounds run this way).
+- `redis_index`: Evol-Instruct's near-duplicate index shared in Redis, so that workers catch each other's
+  near-copies before the answer is paid for.
 """

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gen.engine.budget import COUNTERS
 from gen.engine.engine import build_engine
 from gen.engine.spec import EngineSpec, InvalidSetting, ScaleSpec
 from gen.errors import UserError
@@ -42,12 +43,10 @@ from gen.teachers.spec import TeacherSpec
 # kind -> "module:function"; a handler is `fn(worker: WorkerContext, payload) -> dict` and runs inside an actor.
 HANDLERS = {
     "requests": "gen.scale.request_units:run_request_unit",
-    "evol.rewrite": "gen.scale.evol_units:rewrite_unit",
-    "evol.answer": "gen.scale.evol_units:answer_unit",
+    "phase": "gen.scale.phase_units:run_phase_unit",
 }
 # Engine counters a unit reports back (deltas) so the driver can print one summary for the whole cluster.
-ENGINE_COUNTERS = ("requests", "sent", "attempts", "cache_hits", "failures", "skipped", "rate_limited",
-                   "prompt_tokens", "completion_tokens")
+ENGINE_COUNTERS = COUNTERS
 MAX_ATTEMPTS = 5  # a unit whose actor died this many times in a row is a poison pill: stop and say which
 RESTART_WAIT = 600.0  # seconds to wait for Ray to bring back a dead actor when no other actor is alive
 

@@ -11,21 +11,22 @@ id hashes its requests' cache keys. A finished unit is committed to the driver's
 with its id (`RequestCache.commit_unit`), so it is committed once, and a rerun of the command, wherever its units
 land, answers it from the cache. Failed requests are never cached (a rerun retries them), as in `Engine`.
 
-Budgets (`--max-tokens`, `--max-cost`) are enforced here, between units: no new unit starts once what the finished
-units spent reaches the budget, so a run overshoots by at most the units in flight.
+Budgets are the engine's own `Budget` (`gen.engine.budget`), checked here between units: no new unit starts once
+what the finished units spent reaches the budget, so a run overshoots by at most the units in flight.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gen.data.records import content_id
+from gen.engine.budget import COUNTERS, SENDING_COUNTERS, Budget
 from gen.engine.cache import RequestCache
-from gen.engine.engine import BUDGET_EXHAUSTED, Result, assemble_results, split_by_cache
+from gen.engine.engine import Result, assemble_results, split_by_cache
 from gen.errors import UserError
-from gen.scale.cluster import ENGINE_COUNTERS, RayCluster
+from gen.scale.cluster import RayCluster
 from gen.scale.units import WorkUnit, slices
 from gen.teachers.base import ChatRequest, Completion
 from gen.teachers.pricing import Price, price_for
@@ -41,9 +42,8 @@ def run_request_unit(worker, payload: Sequence[ChatRequest]) -> dict[str, Any]:
 
 
 class DistributedEngine:
-    """The `Engine` interface over a `RayCluster` (which it owns and closes)."""
-
-    takes_whole_batch = False
+    """The `Engine` interface over a `RayCluster` (which it owns and closes). Budgets and counters are a `Budget`,
+    as in `Engine`: the workers report what they sent per unit, the driver counts each call's results."""
 
     def __init__(self, cluster: RayCluster, *, cache_path=None, unit_size: int = DEFAULT_UNIT_REQUESTS,
                  max_total_tokens: int | None = None, max_cost: float | None = None, price: Price | None = None):
@@ -53,22 +53,28 @@ class DistributedEngine:
         self.teacher_id = cluster.teacher_id
         self.cache = RequestCache(cache_path)
         self.unit_size = unit_size
-        self.max_total_tokens = max_total_tokens
-        self.max_cost = max_cost
         self.price = price or price_for(self.teacher_id)
         if max_cost is not None and self.price is None:
             raise UserError(f"--max-cost: no known price for teacher {self.teacher_id!r}; pass --price IN:OUT")
-        self.exhausted = False
-        self.stats: dict[str, Any] = {k: 0 for k in ENGINE_COUNTERS}
-        self.stats.update(cost=0.0 if self.price is not None else None, seconds=0.0, units=0, workers=len(cluster.actors))
+        self.budget = Budget(max_total_tokens=max_total_tokens, max_cost=max_cost, price=self.price)
+        self.stats: dict[str, Any] = self.budget.stats
+        self.stats.update(units=0, workers=len(cluster.actors))
 
-    def within_budget(self) -> bool:
-        spent = self.stats["prompt_tokens"] + self.stats["completion_tokens"]
-        if self.max_total_tokens is not None and spent >= self.max_total_tokens:
-            return False
-        if self.max_cost is not None and self.stats["cost"] is not None and self.stats["cost"] >= self.max_cost:
-            return False
-        return True
+    @property
+    def exhausted(self) -> bool:
+        return self.budget.exhausted
+
+    def run_units(self, units: Sequence[WorkUnit], on_result: Callable[[WorkUnit, Mapping[str, Any]], None],
+                  counters: Sequence[str] = COUNTERS) -> list[WorkUnit]:
+        """Run units on the cluster while the budget has room; each finished unit's `counters` (what its worker
+        counted) are added before `on_result` sees it. Returns the units never started (the budget ran out)."""
+
+        def counted(unit: WorkUnit, outcome: Mapping[str, Any]) -> None:
+            self.budget.add(outcome["engine"], counters)
+            self.stats["units"] += 1
+            on_result(unit, outcome)
+
+        return self.cluster.run(units, counted, keep_going=self.budget.has_room)
 
     def run(self, requests: Sequence[ChatRequest], desc: str = "") -> list[Result]:
         """Complete `requests` on the workers; one `Result` per request, in order (as `Engine.run`)."""
@@ -81,7 +87,7 @@ class DistributedEngine:
                           payload=[r for _, r in part], label=f"{desc or 'requests'} {n + 1}/{len(parts)}")
                  for n, part in enumerate(parts)]
 
-        def on_result(unit: WorkUnit, outcome: dict[str, Any]) -> None:
+        def on_result(unit: WorkUnit, outcome: Mapping[str, Any]) -> None:
             answered: dict[str, Completion] = {}
             for request, answer in zip(unit.payload, outcome["answers"]):
                 key = request.cache_key(self.teacher_id)
@@ -90,27 +96,15 @@ class DistributedEngine:
                 else:
                     answered[key] = outcomes[key] = Completion(*answer)
             self.cache.commit_unit(unit.id, self.teacher_id, answered)
-            self.count_unit(outcome["engine"])
 
         if units and not self.exhausted:
-            never_run = self.cluster.run(units, on_result, keep_going=self.within_budget)
-            if never_run:
-                self.exhausted = True
-        results = assemble_results(requests, keys, cached, outcomes)
-        hits = sum(1 for k in keys if k in cached)  # answered by the driver's cache; the rest counted by workers
-        self.stats["requests"] += hits
-        self.stats["cache_hits"] += hits
-        self.stats["skipped"] += sum(1 for r in results if r.error == BUDGET_EXHAUSTED)
+            # Requests, failures and skips are counted below from the results, as `Engine.run` counts them; the
+            # workers add what they sent (and their own cache hits).
+            self.run_units(units, on_result, counters=SENDING_COUNTERS)
+        results = assemble_results(requests, keys, cached, outcomes)  # a unit never run: "budget exhausted"
+        self.budget.count_results(results)
         self.stats["seconds"] += time.monotonic() - started
         return results
-
-    def count_unit(self, counters: dict[str, Any]) -> None:
-        """Add a unit's engine counters (what its worker sent, retried, spent) to the cluster-wide stats."""
-        for name in ENGINE_COUNTERS:
-            self.stats[name] += counters.get(name, 0)
-        self.stats["units"] += 1
-        if self.price is not None:
-            self.stats["cost"] = self.price.cost(self.stats["prompt_tokens"], self.stats["completion_tokens"])
 
     def close(self) -> None:
         try:
