@@ -43,7 +43,7 @@ from gen.errors import UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
 from gen.methods.parsing import contains_any, strip_prefix_labels, word_count
-from gen.methods.phases import LocalPhases
+from gen.methods.phases import LocalPhases, PhasedBase
 from gen.methods.templates import Template, combined_hash, load_template
 from gen.teachers.base import ChatRequest, Completion, SamplingParams
 
@@ -212,7 +212,7 @@ def judge_messages(original: str, evolved: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": load_template("evol_equality").render(original=original, evolved=evolved)}]
 
 
-class EvolInstruct:
+class EvolInstruct(PhasedBase):
     """Runs N rounds over a pool of instructions. `answer_params` are the user's sampling settings (also used for
     rewrites); the judge is greedy and short.
 

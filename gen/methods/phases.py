@@ -67,6 +67,36 @@ class PhasedMethod(Protocol):
         ...
 
 
+class PhasedBase:
+    """Defaults for a `PhasedMethod`: rebuilt on a worker as `cls(run, **spec())`, items identified by their `id`, no
+    barrier between phases, nothing kept of a slice but its rows. A subclass sets `phases`, sets `self.run`, and
+    implements `phase` (and `spec`/`from_spec` when its constructor takes more than the run)."""
+
+    run: MethodRun
+    phases: tuple[str, ...] = ()
+    step = "round"
+
+    def spec(self) -> Mapping[str, Any]:
+        return {}
+
+    @classmethod
+    def from_spec(cls, run: MethodRun, spec: Mapping[str, Any]) -> Any:
+        return cls(run, **spec)
+
+    def item_id(self, item: Any) -> str:
+        return str(item.id)
+
+    def phase(self, name: str, round_: int, data: Any, given: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no phase {name!r}")
+
+    def between(self, name: str, round_: int, outputs: Mapping[str, Any],
+                earlier: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+        return {key: None for key in outputs}
+
+    def outcome(self, round_: int, outputs: Sequence[Any]) -> dict[str, Any]:
+        return {}
+
+
 class LocalPhases:
     """Runs every phase of a round on all items in this process, with the run's own writers and funnel."""
 
