@@ -1,10 +1,16 @@
 """What every method's loop shares: the engine, the train/rejected shard writers, the funnel, and commits.
 
-A method is prompts + parsing + its own loop over the engine. Its loop is *deterministic given (seed, inputs, teacher
-answers)*: every random choice comes from `MethodRun.rng(...)`, seeded from the run seed and the content ids it is
-about, and every request carries a per-request sampling seed made the same way. A rerun after a kill therefore
-builds the very same requests, the engine answers the finished ones from its SQLite cache without sending them, and
-the ShardWriter skips rows already on disk: the run picks up where it stopped, with the same rows.
+A method is prompts + parsing + its own loop over phases: request phases (`MethodRun.ask`, answered by the run's
+engine, in this process or as Ray request units) and, for a method whose per-item work should run on the workers,
+method phases run by an executor (`gen.methods.phases`). A new method is one module here (`gen/methods/<name>.py`)
+and its command (`gen/commands/<name>.py`: flags, then `method_run(...)` and the method's loop); Ray needs nothing
+more.
+
+A method's loop is *deterministic given (seed, inputs, teacher answers)*: every random choice comes from
+`MethodRun.rng(...)`, seeded from the run seed and the content ids it is about, and every request carries a
+per-request sampling seed made the same way. A rerun after a kill therefore builds the very same requests, the
+engine answers the finished ones from its SQLite cache without sending them, and the ShardWriter skips rows already
+on disk: the run picks up where it stopped, with the same rows.
 """
 
 from __future__ import annotations
