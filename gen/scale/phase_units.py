@@ -68,7 +68,7 @@ class RayPhases:
 
     def __init__(self, run: MethodRun, unit_size: int | None = None):
         if unit_size is not None and unit_size < 1:
-            raise UserError(f"--unit-size {unit_size}: must be at least 1")
+            raise UserError(f"unit size {unit_size}: must be at least 1 item")
         self.run = run
         self.engine = run.engine
         self.cluster = run.engine.cluster
