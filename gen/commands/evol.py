@@ -53,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 0:
         raise UserError(f"--limit {args.limit}: must be >= 0")
-    if getattr(args, "ray", None) and args.unit_size is not None and args.unit_size < 1:
-        raise UserError(f"--unit-size {args.unit_size}: must be at least 1")
     if not 0.0 < args.dedup_threshold <= 1.0:
         raise UserError(f"--dedup-threshold {args.dedup_threshold}: must be within (0, 1]")
     limit = args.limit if args.limit is not None else (None if args.input else DEFAULT_LIMIT_SHIPPED)

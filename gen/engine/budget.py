@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from gen.engine.spec import InvalidSetting
 from gen.teachers.base import ChatRequest, Completion
 from gen.teachers.pricing import Price
 
@@ -35,10 +36,14 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
 
 
 class Budget:
-    """Token and dollar budgets (None: no limit) and the counters they are checked against."""
+    """Token and dollar budgets (None: no limit) and the counters they are checked against. A dollar budget needs
+    the teacher's `price` (`teacher_id` names it in the error)."""
 
     def __init__(self, *, max_total_tokens: int | None = None, max_cost: float | None = None,
-                 price: Price | None = None):
+                 price: Price | None = None, teacher_id: str = "unknown"):
+        if max_cost is not None and price is None:
+            raise InvalidSetting("max_cost", f"no known price for teacher {teacher_id!r}: a cost budget needs one "
+                                             "(give a price, or budget tokens instead)")
         self.max_total_tokens = max_total_tokens
         self.max_cost = max_cost
         self.price = price

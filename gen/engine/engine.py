@@ -162,9 +162,10 @@ class Engine:
         self.teacher = teacher
         self.teacher_id = teacher.teacher_id
         self.price = price or price_for(self.teacher_id)
-        if max_cost is not None and self.price is None:
-            raise InvalidSetting("max_cost", f"no known price for teacher {self.teacher_id!r}: a cost budget needs "
-                                             "one (give a price, or budget tokens instead)")
+        # The budgets and the counters (`stats`, `exhausted`) they are checked against (shared with the Ray driver).
+        self.budget = Budget(max_total_tokens=max_total_tokens, max_cost=max_cost, price=self.price,
+                             teacher_id=self.teacher_id)
+        self.stats: dict[str, Any] = self.budget.stats
         self.cache = RequestCache(cache_path)
         self.concurrency = int(concurrency)
         self.max_concurrency = max(int(max_concurrency), self.concurrency)
@@ -183,9 +184,6 @@ class Engine:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.own_teacher = own_teacher
-        # The budgets and the counters (`stats`, `exhausted`) they are checked against (shared with the Ray driver).
-        self.budget = Budget(max_total_tokens=max_total_tokens, max_cost=max_cost, price=self.price)
-        self.stats: dict[str, Any] = self.budget.stats
         self._reserved_tokens = 0
         self._reserved_cost = 0.0
         self._budget_changed: asyncio.Future | None = None

@@ -45,8 +45,6 @@ HANDLERS = {
     "requests": "gen.scale.request_units:run_request_unit",
     "phase": "gen.scale.phase_units:run_phase_unit",
 }
-# Engine counters a unit reports back (deltas) so the driver can print one summary for the whole cluster.
-ENGINE_COUNTERS = COUNTERS
 MAX_ATTEMPTS = 5  # a unit whose actor died this many times in a row is a poison pill: stop and say which
 RESTART_WAIT = 600.0  # seconds to wait for Ray to bring back a dead actor when no other actor is alive
 
@@ -108,10 +106,10 @@ def run_handler(worker: WorkerContext, unit: WorkUnit) -> dict[str, Any]:
     """Run one unit in `worker` and return its outcome plus the engine counters it moved and who ran it."""
     module_name, _, function = HANDLERS[unit.kind].partition(":")
     handler = getattr(importlib.import_module(module_name), function)
-    before = {k: worker.engine.stats.get(k, 0) for k in ENGINE_COUNTERS}
+    before = {k: worker.engine.stats.get(k, 0) for k in COUNTERS}  # reported as deltas: one summary for all
     started = time.monotonic()
     outcome = handler(worker, unit.payload)
-    outcome["engine"] = {k: worker.engine.stats.get(k, 0) - before[k] for k in ENGINE_COUNTERS}
+    outcome["engine"] = {k: worker.engine.stats.get(k, 0) - before[k] for k in COUNTERS}
     outcome["worker"] = worker.index
     outcome["pid"] = os.getpid()
     outcome["seconds"] = time.monotonic() - started

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gen.engine.budget import COUNTERS
-from gen.errors import UserError
+from gen.engine.spec import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.phases import PhasedMethod
 from gen.scale.units import UnitStore, WorkUnit, slices, unit_id
@@ -68,7 +68,7 @@ class RayPhases:
 
     def __init__(self, run: MethodRun, unit_size: int | None = None):
         if unit_size is not None and unit_size < 1:
-            raise UserError(f"unit size {unit_size}: must be at least 1 item")
+            raise InvalidSetting("unit_size", f"unit_size {unit_size}: must be at least 1")
         self.run = run
         self.engine = run.engine
         self.cluster = run.engine.cluster

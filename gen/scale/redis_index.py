@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gen.data.records import content_id
-from gen.errors import UserError
+from gen.engine.spec import InvalidSetting
 from gen.methods.evol_instruct import METHOD
 from gen.methods.inputs import SeedItem
 
@@ -18,11 +18,11 @@ def redis_storage_config(url: str, basename: str) -> dict[str, Any]:
     try:
         from redis.connection import parse_url
     except ImportError:
-        raise UserError("--redis needs the redis client: pip install 'kdforge[redis]'") from None
+        raise InvalidSetting("redis_url", "the redis client is not installed: pip install 'kdforge[redis]'") from None
     try:
         options = parse_url(url)
     except ValueError as exc:
-        raise UserError(f"--redis {_without_password(url)}: {exc}") from None
+        raise InvalidSetting("redis_url", f"redis_url {_without_password(url)}: {exc}") from None
     if options.pop("connection_class", None) is not None:
         options["ssl"] = True
     return {"type": "redis", "basename": basename.encode(), "redis": options}
@@ -33,14 +33,14 @@ def _without_password(url: str) -> str:
     return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if "@" in rest else url
 
 
-def check_redis(storage: Mapping[str, Any], flag_value: str) -> None:
+def check_redis(storage: Mapping[str, Any], url: str) -> None:
     """Fail early with one line if the Redis server is not reachable (not in the middle of round 1)."""
     import redis
 
     try:
         redis.Redis(**storage["redis"]).ping()
     except redis.RedisError as exc:
-        raise UserError(f"--redis {_without_password(flag_value)}: {exc}") from None
+        raise InvalidSetting("redis_url", f"redis_url {_without_password(url)}: {exc}") from None
 
 
 def redis_index_storage(url: str, seed: int, items: Sequence[SeedItem], threshold: float) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from gen.data.records import content_id
 from gen.engine.budget import COUNTERS, SENDING_COUNTERS, Budget
 from gen.engine.cache import RequestCache
 from gen.engine.engine import Result, assemble_results, split_by_cache
-from gen.errors import UserError
+from gen.engine.spec import InvalidSetting
 from gen.scale.cluster import RayCluster
 from gen.scale.units import WorkUnit, slices
 from gen.teachers.base import ChatRequest, Completion
@@ -48,15 +48,14 @@ class DistributedEngine:
     def __init__(self, cluster: RayCluster, *, cache_path=None, unit_size: int = DEFAULT_UNIT_REQUESTS,
                  max_total_tokens: int | None = None, max_cost: float | None = None, price: Price | None = None):
         if unit_size < 1:
-            raise UserError(f"--unit-size {unit_size}: must be at least 1")
+            raise InvalidSetting("unit_size", f"unit_size {unit_size}: must be at least 1")
         self.cluster = cluster
         self.teacher_id = cluster.teacher_id
         self.cache = RequestCache(cache_path)
         self.unit_size = unit_size
         self.price = price or price_for(self.teacher_id)
-        if max_cost is not None and self.price is None:
-            raise UserError(f"--max-cost: no known price for teacher {self.teacher_id!r}; pass --price IN:OUT")
-        self.budget = Budget(max_total_tokens=max_total_tokens, max_cost=max_cost, price=self.price)
+        self.budget = Budget(max_total_tokens=max_total_tokens, max_cost=max_cost, price=self.price,
+                             teacher_id=self.teacher_id)
         self.stats: dict[str, Any] = self.budget.stats
         self.stats.update(units=0, workers=len(cluster.actors))
 

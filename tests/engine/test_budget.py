@@ -57,3 +57,11 @@ def test_results_count_requests_hits_failures_and_exhaust_on_a_skip():
         "requests": 4, "cache_hits": 1, "failures": 1, "skipped": 1}
     assert set(COUNTERS) | {"cost", "seconds"} == set(budget.stats)
 
+
+
+def test_a_dollar_budget_without_a_price_names_the_setting_and_the_teacher():
+    from gen.engine.spec import InvalidSetting
+
+    with pytest.raises(InvalidSetting, match="no known price for teacher 'openai:x'") as caught:
+        Budget(max_cost=1.0, teacher_id="openai:x")
+    assert caught.value.setting == "max_cost"
