@@ -228,7 +228,7 @@ def _contamination(funnel: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, value in (entry.get("by_benchmark") or {}).items():
         if isinstance(value, Mapping):
-            rows.append({"benchmark": name, "items": int(value.get("items") or 0),
+            rows.append({"benchmark": name, "item_count": int(value.get("items") or 0),
                          "rows": int(value.get("rows_contaminated") or 0),
                          "rate": f"{100.0 * float(value.get('rate') or 0.0):.2f}%"})
     return rows
