@@ -143,7 +143,8 @@ def read_benchmark(path: Path, fields: list[str] | None) -> list[Benchmark]:
                 raise UserError(f"--against {where}: none of the usual text columns (columns: {available}); "
                                 f"name them with --field")
         items = ["\n".join(s for f in chosen for s in _strings(record.get(f))) for record in records]
-        benchmarks.append(Benchmark(label=path.name + suffix, path=where, items=items, fields=chosen))
+        benchmarks.append(Benchmark(label=(path.name or path.resolve().name) + suffix, path=where, items=items,
+                                    fields=chosen))
     return benchmarks
 
 
