@@ -194,17 +194,27 @@ def _previously_contaminated(run_dir: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from filters.decontaminate import CONTAMINATED, BenchmarkIndex
-    from gen.data.rewrite import load_train, rewrite_run
-    from gen.data.shards import MANIFEST, read_manifest
+    from gen.data.rewrite import rewriting
     from gen.errors import UserError
 
     if args.ngram < 1:
         raise UserError(f"--ngram {args.ngram}: must be at least 1")
-    run_dir = Path(args.run_dir)
-    table = load_train(run_dir)
+    # Benchmarks are read before the run is locked: a bad --against costs the run nothing, not even a wait.
     benchmarks = [b for path in args.against for b in read_benchmark(Path(path), args.field)]
     _unique_labels(benchmarks)
+    # The run's lock from before its rows are read until the new run is in place (gen.data.rewrite).
+    with rewriting(Path(args.run_dir), Path(args.out) if args.out else None, STEP):
+        return _decontaminate(args, benchmarks)
+
+
+def _decontaminate(args: argparse.Namespace, benchmarks: list[Benchmark]) -> int:
+    from filters.decontaminate import CONTAMINATED, BenchmarkIndex
+    from gen.data.rejections import Rejections
+    from gen.data.rewrite import load_train, rewrite_run
+    from gen.data.shards import MANIFEST, read_manifest
+
+    run_dir = Path(args.run_dir)
+    table = load_train(run_dir)
 
     index = BenchmarkIndex(args.ngram)
     for b in benchmarks:
@@ -218,11 +228,11 @@ def run(args: argparse.Namespace) -> int:
     result = index.scan(texts + earlier_texts)
 
     ids = table.column("id").to_pylist()
-    rejected: dict[int, tuple[list[str], str | None]] = {}
-    for row, matches in result.matches.items():
-        if row < len(texts):
+    rejected = Rejections()
+    for row, matches in sorted(result.matches.items()):
+        if row < len(texts):  # the others were rejected by an earlier pass: counted, not moved again
             first = matches[0]
-            rejected[row] = ([CONTAMINATED], f"{benchmarks[first.benchmark].label}#{first.item}")
+            rejected.add(row, [CONTAMINATED], f"{benchmarks[first.benchmark].label}#{first.item}")
     checked = len(texts) + len(earlier_texts)
     by_benchmark = {}
     for b, stats, matched in zip(benchmarks, index.stats, result.rows_matched):
@@ -234,13 +244,11 @@ def run(args: argparse.Namespace) -> int:
     settings = {"ngram": args.ngram, "against": [b.label for b in benchmarks], "short_items": "skipped",
                 "text": "all message contents", "normalization": "lowercase, accents stripped, punctuation and "
                 "symbols split words", "hash": "64-bit n-gram hashes, every hit confirmed on the words"}
-    funnel = {"rows_in": len(texts), "kept": len(texts) - len(rejected), "rejected": len(rejected),
-              "by_reason": {CONTAMINATED: len(rejected)} if rejected else {},
-              "rows_checked": checked, "rows_rejected_earlier": len(earlier_texts),
-              "by_benchmark": by_benchmark, "unconfirmed_hash_hits": result.unconfirmed_hits}
+    funnel = rejected.funnel_entry(len(texts), rows_checked=checked, rows_rejected_earlier=len(earlier_texts),
+                                   by_benchmark=by_benchmark, unconfirmed_hash_hits=result.unconfirmed_hits)
 
     in_place = args.out is None or Path(args.out).resolve() == run_dir.resolve()
-    if in_place and not rejected and (run_dir / MANIFEST).exists():
+    if in_place and not len(rejected) and (run_dir / MANIFEST).exists():
         previous = read_manifest(run_dir)
         earlier_settings = ((previous.get("config") or {}).get("filters") or {}).get(STEP)
         earlier_funnel = (previous.get("funnel") or {}).get(STEP) or {}
@@ -254,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
                       for label, v in by_benchmark.items())
     print(f"gen decontaminate: {len(texts):,} rows -> {funnel['kept']:,} kept, {len(rejected):,} rejected as "
           f"contaminated in {destination}; rows overlapping each benchmark: {rates}")
-    for row in sorted(rejected)[:SHOW_EXAMPLES]:
+    for row in sorted(rejected.by_position)[:SHOW_EXAMPLES]:
         first = result.matches[row][0]
-        print(f"  row {ids[row]} ~ {rejected[row][1]}: \"{first.ngram}\"")
+        print(f"  row {ids[row]} ~ {rejected.get(row)[1]}: \"{first.ngram}\"")
     return 0

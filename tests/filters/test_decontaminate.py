@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from filters.decontaminate import BenchmarkIndex, find_contamination, normalized_words
+from gen.data.lock import LOCK_NAME
 from gen.data.records import make_row
 from gen.data.shards import ShardWriter, read_manifest, read_table, write_manifest
 from tests.filters.conftest import WORDS
@@ -213,6 +214,10 @@ def gen_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+def run_files(run: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_NAME}
+
+
 def rows_by_id(run: Path, split: str) -> dict[str, dict]:
     return {r["id"]: r for r in read_table(run, split).to_pylist()}
 
@@ -249,12 +254,12 @@ def test_gen_decontaminate_end_to_end(tmp_path):
     assert manifest["stats"]["rejected"]["by_reason"]["contaminated"] == 3
     assert 'mmlu_biology.parquet#1: "which of the following best describes' in done.stdout
 
-    # A rerun finds nothing new: the run is left exactly as it was.
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    # A rerun finds nothing new: the run is left exactly as it was (but for the lock file naming its last holder).
+    before = run_files(run)
     again = gen_cli("decontaminate", str(run), "--against", str(jsonl), str(parquet))
     assert again.returncode == 0, again.stderr
     assert "nothing new" in again.stdout
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert run_files(run) == before
 
     # The dataset card shows the rates, and contaminated rows are not counted as duplicates.
     card = tmp_path / "README.md"
@@ -312,7 +317,7 @@ def test_datasets_folders_as_benchmarks(tmp_path):
 def test_bad_benchmark_files_are_one_line_errors_and_change_nothing(tmp_path):
     run = tmp_path / "run"
     build_run(run)
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before = run_files(run)
     no_text = tmp_path / "ids.jsonl"
     no_text.write_text('{"id": 1, "label": 3}\n')
     broken = tmp_path / "broken.jsonl"
@@ -332,4 +337,4 @@ def test_bad_benchmark_files_are_one_line_errors_and_change_nothing(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("gen decontaminate: error: "), done.stderr
         assert message in lines[0], lines[0]
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert run_files(run) == before
