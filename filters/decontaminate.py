@@ -4,10 +4,11 @@ What counts as contamination (the rule every number here is measured against): a
 benchmark item when the normalized word sequence of the row's text and that of the item share at least one run of
 `n` consecutive words. As in GPT-3 (13-grams) and datatrove's n-gram decontamination (12 by default there).
 
-Normalization (`normalize`), the same on both sides: lowercase; Unicode punctuation and symbols (categories P*, S*)
-become spaces, as datatrove's `simplify_text` does with its punctuation table; accents are stripped (NFD, combining
-marks removed, as datatrove does); the text is split on whitespace. Numbers are kept as written (datatrove turns
-every digit run into "0", which makes all math word problems with one template look alike).
+Normalization (`segment`), the same on both sides: lowercase; accents stripped (NFD, combining marks and format
+characters such as soft hyphens removed, as datatrove does); Unicode punctuation, symbols, separators and control
+characters (categories P*, S*, Z*, Cc) split words, as datatrove's `simplify_text` turns its punctuation table into
+spaces; the rest are the words. Numbers are kept as written (datatrove turns every digit run into "0", which makes
+all math word problems with one template look alike).
 
 Items shorter than `n` words are skipped, as datatrove does (GPT-3 used the whole item instead): a short item ("What
 is the capital of France?", an answer "Paris") is common phrasing, and matching it anywhere inside a long
@@ -15,18 +16,20 @@ instruction or answer flags rows that merely ask the same everyday question; the
 reported, so a benchmark of short items is visible rather than silently passed. Rows shorter than `n` words cannot
 contain an n-gram and are never contaminated.
 
-How it is fast: texts are normalized by pyarrow compute kernels (C++, no Python call per text); each word gets a
-64-bit hash from its UTF-8 bytes (Σ b_i·m_i with one random odd multiplier per byte position, `np.add.reduceat`,
-then the MurmurHash3 finalizer); each n-gram a 64-bit hash Σ w_k·p_k (one odd multiplier per position, finalized).
-The benchmark n-grams form one sorted uint64 array (with the item of each); a row batch is checked with a bitmap on
-the hashes' top bits (one random memory access per n-gram, passing ~1/8 of the non-matching n-grams) and a
-`searchsorted` of the survivors. No Python object per word or n-gram.
+How it is fast: a batch of texts (~256k characters) is lowercased by `str.lower`, joined and seen as one array of
+code points (one byte each when ASCII); a lookup table classifies every character, and word boundaries are
+neighbour compares. Word and n-gram hashes are polynomial hashes modulo 2^64 computed with prefix sums for all
+words / n-grams at once (`NGramHasher`), each finished by the MurmurHash3 finalizer. The benchmark n-grams form one
+sorted uint64 array (with the item of each); a row batch is checked with a bitmap on the hashes' top bits (one
+memory access per n-gram stops ~7/8 of the non-matching ones) and a `searchsorted` of the survivors. No Python
+object per word or n-gram.
 
-Collisions: two distinct n-grams get the same 64-bit hash with probability ~2^-64 (a little more for n-grams that
-are permutations of each other: ~2^-57). Checking Q row n-grams against B benchmark n-grams gives about Q·B/2^64
-false hash hits: 3·10^8 row n-grams (1M rows of 300 words) against 10^7 item n-grams is ~1.6·10^-4 per run. Every
-hash hit is confirmed on the n-gram's actual words against the item it names before it is reported, so a reported
-contamination is never a collision (unconfirmed hits are counted in `ScanResult.unconfirmed_hits`).
+Collisions: two n-grams that differ in their word hashes get one 64-bit hash with probability ~2^-64 (the word
+hashes look random after the finalizer; one differing position can never collide, the base being invertible).
+Checking Q row n-grams against B benchmark n-grams gives about Q·B/2^64 false hash hits: 3·10^8 row n-grams (1M
+rows of 300 words) against 10^7 item n-grams is ~1.6·10^-4 per run. Every hash hit is confirmed on the n-gram's
+actual words against the item it names before it is reported, so a reported contamination is never a collision
+(unconfirmed hits are counted in `ScanResult.unconfirmed_hits`; tests narrow the hash to 8 bits to exercise this).
 """
 
 from __future__ import annotations
