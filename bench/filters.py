@@ -272,9 +272,10 @@ def main() -> None:
     for method, info in results.items():
         rate = info["rows"] / info["scan_seconds"] if info["scan_seconds"] else float("inf")
         total = info["index_seconds"] + n_rows / rate
-        mine = {r for r in info["flagged_rows"] if r < checked}
-        agree = "yes" if mine == {r for r in reference if r < info["rows"]} else \
-            f"no ({len(mine - reference)} extra, {len(reference - mine)} missed)"
+        common = min(checked, info["rows"])  # compared on the rows both ran
+        mine = {r for r in info["flagged_rows"] if r < common}
+        theirs = {r for r in reference if r < common}
+        agree = "yes" if mine == theirs else f"no ({len(mine - theirs)} extra, {len(theirs - mine)} missed)"
         scaled = "" if info["rows"] == n_rows else " (scaled)"
         print(f"| {names[method]} | {info['rows']:,} | {info['index_seconds']:.1f} | {info['scan_seconds']:.1f} | "
               f"{rate:,.0f} | {total:,.0f}{scaled} | {info['peak_mib']:,.0f} | {info['flagged']:,} | {agree} |")
