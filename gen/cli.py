@@ -22,6 +22,7 @@ COMMANDS = {
     "label": "label",
     "logits": "logits",
     "dedup": "dedup",
+    "decontaminate": "decontaminate",
     "filter": "filter",
     "publish": "publish",
     "card": "card",

@@ -217,7 +217,21 @@ def _duplicates(rejected: pa.Table) -> int:
     reasons = rejected.column("filters").to_pylist() if "filters" in rejected.column_names else [[]] * rejected.num_rows
     by_reason = [any("dup" in str(r).lower() for r in (row or [])) for row in reasons]
     kept = has_kept.to_pylist() if has_kept is not None else [False] * rejected.num_rows
-    return sum(1 for a, b in zip(kept, by_reason) if a or b)
+    # A contaminated row's duplicate_of names a benchmark item, not a kept row: it is no duplicate of the run's.
+    benchmark = ["contaminated" in (row or []) for row in reasons]
+    return sum(1 for a, b, c in zip(kept, by_reason, benchmark) if (a and not c) or b)
+
+
+def _contamination(funnel: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per benchmark `gen decontaminate` checked: items, rows overlapping it, the rate (empty when never run)."""
+    entry = funnel.get("decontaminate") if isinstance(funnel.get("decontaminate"), Mapping) else {}
+    rows = []
+    for name, value in (entry.get("by_benchmark") or {}).items():
+        if isinstance(value, Mapping):
+            rows.append({"benchmark": name, "item_count": int(value.get("items") or 0),
+                         "rows": int(value.get("rows_contaminated") or 0),
+                         "rate": f"{100.0 * float(value.get('rate') or 0.0):.2f}%"})
+    return rows
 
 
 def _funnel_rows(funnel: Mapping[str, Any]) -> dict[str, Any]:
@@ -370,7 +384,10 @@ def _body_context(plan: ExportPlan, *, repo_id: str, terms: list[TeacherTerms], 
     # None is shown too: "input: default" says the command's shipped seeds were used, which is a seed source.
     seeds = [(k, "(the command's default)" if v in (None, "", []) else _format_value(v))
              for k, v in _flatten(config) if _SEED_KEY.search(k)]
-    dedup = [(k, _format_value(v)) for k, v in _flatten(config) if _DEDUP_KEY.search(k)]
+    dedup = [(k, _format_value(v)) for k, v in _flatten(config) if _DEDUP_KEY.search(k) and "decontaminate" not in k]
+    filter_settings = config.get("filters") if isinstance(config.get("filters"), Mapping) else {}
+    decontamination = filter_settings.get("decontaminate")
+    decontamination = decontamination if isinstance(decontamination, Mapping) else {}
 
     splits = manifest.get("splits") or {}
     kept_rows = int((splits.get("train") or {}).get("rows", train.num_rows))
@@ -426,6 +443,8 @@ def _body_context(plan: ExportPlan, *, repo_id: str, terms: list[TeacherTerms], 
         "checked_rows": checked,
         "duplicates": duplicates,
         "duplicate_rate": f"{100.0 * duplicates / checked:.2f}%" if checked else "n/a",
+        "contamination": _contamination(manifest.get("funnel") or {}),
+        "contamination_ngram": decontamination.get("ngram"),
         "funnel": _funnel_rows(manifest.get("funnel") or {}),
         "by_reason": by_reason,
         "by_method_round": sorted(by_method_round.items()),
