@@ -149,7 +149,7 @@ def quality(args, work: Path) -> tuple[list[tuple], dict]:
 
     from gen.logits.capture import HFLogitTeacher, capture_logits
     from tests.tiny_models import build_tiny_llama, build_tokenizer
-    from train.losses import LossConfig
+    from train.config import LossConfig
     from train.trainer import TrainConfig, train
 
     words, topics, transitions = make_language()
@@ -207,7 +207,8 @@ def step_worker(impl: str, tokens: int, vocab: int, hidden: int, reps: int) -> d
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from train.losses import LossConfig, batch_loss_sum
+    from train.config import LossConfig
+    from train.losses import batch_loss_sum
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,30 +14,13 @@ accumulated batch (all micro-batches and devices), so gradient accumulation give
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from kernels.losses import PARAMS
 from kernels.topk_kl import topk_kl_loss, topk_kl_reference
+from train.config import LossConfig
 
 IGNORE_INDEX = -100
-LOSS_CHOICES = ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """loss: the divergence on teacher positions (kernels.topk_kl LOSSES); temperature softens the student;
-    beta: JSD(beta) mixture weight; alpha: skew-KL mixture weight; kd_weight in [0, 1]: KD vs hard-label CE on
-    teacher positions; impl: "fused" (top-k KL op, no [N, V] logits) or "naive" (full logits + autograd);
-    memory_budget_bytes: the fused op's chunk budget (None = its default)."""
-
-    loss: str = "forward_kl_tail"
-    temperature: float = 1.0
-    beta: float = 0.5
-    alpha: float = 0.1
-    kd_weight: float = 1.0
-    impl: str = "fused"
-    memory_budget_bytes: int | None = None
 
 
 def _op(impl: str):
@@ -73,8 +56,8 @@ def batch_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         kd_loss = cfg.kd_weight * op(
             h.index_select(0, kd_rows), weight, pick(batch["teacher_topk_ids"], K),
             pick(batch["teacher_topk_logprobs"], K), pick(batch["teacher_tail_logmass"]), y.index_select(0, kd_rows),
-            bias, loss=cfg.loss, temperature=cfg.temperature, beta=cfg.beta, alpha=cfg.alpha,
-            ce_weight=(1.0 - cfg.kd_weight) / cfg.kd_weight, **common)
+            bias, loss=cfg.loss, temperature=cfg.temperature, ce_weight=(1.0 - cfg.kd_weight) / cfg.kd_weight,
+            **{name: getattr(cfg, name) for name in PARAMS}, **common)
         total = total + kd_loss
         stats["kd_loss_sum"] = float(kd_loss.detach())
     if sft_rows.numel():

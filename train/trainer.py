@@ -30,12 +30,13 @@ Sharded lm_head: the op needs the whole [V, H] weight.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import resource
+import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ from transformers import Trainer
 
 from gen.errors import UserError
 from gen.logits.records import tokenizer_fingerprint
-from train.losses import LossConfig, batch_loss_sum
+from kernels.losses import PARAMS, check_params, loss_spec
+from train.config import LossConfig, TrainConfig
+from train.losses import batch_loss_sum
 
 # Config attributes of models whose logits are not plain `h @ W.T + b`: the op would train a different distribution.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -240,37 +243,6 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
-@dataclass
-class TrainConfig:
-    """Everything `gen train` needs (flag names in gen/commands/train.py)."""
-
-    student: str
-    data: Sequence[str]
-    out: str
-    loss: LossConfig = field(default_factory=LossConfig)
-    max_steps: int = -1
-    epochs: float = 1.0
-    lr: float = 5e-5
-    scheduler: str = "cosine"
-    warmup: float = 0.0  # steps, or a fraction of all steps when < 1
-    weight_decay: float = 0.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 2048
-    packing: bool = False
-    save_steps: int = 500
-    save_total_limit: int | None = 3
-    logging_steps: int = 10
-    resume: str | bool | None = None
-    bf16: str = "auto"  # auto | on | off
-    seed: int = 0
-    chat_template: str | None = None
-    gradient_checkpointing: bool = False
-    split: str = "train"
-    report_to: str = "none"
-    extra_callbacks: list = field(default_factory=list)
-
-
 def check_tokenizers(student_tokenizer, student_vocab_rows: int, metadata: dict[str, Any] | None,
                      data_dir: str = "logit shards") -> None:
     """Token-level KD is only meaningful when teacher and student ids mean the same tokens: the tokenizer hash in
@@ -304,44 +276,105 @@ def _latest_checkpoint(out: Path) -> str | None:
 
 
 def load_student(student: str, chat_template: str | None = None):
-    """(model, tokenizer) of the student; a missing path/id is a UserError naming --student."""
+    """(model, tokenizer) of the student; anything that is not a usable causal LM is a UserError naming it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if Path(student).is_dir() and not (Path(student) / "config.json").is_file():
+        raise UserError(f"student {student}: not a Hugging Face model directory (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(student)
         model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
-    except OSError as exc:
-        raise UserError(f"--student {student}: cannot load ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"student {student}: cannot load ({str(exc).strip().splitlines()[0]})") from None
     if chat_template:
         tokenizer.chat_template = chat_template
     for name in _LOGIT_TRANSFORMS:
         value = getattr(model.config, name, None) or getattr(model.config.get_text_config(), name, None)
         if value not in (None, 1, 1.0):
-            raise UserError(f"--student {student}: its logits use {name}={value}; the fused KD op computes plain "
+            raise UserError(f"student {student}: its logits use {name}={value}; the fused KD op computes plain "
                             f"h @ W.T logits, so this student is not supported")
     if model.get_output_embeddings() is None:
-        raise UserError(f"--student {student}: no lm_head (not a causal LM)")
+        raise UserError(f"student {student}: no lm_head (not a causal LM)")
+    rows = min(model.get_input_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
+    if rows < len(tokenizer):  # a token id >= rows would index past the embeddings mid-training
+        raise UserError(f"student {student}: its vocabulary has {rows} rows but its tokenizer has {len(tokenizer)} "
+                        f"tokens; resize its embeddings to the tokenizer (model.resize_token_embeddings) first")
     return model, tokenizer
+
+
+def check_settings(config: TrainConfig) -> None:
+    """The settings that need nothing loaded, checked before anything is loaded or written."""
+    try:
+        loss_spec(config.loss.loss)
+        check_params({name: getattr(config.loss, name) for name in PARAMS})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not config.loss.temperature > 0:
+        raise UserError(f"temperature {config.loss.temperature}: must be > 0")
+    if not 0.0 <= config.loss.kd_weight <= 1.0:
+        raise UserError(f"kd_weight {config.loss.kd_weight}: must be in [0, 1]")
+
+
+# TrainConfig values that TrainingArguments takes in another form
+_TRAINING_ARGS_FORM = {"out": str, "bf16": _use_bf16}
+
+
+def training_arguments(config: TrainConfig):
+    """`transformers.TrainingArguments` from the TrainConfig fields that name a `training_args` target (see
+    train/config.py), plus the settings this trainer always uses."""
+    from transformers import TrainingArguments
+
+    # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing
+    renamed = {"gradient_checkpointing": "activation_checkpointing"} \
+        if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else {}
+    values = {}
+    for f in fields(config):
+        form = _TRAINING_ARGS_FORM.get(f.name, lambda value: value)
+        for target in f.metadata.get("training_args", ()):
+            values[renamed.get(target, target)] = form(getattr(config, f.name))
+    return TrainingArguments(
+        **values, save_strategy="steps", remove_unused_columns=False, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(), average_tokens_across_devices=True, disable_tqdm=True,
+        # without an accelerator, say so: then `torchrun --nproc_per_node N` gives multi-process CPU (gloo) DDP
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+    )
+
+
+@contextlib.contextmanager
+def deepspeed_hidden_unless_used():
+    """Keep DeepSpeed unimported unless this run uses it.
+
+    accelerate's `extract_model_from_parallel` (behind every unwrap and save) imports deepspeed whenever the package
+    is installed, and importing it prints "Setting accelerator to CPU ..." on a machine without CUDA and costs
+    seconds, on every run. Unless accelerate was launched with DeepSpeed (ACCELERATE_USE_DEEPSPEED), a None entry in
+    `sys.modules` hides the package for the run: `importlib.util.find_spec` then reports it missing, so accelerate's
+    and transformers' availability checks say no and nothing imports it. The entry is removed afterwards."""
+    from accelerate.utils.environment import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") or "deepspeed" in sys.modules:
+        yield
+        return
+    sys.modules["deepspeed"] = None
+    try:
+        yield
+    finally:
+        if "deepspeed" in sys.modules and sys.modules["deepspeed"] is None:
+            del sys.modules["deepspeed"]
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Build data, model and trainer from `config`, train, save the final model, the loss curve and the log.
-    Returns a summary (steps, final loss, paths)."""
-    from transformers import TrainingArguments
+    Returns a summary (steps, final loss, paths). A refused configuration writes nothing."""
+    check_settings(config)
+    with deepspeed_hidden_unless_used():
+        return _train(config)
 
+
+def _train(config: TrainConfig) -> dict[str, Any]:
     from train.data import load_training_data
     from train.plot import plot_loss_curve
 
     out = Path(config.out)
-    model, tokenizer = load_student(config.student, config.chat_template)
-    data = load_training_data(config.data, tokenizer, max_length=config.max_length, packing=config.packing,
-                              split=config.split)
-    check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], data.logit_metadata,
-                     ", ".join(map(str, config.data)))
-    if config.loss.loss not in ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl"):
-        raise UserError(f"--loss {config.loss.loss}: unknown")
-    if not 0.0 <= config.loss.kd_weight <= 1.0:
-        raise UserError(f"--kd-weight {config.loss.kd_weight}: must be in [0, 1]")
     resume = config.resume
     if resume is True or resume == "latest":
         resume = _latest_checkpoint(out)
@@ -349,23 +382,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
             raise UserError(f"--resume: no checkpoint-* directory in {out}")
     elif resume and not Path(resume).is_dir():
         raise UserError(f"--resume {resume}: no such checkpoint directory")
-    bf16 = _use_bf16(config.bf16)
-    # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing
-    checkpointing = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-                     else "gradient_checkpointing")
-    args = TrainingArguments(
-        **{checkpointing: config.gradient_checkpointing},
-        output_dir=str(out), max_steps=config.max_steps, num_train_epochs=config.epochs,
-        learning_rate=config.lr, lr_scheduler_type=config.scheduler, warmup_steps=config.warmup,
-        weight_decay=config.weight_decay, per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, save_strategy="steps", save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, bf16=bf16, seed=config.seed,
-        data_seed=config.seed, report_to=config.report_to, remove_unused_columns=False,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-        average_tokens_across_devices=True, disable_tqdm=True,
-        # without an accelerator, say so: then `torchrun --nproc_per_node N` gives multi-process CPU (gloo) DDP
-        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-    )
+    model, tokenizer = load_student(config.student, config.chat_template)
+    data = load_training_data(config.data, tokenizer, max_length=config.max_length, packing=config.packing,
+                              split=config.split)
+    check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], data.logit_metadata,
+                     ", ".join(map(str, config.data)))
+    args = training_arguments(config)
+    bf16 = args.bf16
     trainer = DistillTrainer(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
                              processing_class=tokenizer, loss_config=config.loss,
                              callbacks=list(config.extra_callbacks))

@@ -160,7 +160,7 @@ def fsdp_worker(version: int, student_dir: str, data_dirs: list[str], out: str) 
     from torch.distributed.tensor import DTensor
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from train.losses import LossConfig
+    from train.config import LossConfig
     from train.trainer import DistillTrainer
 
     dist.init_process_group("gloo")
@@ -266,7 +266,7 @@ def test_fsdp_sharded_lm_head_matches_one_unsharded_process(version, tiny_pair, 
                                                              tmp_path):
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from train.losses import LossConfig
+    from train.config import LossConfig
     from train.trainer import DistillTrainer
 
     _, _, student_dir = tiny_pair

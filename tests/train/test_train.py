@@ -12,8 +12,10 @@ from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArgument
 
 from gen.cli import main
 from gen.errors import UserError
+from kernels.losses import LOSSES
+from train.config import LossConfig
 from train.data import load_training_data
-from train.losses import LOSS_CHOICES, LossConfig, batch_loss_sum
+from train.losses import batch_loss_sum
 from train.trainer import DistillTrainer, TrainConfig, check_tokenizers, train
 
 FAST = {"max_length": 256, "batch_size": 4, "logging_steps": 1, "lr": 3e-3, "scheduler": "constant"}
@@ -81,7 +83,7 @@ def test_fused_and_full_logits_paths_give_the_same_gradients(tiny_pair, conversa
     assert grads["fused"][1]["lm_head.weight"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("loss", LOSS_CHOICES)
+@pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_matches_full_logits(tiny_pair, conversations, logit_shards, loss):
     _, _, student_dir = tiny_pair
     batch = mixed_batch(tiny_pair, conversations, logit_shards)
