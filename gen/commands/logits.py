@@ -28,8 +28,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from gen.commands.common import read_chat_template
     from gen.data.lock import run_lock
-    from gen.logits.capture import capture_logits, open_logit_teacher
+    from gen.logits.capture import capture_logits, check_conversation_source, open_logit_teacher
 
+    check_conversation_source(args.shards, args.split)  # before the (slow) teacher load; nothing written yet
     template = read_chat_template(args.chat_template)
     options = {"chat_template": template, "dtype": args.dtype}
     if args.teacher.startswith("hf:"):

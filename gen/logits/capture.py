@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gen.data.lock import run_lock
-from gen.data.shards import read_table, write_manifest
+from gen.data.shards import read_table, shard_paths, write_manifest
 from gen.errors import MissingDependency, UserError
 from gen.logits.records import (
     LogitShardWriter,
@@ -93,10 +93,16 @@ class HFLogitTeacher:
             location = location.parent
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        if "gguf_file" not in kwargs and not (location / "config.json").is_file():
+            raise UserError(f"hf:{path}: not a Hugging Face model directory (no config.json)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"hf:{path}: cannot load ({str(exc).strip().splitlines()[0]})") from None
         if chat_template:
             self.tokenizer.chat_template = chat_template
-        self.model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs).to(self.device).eval()
+        self.model = model.to(self.device).eval()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.teacher_id = f"hf:{path}"
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -149,6 +155,14 @@ def _batches(items: list[tuple[str, np.ndarray, np.ndarray]], max_rows: int,
         yield batch
 
 
+def check_conversation_source(source: str | os.PathLike, split: str = "train") -> None:
+    """A UserError unless `source` holds shards of `split` (a run directory, a split directory or one .arrow file):
+    a directory that is not a run would otherwise give an empty capture that looks like a finished one."""
+    if not shard_paths(source, split):
+        raise UserError(f"{source}: no '{split}' shards here (not a run directory written by gen, or its '{split}' "
+                        f"split is empty)")
+
+
 def capture_logits(source: str | os.PathLike, out: str | os.PathLike, teacher: LogitTeacher, k: int, *,
                    split: str = "train", max_length: int | None = None, batch_size: int = 16,
                    max_batch_tokens: int = 8192, progress: bool = True, config: dict | None = None) -> dict[str, Any]:
@@ -158,6 +172,7 @@ def capture_logits(source: str | os.PathLike, out: str | os.PathLike, teacher: L
 
     if k < 1:
         raise UserError(f"-k {k}: must be >= 1")
+    check_conversation_source(source, split)
     tokenizer_hash = tokenizer_fingerprint(teacher.tokenizer)
     metadata = logit_metadata(teacher=teacher.teacher_id, tokenizer_hash=tokenizer_hash,
                               vocab_size=teacher.vocab_size, k=min(k, teacher.vocab_size),
