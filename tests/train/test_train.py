@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArgument
 
 from gen.cli import main
 from gen.errors import UserError
+from gen.logits.records import tokenizer_fingerprint
 from kernels.losses import LOSSES
 from train.config import LossConfig
 from train.data import load_training_data
@@ -203,7 +204,7 @@ def test_mismatched_teacher_and_student_tokenizers_are_refused(tiny_pair, logit_
     assert code == 2
     err = capsys.readouterr().err
     assert "tokenizer" in err and "differs from the student's" in err
-    meta = {"tokenizer_hash": __import__("gen.logits.records").logit_records.tokenizer_fingerprint(tokenizer),
+    meta = {"tokenizer_hash": tokenizer_fingerprint(tokenizer),
             "teacher": "hf:t", "vocab_size": len(tokenizer) - 10}
     with pytest.raises(UserError, match="vocab size mismatch"):
         check_tokenizers(tokenizer, len(tokenizer), meta)
