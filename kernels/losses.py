@@ -41,11 +41,15 @@ class Param:
     high_open: bool = False
     help: str = ""
 
+    def contains(self, value: float) -> bool:
+        return self.low <= value < self.high if self.high_open else self.low <= value <= self.high  # NaN: False
+
+    def range_text(self) -> str:
+        return f"[{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
     def check(self, name: str, value: float) -> None:
-        inside = self.low <= value < self.high if self.high_open else self.low <= value <= self.high
-        if not inside:  # also NaN
-            closing = ")" if self.high_open else "]"
-            raise ValueError(f"{name} must be in [{self.low:g}, {self.high:g}{closing}, got {value}")
+        if not self.contains(value):
+            raise ValueError(f"{name} must be in {self.range_text()}, got {value}")
 
 
 PARAMS: dict[str, Param] = {

@@ -17,7 +17,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gen.errors import UserError
 from kernels.losses import LOSSES, PARAMS, SPECS
+
+
+class InvalidTrainSetting(UserError):
+    """A training setting is out of range or unusable; `setting` is the field at fault (the CLI names its flag), the
+    message starts with the setting's name."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
 
 
 def setting(default=..., *, help: str, default_factory=None, **metadata):
@@ -87,3 +97,18 @@ class TrainConfig:
     split: str = setting("train", cli=False, help="split of conversational runs to read")
     report_to: str = setting("none", cli=False, help="transformers loggers", training_args=("report_to",))
     extra_callbacks: list = setting(default_factory=list, cli=False, help="extra transformers TrainerCallbacks")
+
+
+def check_settings(config: TrainConfig) -> None:
+    """The settings that need nothing loaded, checked before anything is loaded or written."""
+    loss = config.loss
+    if loss.loss not in SPECS:
+        raise InvalidTrainSetting("loss", f"loss {loss.loss!r}: unknown; one of {', '.join(LOSSES)}")
+    for name, param in PARAMS.items():
+        value = getattr(loss, name)
+        if not param.contains(value):
+            raise InvalidTrainSetting(name, f"{name} {value}: must be in {param.range_text()}")
+    if not loss.temperature > 0:
+        raise InvalidTrainSetting("temperature", f"temperature {loss.temperature}: must be > 0")
+    if not 0.0 <= loss.kd_weight <= 1.0:
+        raise InvalidTrainSetting("kd_weight", f"kd_weight {loss.kd_weight}: must be in [0, 1]")

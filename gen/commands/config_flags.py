@@ -2,7 +2,7 @@
 help live in one place, and the dataclass built back from the parsed flags.
 
 A field becomes ``--field-name`` (or its ``flag`` metadata), typed from its annotation: ``bool`` -> a switch,
-``float`` -> a finite float (nan/inf refused, naming the flag), ``int``/``str`` as is; ``choices``, ``nargs``,
+``float`` -> `finite_float` (nan/inf refused, naming the flag), ``int``/``str`` as is; ``choices``, ``nargs``,
 ``const`` and ``metavar`` metadata pass through; a field without default is required. A field whose type is itself a
 dataclass contributes that dataclass's flags. ``cli: False`` fields get no flag. Help ends with the default.
 """
@@ -11,20 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import typing
 from typing import Any
 
-
-def finite_float(text: str) -> float:
-    """argparse type: a float that is neither nan nor +-inf (a nan budget or rate silently disables checks)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+from gen.commands.common import finite_float
+from gen.errors import UserError
 
 
 def _base_type(annotation) -> type:
@@ -82,3 +73,24 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides: Any):
         values[f.name] = dataclass_from_args(kind, args) if dataclasses.is_dataclass(kind) else getattr(args, f.name)
     values.update(overrides)
     return cls(**values)
+
+
+def flag_for_setting(cls, setting: str) -> str | None:
+    """The flag that sets field `setting` of `cls` or of a dataclass inside it (None: no flag sets it)."""
+    for f, kind in _cli_fields(cls):
+        if dataclasses.is_dataclass(kind):
+            flag = flag_for_setting(kind, setting)
+            if flag:
+                return flag
+        elif f.name == setting:
+            return flag_of(f)
+    return None
+
+
+def with_flag(cls, setting: str, message: str) -> UserError:
+    """A library message about `setting` ("kd_weight 2.0: must be in [0, 1]") as the CLI says it, naming the flag
+    ("--kd-weight 2.0: must be in [0, 1]")."""
+    flag = flag_for_setting(cls, setting) or setting
+    if message.startswith(f"{setting} ") or message.startswith(f"{setting}:"):
+        return UserError(flag + message[len(setting):])
+    return UserError(f"{flag}: {message}")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from gen.commands.config_flags import add_dataclass_arguments, dataclass_from_args
-from train.config import TrainConfig
+from gen.commands.config_flags import add_dataclass_arguments, dataclass_from_args, with_flag
+from train.config import InvalidTrainSetting, TrainConfig
 
 HELP = "fine-tune a causal LM from shards: SFT on messages, top-k KD on logit shards, or both (--kd-weight)"
 
@@ -23,6 +23,9 @@ def run(args) -> int:
 
     config = dataclass_from_args(TrainConfig, args)
     config = replace(config, chat_template=read_chat_template(config.chat_template))  # the flag names a file
-    summary = train(config)
+    try:
+        summary = train(config)
+    except InvalidTrainSetting as exc:  # the library names the setting; the user set it with a flag
+        raise with_flag(TrainConfig, exc.setting, str(exc)) from None
     print(json.dumps(summary, indent=2))
     return 0

@@ -111,7 +111,7 @@ def test_train_without_deepspeed_prints_no_deepspeed_warning(tiny_pair, conversa
 def test_student_or_teacher_dir_that_is_not_a_model_is_one_line_error(conversations, tmp_path):
     for not_a_model in (conversations, tmp_path):  # a run directory; an empty directory
         proc = gen("train", "--student", not_a_model, "--data", conversations, "--out", tmp_path / "o")
-        assert str(not_a_model) in error_line(proc, "train")
+        assert f"--student {not_a_model}: not a Hugging Face model" in error_line(proc, "train")
         proc = gen("logits", "--shards", conversations, "--teacher", f"hf:{not_a_model}", "--out", tmp_path / "l")
         assert str(not_a_model) in error_line(proc, "logits")
     assert not (tmp_path / "o").exists() and not (tmp_path / "l").exists()
@@ -131,7 +131,7 @@ def test_student_vocabulary_smaller_than_its_tokenizer_is_refused_for_sft_and_kd
         proc = gen("train", "--student", small, "--data", data, "--out", tmp_path / name, "--max-steps", "2",
                    "--batch-size", "4", "--max-length", "256")
         line = error_line(proc, "train")
-        assert str(small) in line and f"{len(tokenizer) - 16} rows" in line and f"{len(tokenizer)} tokens" in line
+        assert f"--student {small}:" in line and f"{len(tokenizer) - 16} rows" in line and f"{len(tokenizer)} tokens" in line
         assert not (tmp_path / name).exists(), name
 
 
@@ -155,8 +155,10 @@ def test_non_finite_float_flags_are_refused_naming_the_flag(conversations, tmp_p
 
 
 def test_out_of_range_loss_settings_are_refused_before_anything_is_loaded(conversations, tmp_path):
-    for flag, value, words in (("--beta", "1.5", "beta must be in [0, 1]"), ("--alpha", "1", "alpha must be in [0, 1)"),
-                               ("--kd-weight", "-0.1", "kd_weight -0.1"), ("--temperature", "0", "temperature 0.0")):
+    for flag, value, words in (("--beta", "1.5", "--beta 1.5: must be in [0, 1]"),
+                               ("--alpha", "1", "--alpha 1.0: must be in [0, 1)"),
+                               ("--kd-weight", "-0.1", "--kd-weight -0.1: must be in [0, 1]"),
+                               ("--temperature", "0", "--temperature 0.0: must be > 0")):
         proc = gen("train", "--student", tmp_path / "missing", "--data", conversations, "--out", tmp_path / "o", flag,
                    value, timeout=120)
         assert words in error_line(proc, "train")
