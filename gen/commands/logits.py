@@ -28,9 +28,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from gen.commands.common import read_chat_template
     from gen.data.lock import run_lock
-    from gen.logits.capture import capture_logits, check_conversation_source, open_logit_teacher
+    from gen.logits.capture import capture_logits, check_conversation_source, check_hf_model_path, open_logit_teacher
 
-    check_conversation_source(args.shards, args.split)  # before the (slow) teacher load; nothing written yet
+    # Inputs that cannot work are refused before the lock creates --out and before the (slow) teacher load
+    check_conversation_source(args.shards, args.split)
+    if args.teacher.startswith("hf:"):
+        check_hf_model_path(args.teacher[3:])
     template = read_chat_template(args.chat_template)
     options = {"chat_template": template, "dtype": args.dtype}
     if args.teacher.startswith("hf:"):

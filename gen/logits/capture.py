@@ -70,6 +70,18 @@ def topk_from_logits(logits, k: int, chunk_rows: int = 1024) -> TopK:
     return ids, logprobs, tail
 
 
+def check_hf_model_path(path: str) -> Path:
+    """`path` as a Path if it is a local model (a directory with config.json, or a .gguf file); else a UserError.
+    Cheap (no import, nothing loaded): the CLI calls it before taking the run's lock."""
+    location = Path(path)
+    if not location.exists():
+        raise UserError(f"--teacher hf:{path}: no such local model (hf: takes a local directory or .gguf file)")
+    if not (location.is_file() and location.suffix == ".gguf") and not (location / "config.json").is_file():
+        raise UserError(f"--teacher hf:{path}: not a Hugging Face model (no config.json; hf: takes a local model "
+                        f"directory or .gguf file)")
+    return location
+
+
 class HFLogitTeacher:
     """A local transformers causal LM as a logit teacher: batched right-padded forward passes, full log-softmax."""
 
@@ -80,9 +92,7 @@ class HFLogitTeacher:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        location = Path(path)
-        if not location.exists():
-            raise UserError(f"--teacher hf:{path}: no such local model (hf: takes a local directory or .gguf file)")
+        location = check_hf_model_path(path)
         kwargs: dict[str, Any] = {"local_files_only": True}
         if location.is_file() and location.suffix == ".gguf":
             try:
@@ -93,8 +103,6 @@ class HFLogitTeacher:
             location = location.parent
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        if "gguf_file" not in kwargs and not (location / "config.json").is_file():
-            raise UserError(f"hf:{path}: not a Hugging Face model directory (no config.json)")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)

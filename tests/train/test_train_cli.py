@@ -113,7 +113,7 @@ def test_student_or_teacher_dir_that_is_not_a_model_is_one_line_error(conversati
         proc = gen("train", "--student", not_a_model, "--data", conversations, "--out", tmp_path / "o")
         assert f"--student {not_a_model}: not a Hugging Face model" in error_line(proc, "train")
         proc = gen("logits", "--shards", conversations, "--teacher", f"hf:{not_a_model}", "--out", tmp_path / "l")
-        assert str(not_a_model) in error_line(proc, "logits")
+        assert f"hf:{not_a_model}: not a Hugging Face model" in error_line(proc, "logits")
     assert not (tmp_path / "o").exists() and not (tmp_path / "l").exists()
 
 
