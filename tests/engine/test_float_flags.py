@@ -12,9 +12,6 @@ from gen.cli import build_parser
 from gen.commands.common import finite_float
 from tests.engine.conftest import run_gen, write_instructions
 
-# Owned by another change (issue 12's `gen train` settings, `gen logits`): their float flags may still be plain
-# `float` until it lands. Any other subcommand with a plain float flag fails `test_every_float_flag_is_finite`.
-NOT_YET_CONVERTED = {"train", "logits"}
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -36,7 +33,7 @@ def finite_flags() -> list[tuple[str, str]]:
 
 def test_every_float_flag_is_finite():
     plain = [f"gen {name} {action.option_strings[-1]}" for name, parser in subcommands().items()
-             if name not in NOT_YET_CONVERTED for action in parser._actions
+             for action in parser._actions
              if action.option_strings and _is_float_flag(action) and action.type is not finite_float]
     assert not plain, f"float flags without gen.commands.common.finite_float: {plain}"
     flags = finite_flags()
