@@ -13,7 +13,6 @@ from gen.commands.common import finite_float
 from tests.engine.conftest import run_gen, write_instructions
 
 
-
 def subcommands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
