@@ -16,6 +16,9 @@ Reasons:
   diagrams, attachments), Self-Instruct's rule (§2.3: "image, picture, graph"). Its code also dropped "file",
   "map", "plot" and "go to"; those words are common in text tasks (coding, stories), so they are left out here.
 - `trivial_instruction`: the instruction is only punctuation and stop words.
+- degeneration (`filters.repetition`, on every user and assistant message): `repetition` (Gopher's repetition
+  rules), `stutter`, `enumeration_without_content`, `repeated_list_items`; `QualityConfig.repetition` holds their
+  thresholds (None switches them off).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from filters.repetition import RepetitionConfig, row_degeneration_reasons
 from filters.rouge import rouge_l, tokenize
 
 EMPTY_ANSWER = "empty_answer"
@@ -128,6 +132,7 @@ class QualityConfig:
     copies_question: float | None = 0.9
     non_text_task: bool = True
     trivial_instruction: bool = True
+    repetition: RepetitionConfig | None = RepetitionConfig()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,4 +173,7 @@ def row_quality_reasons(row: Mapping[str, Any], config: QualityConfig = QualityC
     messages = row.get("messages") or []
     instruction = next((m["content"] or "" for m in messages if m["role"] == "user"), "")
     answers = [m["content"] or "" for m in messages if m["role"] == "assistant"]
-    return quality_reasons(instruction, answers, row.get("finish_reason"), config)
+    reasons = quality_reasons(instruction, answers, row.get("finish_reason"), config)
+    if config.repetition is not None:
+        reasons += row_degeneration_reasons(row, config.repetition)
+    return reasons

@@ -1,7 +1,9 @@
 """`gen filter DIR`: heuristic quality filters (and optionally ROUGE-L novelty) over a finished run's shards.
 
 Every train row is checked by `filters.heuristics` (empty_answer, truncated, refusal, copies_question, too_short,
-too_long, non_text_task, trivial_instruction) and, with --rouge-l T, by the Self-Instruct novelty rule over the
+too_long, non_text_task, trivial_instruction), by the degeneration rules of `filters.repetition` (repetition,
+stutter, enumeration_without_content, repeated_list_items; on by default, `--keep-repetitive` switches them off,
+`--repetition-scale S` multiplies their thresholds) and, with --rouge-l T, by the Self-Instruct novelty rule over the
 instructions in row order (reason `rouge_l_duplicate`, `duplicate_of` = the earlier row it matched). Rejected rows
 move to the `rejected` split with every reason they failed; counts per reason go to the manifest's funnel and
 `gen stats`. Output and safety as `gen dedup` (default in place, swapped in atomically; reruns identical).
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from gen.commands.common import finite_float
 
-HELP = "move low-quality rows (empty, truncated, refusals, echoes, length bounds, non-text tasks) to `rejected`"
+HELP = "move low-quality rows (empty, truncated, refusals, echoes, length bounds, non-text tasks, repetition) to `rejected`"
 
 ROUGE_DUPLICATE = "rouge_l_duplicate"
 
@@ -30,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-non-text", action="store_true", help="keep instructions about images, audio, ...")
     parser.add_argument("--keep-trivial", action="store_true",
                         help="keep instructions made only of punctuation and stop words")
+    parser.add_argument("--keep-repetitive", action="store_true",
+                        help="keep degenerate texts (Gopher repetition, stutter, empty enumerations, repeated list items)")
+    parser.add_argument("--repetition-scale", type=finite_float, default=1.0, metavar="S",
+                        help="multiply every degeneration threshold by S (< 1 stricter, > 1 looser; default 1)")
     parser.add_argument("--rouge-l", type=finite_float, default=None, metavar="T",
                         help="also reject instructions with ROUGE-L >= T against an earlier kept one (Self-Instruct: 0.7)")
     parser.add_argument("--out", default=None, metavar="OUT", help="write here instead of rewriting DIR in place")
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _filter(args: argparse.Namespace) -> int:
     from filters.heuristics import QualityConfig, row_quality_reasons
+    from filters.repetition import RepetitionConfig
     from filters.rouge import novelty_duplicates
     from gen.data.records import row_text
     from gen.data.rejections import Rejections
@@ -53,6 +60,8 @@ def _filter(args: argparse.Namespace) -> int:
 
     if args.min_chars is not None and args.max_chars is not None and args.min_chars > args.max_chars:
         raise UserError(f"--min-chars {args.min_chars} is larger than --max-chars {args.max_chars}")
+    if not args.repetition_scale > 0:
+        raise UserError(f"--repetition-scale {args.repetition_scale}: must be positive")
     if args.rouge_l is not None and not 0.0 < args.rouge_l <= 1.0:
         raise UserError(f"--rouge-l {args.rouge_l}: must be in (0, 1]")
     config = QualityConfig(
@@ -63,6 +72,7 @@ def _filter(args: argparse.Namespace) -> int:
         copies_question=args.copies_question or None,
         non_text_task=not args.keep_non_text,
         trivial_instruction=not args.keep_trivial,
+        repetition=None if args.keep_repetitive else RepetitionConfig(scale=args.repetition_scale),
     )
     run_dir = Path(args.run_dir)
     table = load_train(run_dir)

@@ -20,7 +20,9 @@ One round (the paper's loop, §3):
    (`evol_equality.txt`, rule 1: `no_information_gain` when judged the same; a reply that says neither keeps the
    evolution and is recorded as `params.judge = "unclear"`).
 5. The eliminator on the answer: "sorry" in an answer shorter than 80 words (`apology`, rule 2), an answer of only
-   punctuation and stop words (`only_punctuation_stopwords`, rule 3).
+   punctuation and stop words (`only_punctuation_stopwords`, rule 3), a degenerate answer (`filters.repetition`:
+   `repetition`, `stutter`, `enumeration_without_content`, `repeated_list_items`; also checked on the evolved
+   instruction in step 3, before paying for its answer).
 6. A surviving evolution replaces its parent in the pool; a rejected one leaves the parent in the pool unchanged, to
    be evolved again (with a freshly drawn operation) next round. A failed request (after the engine's retries) is
    not a row: the parent stays and a rerun retries the request.
@@ -38,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from filters.repetition import REASONS as DEGENERATION_REASONS
 from gen.engine.spec import InvalidSetting
 from gen.errors import UserError
 from gen.methods.base import MethodRun
@@ -61,7 +64,10 @@ ONLY_PUNCTUATION_STOPWORDS = "only_punctuation_stopwords"  # rule 3
 PROMPT_LEAK = "prompt_leak"  # rule 4: the evolution copies the rewriting prompt's words
 NEAR_DUPLICATE = "near_duplicate"  # MinHash, across all rounds and inputs, before answering
 EMPTY_EVOLUTION = "empty_evolution"  # nothing left after removing labels/markers
-REASONS = (NO_INFORMATION_GAIN, APOLOGY, ONLY_PUNCTUATION_STOPWORDS, PROMPT_LEAK, NEAR_DUPLICATE, EMPTY_EVOLUTION)
+# Degenerate rewrites and answers (`filters.repetition`): repetition, stutter, enumeration_without_content,
+# repeated_list_items.
+REASONS = (NO_INFORMATION_GAIN, APOLOGY, ONLY_PUNCTUATION_STOPWORDS, PROMPT_LEAK, NEAR_DUPLICATE,
+           EMPTY_EVOLUTION) + DEGENERATION_REASONS
 
 APOLOGY_MAX_WORDS = 80
 # Words of the rewriting prompts that must never appear in an evolved instruction: the paper's own markers (which a
@@ -123,12 +129,15 @@ def clean_evolution(text: str) -> str:
 
 
 def check_evolution(evolved: str) -> str | None:
-    """Checks on the evolved instruction alone (before paying for an answer): `empty_evolution`, `prompt_leak`."""
+    """Checks on the evolved instruction alone (before paying for an answer): `empty_evolution`, `prompt_leak`, and
+    the first degeneration reason of `filters.repetition` (a rewrite stuck in a loop)."""
+    from filters.repetition import degeneration_reasons
+
     if not evolved.strip() or not re.search(r"\w", evolved):
         return EMPTY_EVOLUTION
     if contains_any(evolved, LEAK_MARKERS):
         return PROMPT_LEAK
-    return None
+    return next(iter(degeneration_reasons(evolved)), None)
 
 
 def is_short_apology(answer: str) -> bool:
@@ -137,15 +146,16 @@ def is_short_apology(answer: str) -> bool:
 
 
 def check_answer(answer: str) -> list[str]:
-    """Rules 2 and 3 on the teacher's answer; all that apply."""
+    """Rules 2 and 3 on the teacher's answer, then the degeneration rules (`filters.repetition`); all that apply."""
     from filters.heuristics import only_punctuation_and_stopwords
+    from filters.repetition import degeneration_reasons
 
     reasons = []
     if is_short_apology(answer):
         reasons.append(APOLOGY)
     if only_punctuation_and_stopwords(answer):
         reasons.append(ONLY_PUNCTUATION_STOPWORDS)
-    return reasons
+    return reasons + degeneration_reasons(answer)
 
 
 def parse_equality(text: str) -> bool | None:

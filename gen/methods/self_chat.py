@@ -11,7 +11,8 @@ speaker's marker as a stop sequence, so one request yields exactly one turn. Eit
 person when it has nothing left to ask): the text before it is kept and the dialogue ends. The dialogue also ends
 after `max_turns` assistant turns or once its completions have used `max_tokens_per_dialog` tokens. A dialogue always
 ends on an assistant turn (a trailing person turn is dropped). Rejected: `empty_reply` (the assistant said nothing
-in its first turn).
+in its first turn), and the degeneration reasons of `filters.repetition` (`repetition`, `stutter`,
+`enumeration_without_content`, `repeated_list_items`) when a generated turn (either side, after the seed) loops.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from filters.repetition import dialogue_degeneration_reasons
 from gen.engine.spec import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
@@ -163,6 +165,10 @@ class SelfChat:
                 continue
             row = run.row(messages=messages, operation=METHOD, parent_id=d.seed.id, root_id=d.seed.id,
                           params=params, completions=d.completions)
+            degenerate = dialogue_degeneration_reasons(messages)
+            if degenerate:
+                run.reject(row, degenerate)
+                continue
             run.funnel.add("dialogues")
             run.funnel.add("turns", d.ai_turns)
             run.keep(row)

@@ -6,7 +6,9 @@ is the 175 tasks shipped in `gen/methods/data/`). Output: one row per generated 
 `operation="classification"` (generated output-first) or `"generation"` (input-first), `round` = the bootstrap step
 that produced the instruction, `parent_id` = `root_id` = the instruction's id. Rejections (with reason) go to the
 `rejected` split: `unparseable`, `too_short`, `too_long`, `blacklisted`, `rouge_similar` for instructions;
-`unparseable`, `duplicate_instance`, `conflicting_instance` for instances.
+`unparseable`, `duplicate_instance`, `conflicting_instance` and the degeneration reasons of `filters.repetition`
+(`repetition`, `stutter`, `enumeration_without_content`, `repeated_list_items`: a looping input or output) for
+instances.
 
 The paper's pipeline, in four stages:
 1. Instruction generation, step by step until `num_instructions` new ones are in the pool: each prompt shows 8 tasks
@@ -17,7 +19,8 @@ The paper's pipeline, in four stages:
 2. Classification detection: a few-shot prompt with 12 classification and 19 non-classification seed tasks.
 3. Instance generation: output-first (label, then an input for it) for classification tasks, so the labels are not
    skewed toward what comes to mind first; input-first for the rest.
-4. Instance filtering: exact duplicates, and instances with the same input but a different output, are dropped.
+4. Instance filtering: exact duplicates, and instances with the same input but a different output, are dropped;
+   so are degenerate inputs and outputs (kdforge's addition: small teachers loop).
 """
 
 from __future__ import annotations
@@ -182,10 +185,14 @@ def parse_output_first(text: str) -> list[tuple[str, str]] | None:
 def filter_instances(pairs: Sequence[tuple[str, str]]) -> list[tuple[tuple[str, str], str | None]]:
     """Each (input, output) with None (kept) or its rejection reason: an empty output is `unparseable`, a repeat of
     an earlier pair is `duplicate_instance`, and every instance whose input also appears with a different output is
-    `conflicting_instance` (which output is right cannot be told)."""
+    `conflicting_instance` (which output is right cannot be told). A degenerate input or output (`filters.repetition`)
+    gets its first degeneration reason and takes no part in the other two rules."""
+    from filters.repetition import texts_degeneration_reasons
+
+    degenerate = {pair: next(iter(texts_degeneration_reasons(pair)), None) for pair in pairs}
     outputs_by_input: dict[str, set[str]] = {}
     for input_text, output in pairs:
-        if output.strip():
+        if output.strip() and degenerate[(input_text, output)] is None:
             outputs_by_input.setdefault(input_text.strip().lower(), set()).add(output.strip().lower())
     seen: set[tuple[str, str]] = set()
     verdicts = []
@@ -193,6 +200,8 @@ def filter_instances(pairs: Sequence[tuple[str, str]]) -> list[tuple[tuple[str, 
         key = (input_text.strip().lower(), output.strip().lower())
         if not output.strip():
             verdicts.append(((input_text, output), UNPARSEABLE))
+        elif degenerate[(input_text, output)] is not None:
+            verdicts.append(((input_text, output), degenerate[(input_text, output)]))
         elif len(outputs_by_input[key[0]]) > 1:
             verdicts.append(((input_text, output), CONFLICTING_INSTANCE))
         elif key in seen:

@@ -19,7 +19,8 @@ Rows: `messages` alternate user/assistant starting with the opening request, `me
 `parent_id` = the opening request's id, `root_id` = the meta-topic / task type / document it came from; `params`
 record the persona, the turn budget, the turns taken and why the dialogue ended. Rejections: `unparseable` (a
 sub-topic/question list that yields nothing), `duplicate_question` (an opening already used), `empty_reply` (the
-assistant returned nothing).
+assistant returned nothing), and the degeneration reasons of `filters.repetition` (`repetition`, `stutter`,
+`enumeration_without_content`, `repeated_list_items`) when a generated turn (either side, after the opening) loops.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filters.repetition import dialogue_degeneration_reasons
 from gen.data.inputs import iter_jsonl
 from gen.data.records import content_id
 from gen.engine.spec import InvalidSetting
@@ -322,8 +324,11 @@ class UltraChat:
             row = run.row(messages=d.messages, operation=d.opening.sector, parent_id=d.opening.id, system=run.system,
                           root_id=content_id("root", d.opening.sector, d.opening.root), params=params,
                           completions=d.completions)
+            degenerate = dialogue_degeneration_reasons(d.messages)
             if d.ended_by == EMPTY_REPLY or d.turns == 0:
                 run.reject(row, EMPTY_REPLY, round=d.opening.sector)
+            elif degenerate:
+                run.reject(row, degenerate, round=d.opening.sector)
             else:
                 run.funnel.add("dialogues", 1, d.opening.sector)
                 run.funnel.add("turns", d.turns, d.opening.sector)

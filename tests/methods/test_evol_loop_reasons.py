@@ -26,6 +26,17 @@ SCRIPT = {
     "SORRY": ("SORRY task with one added constraint about dates", "Sorry, I cannot answer that.", "Different"),
     "STOP": ("STOP task with an extra requirement on format", "... and the of it.", "Different"),
     "GOOD": ("GOOD task made harder with two additional steps", "A detailed, useful answer.", "Different"),
+    # Degenerate answers (filters.repetition), each with its reason first.
+    "REPEAT": ("REPEAT task asking for three distinct facts", "\n\n".join(
+        ["The harbor opens at dawn and the boats leave for the northern banks, where the fishermen check their nets, "
+         "count the catch and sail back before the afternoon wind turns against them on the long way home."] * 4),
+        "Different"),
+    "STUTTER": ("STUTTER task requiring a yes or no verdict", "The answer is yes. The answer is yes indeed. "
+                "The answer is yes, yes. The answer is surely yes.", "Different"),
+    "ENUM": ("ENUM task listing the steps in order", "1. 2. 3. 4. 5. 6. 7. 8.", "Different"),
+    "LISTREP": ("LISTREP task that needs five writing prompts", "1. Write a sentence about hobbies.\n"
+                "2. Name a color you like.\n3. Write a sentence about hobbies.\n4. Describe a rainy day.\n"
+                "5. Write a sentence about hobbies.", "Different"),
 }
 
 
@@ -58,7 +69,7 @@ class ScriptedTeacher(Teacher):
 
 def _items() -> list[SeedItem]:
     topics = ["the town library", "bee keeping", "tidal energy", "medieval bridges", "jazz in the 1920s",
-              "volcanic soils", "chess openings"]
+              "volcanic soils", "chess openings", "desert caravans", "paper making", "lighthouses", "tea blending"]
     texts = {m: f"{m}: write a paragraph about {topic} for a school newsletter" for m, topic in zip(SCRIPT, topics)}
     return [SeedItem(id=content_id("seed", t), instruction=t, task_instruction=t) for t in texts.values()]
 
@@ -81,7 +92,8 @@ def test_every_reason_reaches_the_rejected_split_and_parents_stay_in_the_pool(tm
     # Rejected before answering: only the evolved instruction; after answering: instruction and answer.
     for reason in (evol.PROMPT_LEAK, evol.EMPTY_EVOLUTION, evol.NEAR_DUPLICATE):
         assert len(reasons_round1[reason]["messages"]) == 1
-    for reason in (evol.NO_INFORMATION_GAIN, evol.APOLOGY, evol.ONLY_PUNCTUATION_STOPWORDS):
+    for reason in (evol.NO_INFORMATION_GAIN, evol.APOLOGY, evol.ONLY_PUNCTUATION_STOPWORDS, "repetition", "stutter",
+                   "enumeration_without_content", "repeated_list_items"):
         assert [m["role"] for m in reasons_round1[reason]["messages"]] == ["user", "assistant"]
 
     # --system goes with the answer requests (not the rewrite/judge meta-prompts) and into the answered rows.
