@@ -26,8 +26,12 @@ definition. Four reasons, each with its own threshold in `RepetitionConfig`:
   by the three rules below instead. So "Positive", "42" and "Paris" always pass.
 - `stutter`: what small models do below Gopher's length floor: one short clause said again and again with small
   changes ("The cat is happy. The cat is very happy. The cat is happy happy.") -- at least 3 clauses that are near
-  copies (word-level similarity >= 0.8) of one of the previous 8 clauses, and more than half of all clauses -- or a
-  1-3 word unit repeated 5 times in a row ("the the the the the", "I love you I love you ...").
+  copies of one of the previous 8 clauses, and more than half of all clauses -- or a
+  1-3 word unit repeated 5 times in a row ("the the the the the", "I love you I love you ..."). A near copy: word
+  sequences with difflib similarity >= 0.8 that differ only by inserted or dropped words ("the cat is happy" ->
+  "the cat is very happy"), or >= 0.7 when they share a run of 6+ words ("You need to make sure that the input is
+  in the proper order" -> "... is clear", Gemma-270M's), or >= 0.9 whatever the change. A swapped word in a short
+  frame is not a near copy: "What is your favorite food? ... favorite restaurant?" (0.8) is a list of questions.
 - `enumeration_without_content`: list markers with nothing after them ("1. 2. 3. 4. ... 26."): at least 4 numbered
   items with no word in them and more than half of all items. A counting answer written as "1, 2, 3, ..., 10"
   has no list markers and passes (it may be what was asked: "Count to 10").
@@ -177,9 +181,9 @@ def duplicate_ngram_fraction(tokens: Sequence[str], n: int, total_chars: int) ->
             covered[i:i + n] = [True] * n
         else:
             seen.add(gram)
-    chars = sum(len(t) for t, c in zip(tokens, covered) if c)
-    chars += sum(1 for a, b in zip(covered, covered[1:]) if a and b)  # the space between two covered tokens
-    return min(1.0, chars / total_chars)
+    # Token characters only, no separators: datatrove joins the n-gram's words with "" here (and with " " for the
+    # top n-gram rule).
+    return sum(len(t) for t, c in zip(tokens, covered) if c) / total_chars
 
 
 def gopher_measures(text: str, min_ngram_words: int = 100) -> dict[str, float]:
@@ -219,22 +223,33 @@ def gopher_violations(text: str, config: RepetitionConfig = RepetitionConfig()) 
 
 
 def clause_words(text: str) -> list[list[str]]:
-    """Each clause (split at . ! ? ; : , and newlines) as its lowercase words; clauses of fewer than 2 words dropped
-    (a lone "yes" or a number is no clause to stutter)."""
-    clauses = (_WORDS.findall(part.lower()) for part in _CLAUSE_BREAK.split(text))
+    """Each clause (split at . ! ? ; : , and newlines; list markers removed) as its lowercase words; clauses of fewer
+    than 2 words dropped (a lone "yes" or a number is no clause to stutter)."""
+    clauses = (_WORDS.findall(part.lower()) for part in _CLAUSE_BREAK.split(_MARKER.sub(" ", text)))
     return [words for words in clauses if len(words) >= 2]
 
 
+_ANY_CHANGE_SIMILARITY = 0.9
+_LONG_SHARED_RUN = 6  # words said verbatim again: "You need to make sure that the input is ..."
+_LONG_RUN_SIMILARITY = 0.7
+
+
+def is_near_copy(earlier: Sequence[str], words: Sequence[str], similarity: float = 0.8) -> bool:
+    """Word sequences that say the same: difflib ratio >= `similarity` with only words inserted or dropped, or
+    >= 0.9 with any change (see the module docstring)."""
+    matcher = SequenceMatcher(None, earlier, words, autojunk=False)
+    ratio = matcher.ratio()
+    if ratio >= max(similarity, _ANY_CHANGE_SIMILARITY):
+        return True
+    if matcher.find_longest_match(0, len(earlier), 0, len(words)).size >= _LONG_SHARED_RUN:
+        return ratio >= _LONG_RUN_SIMILARITY
+    return ratio >= similarity and all(tag != "replace" for tag, *_ in matcher.get_opcodes())
+
+
 def near_repeat_clauses(clauses: Sequence[Sequence[str]], similarity: float = 0.8, window: int = 8) -> int:
-    """How many clauses are near copies (difflib word-sequence ratio >= similarity) of one of the `window`
-    clauses before them."""
-    repeats = 0
-    for i, words in enumerate(clauses):
-        for earlier in clauses[max(0, i - window):i]:
-            if SequenceMatcher(None, earlier, words, autojunk=False).ratio() >= similarity:
-                repeats += 1
-                break
-    return repeats
+    """How many clauses are near copies (`is_near_copy`) of one of the `window` clauses before them."""
+    return sum(1 for i, words in enumerate(clauses)
+               if any(is_near_copy(earlier, words, similarity) for earlier in clauses[max(0, i - window):i]))
 
 
 def longest_unit_run(text: str, max_unit: int = 3) -> int:

@@ -58,9 +58,11 @@ def test_ngram_measures_by_hand():
     tokens = "a b c a b c a b".split()  # 8 tokens, "a b" x3
     assert rep.top_ngram_fraction(tokens, 2, 100) == pytest.approx(3 * len("a b") / 100)
     assert rep.top_ngram_fraction("a b c d".split(), 2, 100) == 0.0  # nothing occurs twice
-    # 5-grams of "p q r s t p q r s t": the second "p q r s t" repeats the first -> 5 tokens + 4 spaces covered.
+    # 5-grams of "p q r s t p q r s t": the second "p q r s t" repeats the first -> its 5 token characters.
     tokens = "p q r s t p q r s t".split()
-    assert rep.duplicate_ngram_fraction(tokens, 5, 19) == pytest.approx(9 / 19)
+    assert rep.duplicate_ngram_fraction(tokens, 5, 19) == pytest.approx(5 / 19)
+    # Overlapping repeats count each token once: "a a a a a a a" has 5-grams at 0..2, those at 1 and 2 repeat.
+    assert rep.duplicate_ngram_fraction(list("aaaaaaa"), 5, 13) == pytest.approx(6 / 13)
 
 
 def test_gopher_rules_hit_long_loops_and_spare_long_prose():
@@ -86,7 +88,7 @@ def test_ngram_rules_need_the_minimum_length():
 
 @pytest.mark.parametrize("text", [
     "The cat is happy. The cat is very happy. The cat is so happy. The cat is happy happy.",
-    "I think it is good, I think it is very good, I think it's good, I think it is good.",
+    "She likes to read books, she likes to read many books, she likes to read books every day, she likes to read.",
     "the the the the the answer",
     "I love you I love you I love you I love you I love you",
 ])
@@ -97,6 +99,8 @@ def test_stutter_hits(text):
 @pytest.mark.parametrize("text", [
     "The cat is happy. The cat is very happy. The dog is asleep by the fire.",  # only 1 near repeat
     "Step 1: Add the flour. Step 2: Add the sugar. Step 3: Beat the eggs. Step 4: Bake for an hour.",
+    "1. What is your favorite food?\n2. What is your favorite restaurant?\n3. What is your favorite drink?\n"
+    "4. What is your favorite dessert?",  # a swapped word in a frame: 0.8 similar, but new content each time
     "no no no no",  # 4 in a row: under the run of 5
     "0 0 0 0 0 0 0 0",  # numbers are content (a matrix)
 ])

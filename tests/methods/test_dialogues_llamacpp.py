@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from filters import repetition
 from gen.data.shards import read_manifest, read_table
 from gen.methods import self_chat, ultrachat
 
@@ -24,7 +25,7 @@ def test_ultrachat_three_sectors_alternating_turns_in_range(ultrachat_run):
     # skipped silently.
     assert {r["operation"] for r in train + rejected} == {ultrachat.WORLD, ultrachat.WRITING, ultrachat.MATERIALS}
     assert all(r["filters"] and set(r["filters"]) <= {ultrachat.UNPARSEABLE, ultrachat.DUPLICATE_QUESTION,
-                                                      ultrachat.EMPTY_REPLY} for r in rejected)
+                                                      ultrachat.EMPTY_REPLY, *repetition.REASONS} for r in rejected)
     for row in train:
         params = json.loads(row["params"])
         assert _alternates(row["messages"]) and all(m["content"].strip() for m in row["messages"])
@@ -59,4 +60,4 @@ def test_self_chat_alternates_and_respects_turn_and_token_budgets(self_chat_run)
             assert self_chat.HUMAN not in m["content"] and self_chat.AI not in m["content"]
         assert row["usage"]["completion_tokens"] == params["dialog_tokens"]
     for row in rejected:
-        assert row["filters"] == [self_chat.EMPTY_REPLY]
+        assert row["filters"] == [self_chat.EMPTY_REPLY] or set(row["filters"]) <= set(repetition.REASONS)

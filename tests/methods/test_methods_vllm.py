@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from filters import repetition
 from gen.data.shards import read_manifest, read_table
 from gen.engine.engine import Engine
 from gen.methods import evol_instruct as evol
@@ -80,7 +81,7 @@ def test_self_instruct_on_vllm_records_every_candidate(long_context_vllm, tmp_pa
     funnel = read_manifest(tmp_path)["funnel"]["total"]
     assert funnel["requests"] >= 2 and "requests_failed" not in funnel  # prompts fit; nothing failed
     reasons = {si.UNPARSEABLE, si.TOO_SHORT, si.TOO_LONG, si.BLACKLISTED, si.ROUGE_SIMILAR,
-               si.DUPLICATE_INSTANCE, si.CONFLICTING_INSTANCE}
+               si.DUPLICATE_INSTANCE, si.CONFLICTING_INSTANCE, *repetition.REASONS}
     assert all(r["filters"] and set(r["filters"]) <= reasons for r in rejected)
     # Every generated candidate is either in the pool or rejected with a reason: nothing is dropped silently.
     instruction_rejections = sum(1 for r in rejected if r["operation"] == "instruction")

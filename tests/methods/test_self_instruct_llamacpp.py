@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 
+from filters import repetition
 from filters.rouge import rouge_l
 from gen.data.shards import read_manifest, read_table
 from gen.methods import self_instruct as si
@@ -13,7 +14,7 @@ from gen.methods.inputs import default_seed_tasks, load_items
 from gen.methods.templates import load_template
 
 REASONS = {si.UNPARSEABLE, si.TOO_SHORT, si.TOO_LONG, si.BLACKLISTED, si.ROUGE_SIMILAR, si.DUPLICATE_INSTANCE,
-           si.CONFLICTING_INSTANCE}
+           si.CONFLICTING_INSTANCE, *repetition.REASONS}
 
 
 def test_pool_grows_and_stays_novel(self_instruct_run):
