@@ -16,7 +16,8 @@ definition. Four reasons, each with its own threshold in `RepetitionConfig`:
   Deviations, and why: only lines/paragraphs of at least 2 words with a letter in them are counted, so code and
   markdown are not rejected for their braces, fences and rules ("}", "```", "---"), a number matrix for its equal
   rows ("0 0 0"), a list of labels for its repeated label ("Positive" / "Negative" / "Positive") (datatrove counts
-  every line); a single word said again and again is the `stutter` rule's. The n-gram rules
+  every line); a single word said again and again is the `stutter` rule's. Paragraphs count from 2 words or numbers
+  (a block of dates or numbers printed again and again is a loop). The n-gram rules
   apply only to texts of at least `min_ngram_words` (100) words, and the top n-gram must occur at least twice (one
   occurrence is not a repetition). Gopher's own floor is 50 words (its shortest document), but instruction answers
   are short and structured: on the shipped Self-Instruct seed outputs of 55-89 words, a list's shared frame
@@ -71,10 +72,16 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _CLAUSE_BREAK = re.compile(r"[.!?;:,\n]+")
 _WORDS = re.compile(r"[^\W_]+")
 # A list marker: a bullet at the start of a line, or a number (1-3 digits) followed by "." or ")" (or wrapped in
-# parentheses) at the start of a line or after whitespace, and followed by whitespace or the end. "3.5" and "v2.0"
-# are not markers.
-_MARKER = re.compile(r"(?:^|(?<=\s))(?:\(\d{1,3}\)|\d{1,3}[.)])(?=\s|$)|^[ \t]*[-*•+][ \t]+", re.MULTILINE)
+# parentheses), not inside a word or a number: "1. ", "(2)", "<i>3.</i>" (Gemma-270M wraps its empty items in HTML).
+# "3.5", "1.3.2004" and "v2." are not markers.
+_MARKER = re.compile(r"(?<![\w.])(?:\(\d{1,3}\)|\d{1,3}[.)])(?![\w.])|^[ \t]*[-*•+][ \t]+", re.MULTILINE)
 _ITEM_EDGES = re.compile(r"^[\s\W_]+|[\s\W_]+$")
+_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
+
+
+def _without_tags(text: str) -> str:
+    """HTML tags out (a model's "<i>1.</i>" is the item "1."), for the list and clause rules."""
+    return _HTML_TAG.sub(" ", text)
 
 
 @dataclass(frozen=True)
@@ -116,15 +123,20 @@ def _has_word(text: str) -> bool:
     return _WORD.search(text) is not None
 
 
-def _counted_part(text: str) -> bool:
-    """A line or paragraph the duplicate rules count: 2 words or more, with a letter (see the module docstring)."""
+def _counted_line(text: str) -> bool:
+    """A line the duplicate rules count: 2 words or more, with a letter (see the module docstring)."""
     return len(_WORDS.findall(text)) >= 2 and _LETTER.search(text) is not None
 
 
-def duplicate_fractions(parts: Sequence[str], total_chars: int) -> tuple[float, float]:
+def _counted_paragraph(text: str) -> bool:
+    """A paragraph the duplicate rules count: 2 words or numbers or more (a block of numbers said again is a loop)."""
+    return len(_WORDS.findall(text)) >= 2
+
+
+def duplicate_fractions(parts: Sequence[str], total_chars: int, counted=_counted_line) -> tuple[float, float]:
     """(fraction of parts that equal an earlier part, their characters over `total_chars`), as datatrove's
-    `find_duplicates`; only parts of 2+ words with a letter are counted (see the module docstring)."""
-    parts = [p for p in parts if _counted_part(p)]
+    `find_duplicates`; only the parts `counted` accepts (lines: 2+ words with a letter; see the module docstring)."""
+    parts = [p for p in parts if counted(p)]
     if not parts or total_chars == 0:
         return 0.0, 0.0
     seen: set[str] = set()
@@ -193,7 +205,7 @@ def gopher_measures(text: str, min_ngram_words: int = 100) -> dict[str, float]:
     measures["duplicate_line_fraction"], measures["duplicate_line_char_fraction"] = \
         duplicate_fractions(lines_of(text), total)
     measures["duplicate_paragraph_fraction"], measures["duplicate_paragraph_char_fraction"] = \
-        duplicate_fractions(paragraphs_of(text), total)
+        duplicate_fractions(paragraphs_of(text), total, _counted_paragraph)
     tokens = word_tokens(text)
     if sum(1 for t in tokens if _has_word(t)) >= min_ngram_words:
         for n, _ in TOP_NGRAM_FRACTIONS:
@@ -225,7 +237,7 @@ def gopher_violations(text: str, config: RepetitionConfig = RepetitionConfig()) 
 def clause_words(text: str) -> list[list[str]]:
     """Each clause (split at . ! ? ; : , and newlines; list markers removed) as its lowercase words; clauses of fewer
     than 2 words dropped (a lone "yes" or a number is no clause to stutter)."""
-    clauses = (_WORDS.findall(part.lower()) for part in _CLAUSE_BREAK.split(_MARKER.sub(" ", text)))
+    clauses = (_WORDS.findall(part.lower()) for part in _CLAUSE_BREAK.split(_MARKER.sub(" ", _without_tags(text))))
     return [words for words in clauses if len(words) >= 2]
 
 
@@ -286,7 +298,9 @@ def is_stutter(text: str, config: RepetitionConfig = RepetitionConfig()) -> bool
 
 def list_items(text: str) -> list[str]:
     """The items of the lists in a text: the text after each list marker up to the next marker (or line end for a
-    bullet), normalized (lowercase, spacing collapsed, leading/trailing punctuation removed). [] without markers."""
+    bullet), normalized (lowercase, spacing collapsed, leading/trailing punctuation removed, HTML tags out). []
+    without markers."""
+    text = _without_tags(text)
     markers = list(_MARKER.finditer(text))
     items = []
     for k, marker in enumerate(markers):
@@ -299,7 +313,7 @@ def list_items(text: str) -> list[str]:
 
 
 def _numbered_marker_count(text: str) -> int:
-    return sum(1 for m in _MARKER.finditer(text) if any(ch.isdigit() for ch in m.group()))
+    return sum(1 for m in _MARKER.finditer(_without_tags(text)) if any(ch.isdigit() for ch in m.group()))
 
 
 def is_enumeration_without_content(text: str, config: RepetitionConfig = RepetitionConfig()) -> bool:

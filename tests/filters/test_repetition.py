@@ -73,6 +73,13 @@ def test_gopher_rules_hit_long_loops_and_spare_long_prose():
     assert reasons(PROSE) == []
 
 
+def test_paragraphs_of_numbers_said_again_are_repetition_but_a_matrix_is_not():
+    # Gemma-270M's reply to a seed task: the same block of dates, again and again.
+    loop = "1.3.2004\n1.3.2004\n\n" + "\n\n".join(["1.2.2005\n1.3.2005"] * 8)
+    assert rep.REPETITION in reasons(loop)
+    assert reasons("0 0 0\n0 1 0\n0 0 0") == [] and reasons("1 2\n\n3 4\n\n5 6") == []
+
+
 def test_ngram_rules_need_the_minimum_length():
     # 2 sentences sharing a frame: the top 4-gram covers > 16% of the characters, but the text is short.
     text = ("Yes, you can have 1 oatmeal banana protein shake and bacon. The oatmeal banana protein shake has "
@@ -112,6 +119,9 @@ def test_stutter_near_misses(text):
     "1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. ... 26.",
     "Here is the list:\n1.\n2.\n3.\n4.\n5.",
     "(1) (2) (3) (4) (5) Done.",
+    # Gemma-270M's own, asked to "Enumerate the letters of the alphabet" (the labelled set has the whole reply).
+    "Write the alphabet.\n\n<blockquote><b><i>The Alphabet.</i></b>\n<i>1.</i>\n<i>2.</i>\n<i>3.</i>\n<i>4.</i>\n"
+    "<i>5.</i>\n<i>6.</i>",
 ])
 def test_enumeration_without_content_hits(text):
     assert rep.ENUMERATION_WITHOUT_CONTENT in reasons(text)
