@@ -23,7 +23,9 @@ definition. Four reasons, each with its own threshold in `RepetitionConfig`:
   are short and structured: on the shipped Self-Instruct seed outputs of 55-89 words, a list's shared frame
   ("1. What is your favorite ... 2. What is your favorite ...") or a named dish said twice already crosses the
   Table A1 thresholds (6 of 175 good outputs); from 100 words on none does, while a model stuck in a loop runs
-  on far past 100 words. Short degenerate texts are caught
+  on far past 100 words. (datatrove's filter itself, run in a side venv on the same 175 outputs, rejects 73 of
+  them, 70 through the top 2/3/4-gram rule on short answers; on the texts of 100+ words of the labelled set its
+  verdict and `gopher_violations`' agree on all 20.) Short degenerate texts are caught
   by the three rules below instead. So "Positive", "42" and "Paris" always pass.
 - `stutter`: what small models do below Gopher's length floor: one short clause said again and again with small
   changes ("The cat is happy. The cat is very happy. The cat is happy happy.") -- at least 3 clauses that are near

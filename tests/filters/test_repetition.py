@@ -14,11 +14,15 @@ import pytest
 
 from filters import repetition as rep
 from filters.heuristics import QualityConfig, row_quality_reasons
-from gen.data.records import make_row
+from gen.data.records import content_id, make_row
 from gen.data.shards import ShardWriter, read_manifest, read_table, write_manifest
+from gen.engine.engine import Engine
 from gen.methods import evol_instruct as evol
+from gen.methods import self_chat
 from gen.methods import self_instruct as si
-from gen.methods.inputs import shipped_data_path
+from gen.methods.base import MethodRun
+from gen.methods.inputs import SeedItem, shipped_data_path
+from gen.teachers.base import Completion, SamplingParams, Teacher
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELLED = Path(__file__).parent / "data" / "degeneration_labelled.jsonl"
@@ -300,3 +304,36 @@ def test_row_quality_reasons_include_degeneration_by_default():
     row = _row(*PLANTED["stutter"])
     assert rep.STUTTER in row_quality_reasons(row)
     assert rep.STUTTER not in row_quality_reasons(row, QualityConfig(repetition=None))
+
+
+class _LoopingTeacher(Teacher):
+    """A scripted teacher for the self-chat loop: the assistant (asked for an [AI] turn) loops, the person asks a
+    plain question; the seed marked FINE gets a fine assistant instead."""
+
+    backend = "scripted"
+
+    def __init__(self):
+        super().__init__("script")
+
+    async def acomplete(self, request, timeout):
+        prompt = request.messages[-1][1]
+        if prompt.rstrip().endswith(self_chat.AI):
+            text = "Tea is a drink made from leaves." if "FINE" in prompt else "I love tea I love tea " * 5
+        else:
+            text = "Tell me more, please."
+        return Completion(text=text, finish_reason="stop", prompt_tokens=len(prompt) // 4,
+                          completion_tokens=len(text) // 4)
+
+
+def test_self_chat_rejects_a_dialogue_whose_turn_loops(tmp_path):
+    engine = Engine(_LoopingTeacher(), cache_path=tmp_path / ".cache" / "requests.sqlite", progress=False)
+    run = MethodRun(engine, tmp_path, method=self_chat.METHOD, sampling=SamplingParams(max_tokens=64), seed=0,
+                    log=lambda line: None)
+    seeds = [SeedItem(id=content_id("seed", t), instruction=t, task_instruction=t)
+             for t in ("LOOP: what is tea?", "FINE: what is tea?")]
+    self_chat.SelfChat(run, self_chat.SelfChatConfig(max_turns=2, max_tokens_per_dialog=4096)).generate(seeds)
+    engine.close()
+    train, rejected = read_table(tmp_path, "train").to_pylist(), read_table(tmp_path, "rejected").to_pylist()
+    assert [r["parent_id"] for r in train] == [seeds[1].id]
+    assert [(r["parent_id"], r["filters"]) for r in rejected] == [(seeds[0].id, [rep.STUTTER])]
+    assert read_manifest(tmp_path)["stats"]["rejected"]["by_reason"] == {rep.STUTTER: 1}
