@@ -252,6 +252,9 @@ def is_near_copy(earlier: Sequence[str], words: Sequence[str], similarity: float
     """Word sequences that say the same: difflib ratio >= `similarity` with only words inserted or dropped, or
     >= 0.9 with any change (see the module docstring)."""
     matcher = SequenceMatcher(None, earlier, words, autojunk=False)
+    lowest = min(similarity, _LONG_RUN_SIMILARITY)
+    if matcher.real_quick_ratio() < lowest or matcher.quick_ratio() < lowest:  # cheap upper bounds of ratio()
+        return False
     ratio = matcher.ratio()
     if ratio >= max(similarity, _ANY_CHANGE_SIMILARITY):
         return True
