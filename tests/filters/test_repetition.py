@@ -18,7 +18,7 @@ from gen.data.records import content_id, make_row
 from gen.data.shards import ShardWriter, read_manifest, read_table, write_manifest
 from gen.engine.engine import Engine
 from gen.methods import evol_instruct as evol
-from gen.methods import self_chat
+from gen.methods import self_chat, ultrachat
 from gen.methods import self_instruct as si
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem, shipped_data_path
@@ -337,3 +337,34 @@ def test_self_chat_rejects_a_dialogue_whose_turn_loops(tmp_path):
     assert [r["parent_id"] for r in train] == [seeds[1].id]
     assert [(r["parent_id"], r["filters"]) for r in rejected] == [(seeds[0].id, [rep.STUTTER])]
     assert read_manifest(tmp_path)["stats"]["rejected"]["by_reason"] == {rep.STUTTER: 1}
+
+
+class _UltraChatTeacher(Teacher):
+    """The assistant of an UltraChat dialogue: loops on the opening marked LOOP, answers the others."""
+
+    backend = "scripted"
+
+    def __init__(self):
+        super().__init__("script")
+
+    async def acomplete(self, request, timeout):
+        prompt = request.messages[-1][1]
+        text = "1.\n2.\n3.\n4.\n5.\n6." if "LOOP" in prompt else "Bees make honey from nectar."
+        return Completion(text=text, finish_reason="stop", prompt_tokens=len(prompt) // 4,
+                          completion_tokens=len(text) // 4)
+
+
+def test_ultrachat_rejects_a_dialogue_whose_assistant_turn_is_junk(tmp_path):
+    engine = Engine(_UltraChatTeacher(), cache_path=tmp_path / ".cache" / "requests.sqlite", progress=False)
+    run = MethodRun(engine, tmp_path, method=ultrachat.METHOD, sampling=SamplingParams(max_tokens=64), seed=0,
+                    log=lambda line: None)
+    method = ultrachat.UltraChat(run, ultrachat.UltraChatConfig(min_turns=1, max_turns=1), topics=["bees"],
+                                 task_types=["poem"], documents=[], personas=["a curious student"])
+    openings = [ultrachat.Opening("LOOP: list the steps bees take to make honey", ultrachat.WORLD, "bees"),
+                ultrachat.Opening("How do bees make honey?", ultrachat.WORLD, "bees")]
+    method.write(method.converse(openings))
+    run.commit()
+    engine.close()
+    train, rejected = read_table(tmp_path, "train").to_pylist(), read_table(tmp_path, "rejected").to_pylist()
+    assert [r["parent_id"] for r in train] == [openings[1].id]
+    assert [(r["parent_id"], r["filters"]) for r in rejected] == [(openings[0].id, [rep.ENUMERATION_WITHOUT_CONTENT])]
