@@ -22,8 +22,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The repository first: run as a script, bench/ is sys.path[0], and bench/filters.py would shadow the filters package.
+sys.path.insert(0, str(ROOT))
 
 from filters.repetition import REASONS, RepetitionConfig, degeneration_reasons  # noqa: E402
 
