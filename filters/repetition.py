@@ -30,13 +30,13 @@ definition. Four reasons, each with its own threshold in `RepetitionConfig`:
 - `stutter`: what small models do below Gopher's length floor: one short clause said again and again with small
   changes ("The cat is happy. The cat is very happy. The cat is happy happy.") -- at least 3 clauses that are near
   copies of one of the previous 8 clauses, and more than half of all clauses -- or a
-  1-3 word unit repeated 5 times in a row ("the the the the the", "I love you I love you ..."). A near copy: word
+  1-6 word unit repeated 5 times in a row ("the the the the the", "I love you I love you ..."). A near copy: word
   sequences with difflib similarity >= 0.8 that differ only by inserted or dropped words ("the cat is happy" ->
   "the cat is very happy"), or >= 0.7 when they share a run of 6+ words ("You need to make sure that the input is
   in the proper order" -> "... is clear", Gemma-270M's), or >= 0.9 whatever the change. A swapped word in a short
   frame is not a near copy: "What is your favorite food? ... favorite restaurant?" (0.8) is a list of questions.
-- `enumeration_without_content`: list markers with nothing after them ("1. 2. 3. 4. ... 26."): at least 4 numbered
-  items with no word in them and more than half of all items. A counting answer written as "1, 2, 3, ..., 10"
+- `enumeration_without_content`: list markers with nothing after them ("1. 2. 3. 4. ... 26.", or "*" lines): at
+  least 4 items with no word in them and more than half of all items. A counting answer written as "1, 2, 3, ..., 10"
   has no list markers and passes (it may be what was asked: "Count to 10").
 - `repeated_list_items`: a list whose items repeat ("- Write a sentence describing the person's hobbies." eight
   times, or the same with numbers "1. ... 2. ..." which makes every line distinct for the line rule): at least 2
@@ -76,7 +76,7 @@ _WORDS = re.compile(r"[^\W_]+")
 # A list marker: a bullet at the start of a line, or a number (1-3 digits) followed by "." or ")" (or wrapped in
 # parentheses), not inside a word or a number: "1. ", "(2)", "<i>3.</i>" (Gemma-270M wraps its empty items in HTML).
 # "3.5", "1.3.2004" and "v2." are not markers.
-_MARKER = re.compile(r"(?<![\w.])(?:\(\d{1,3}\)|\d{1,3}[.)])(?![\w.])|^[ \t]*[-*•+][ \t]+", re.MULTILINE)
+_MARKER = re.compile(r"(?<![\w.])(?:\(\d{1,3}\)|\d{1,3}[.)])(?![\w.])|^[ \t]*[-*•+](?:[ \t]+|[ \t]*$)", re.MULTILINE)
 _ITEM_EDGES = re.compile(r"^[\s\W_]+|[\s\W_]+$")
 _HTML_TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
 
@@ -269,9 +269,10 @@ def near_repeat_clauses(clauses: Sequence[Sequence[str]], similarity: float = 0.
                if any(is_near_copy(earlier, words, similarity) for earlier in clauses[max(0, i - window):i]))
 
 
-def longest_unit_run(text: str, max_unit: int = 3) -> int:
-    """The most times a unit of 1..max_unit alphabetic words repeats back to back ("the the the" -> 3). Numbers
-    are not words here: "0 0 0 0" in a matrix is content."""
+def longest_unit_run(text: str, max_unit: int = 6) -> int:
+    """The most times a unit of 1..max_unit alphabetic words repeats back to back ("the the the" -> 3;
+    "<input> <output> <value> <input> <output> <value>" -> 2). Numbers are not words here: "0 0 0 0" in a matrix is
+    content."""
     words = [w for w in _WORDS.findall(text.lower())]
     best = 1 if words else 0
     for n in range(1, max_unit + 1):
@@ -317,12 +318,8 @@ def list_items(text: str) -> list[str]:
     return items
 
 
-def _numbered_marker_count(text: str) -> int:
-    return sum(1 for m in _MARKER.finditer(_without_tags(text)) if any(ch.isdigit() for ch in m.group()))
-
-
 def is_enumeration_without_content(text: str, config: RepetitionConfig = RepetitionConfig()) -> bool:
-    if config.empty_item_fraction is None or _numbered_marker_count(text) < config.min_empty_items:
+    if config.empty_item_fraction is None:
         return False
     items = list_items(text)
     empty = sum(1 for item in items if not re.search(r"[^\W\d_]", item))  # no letter: "", "...", "27"

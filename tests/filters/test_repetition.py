@@ -102,6 +102,7 @@ def test_ngram_rules_need_the_minimum_length():
     "She likes to read books, she likes to read many books, she likes to read books every day, she likes to read.",
     "the the the the the answer",
     "I love you I love you I love you I love you I love you",
+    "<input>\n<output>\n<value>\n<answer>\n" * 6,  # Gemma-270M's evolved "instruction" (tags only, no clause)
 ])
 def test_stutter_hits(text):
     assert rep.STUTTER in reasons(text)
@@ -123,6 +124,7 @@ def test_stutter_near_misses(text):
     "1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. ... 26.",
     "Here is the list:\n1.\n2.\n3.\n4.\n5.",
     "(1) (2) (3) (4) (5) Done.",
+    "Write an opening scene for a horror movie.\n\n* Write an opening scene.\n" + "*\n" * 30,  # Gemma-270M's
     # Gemma-270M's own, asked to "Enumerate the letters of the alphabet" (the labelled set has the whole reply).
     "Write the alphabet.\n\n<blockquote><b><i>The Alphabet.</i></b>\n<i>1.</i>\n<i>2.</i>\n<i>3.</i>\n<i>4.</i>\n"
     "<i>5.</i>\n<i>6.</i>",
