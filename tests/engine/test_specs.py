@@ -125,7 +125,8 @@ def test_build_engine_from_specs_and_a_worker_from_specs(start_server, tmp_path)
     worker = WorkerContext(teacher, EngineSpec(max_cost=1.0, price=Price(1, 1)).for_worker(), 0,
                            str(tmp_path / "cache.sqlite"))
     try:
-        assert worker.engine.max_cost is None and worker.engine.progress is False
+        assert worker.engine.budget.max_cost is None and not worker.engine.budget.limited
+        assert worker.engine.progress is False
         outcome = run_handler(worker, WorkUnit(id="u1", kind="requests", payload=requests))
     finally:
         worker.close()
