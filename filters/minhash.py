@@ -294,8 +294,6 @@ class MinHasher:
             starts = np.zeros(len(texts) + 1, dtype=np.int64)
             np.cumsum(shingle_counts, out=starts[1:])
             merged = np.empty(int(starts[-1]), dtype=np.uint64)
-            is_short = np.zeros(len(texts), dtype=bool)
-            is_short[short] = True
             long_positions = np.ones(len(merged), dtype=bool)
             long_positions[starts[short]] = False
             merged[long_positions] = hashes

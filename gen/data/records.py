@@ -107,14 +107,6 @@ def first_user_text(row: Mapping[str, Any]) -> str:
     return ""
 
 
-def last_assistant_text(row: Mapping[str, Any]) -> str:
-    """The (last) answer of a row."""
-    for message in reversed(row["messages"]):
-        if message["role"] == "assistant":
-            return message["content"]
-    return ""
-
-
 def row_text(messages: Sequence[dict] | None, on: str) -> str:
     """The text a filter compares: the first user message (`instruction`), the assistant turns (`answer`) or all
     messages (`conversation`)."""
