@@ -48,6 +48,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from gen.commands.common import read_chat_template
+    from gen.data.outdir import check_out_dir
+    from gen.errors import UserError
+
+    try:
+        check_out_dir(args.out)  # before the model loads: a bad --out must not cost a training run
+    except UserError as exc:
+        raise UserError(f"--out {exc}") from None
     from train.losses import LossConfig
     from train.trainer import TrainConfig, train
 
