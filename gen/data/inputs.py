@@ -160,14 +160,19 @@ def _to_input_row(record: Record, field: str | None) -> InputRow:
         text = f"{instruction}\n\n{extra_input}" if extra_input and extra_input.strip() else instruction
         messages = [{"role": "user", "content": text}]
     else:
-        fields = ", ".join(sorted(map(str, row))) or "none"
-        raise UserError(f"{location}: no `instruction` or `messages` field (fields: {fields}; use --field NAME)")
+        raise UserError(f"{location}: no `instruction` or `messages` field (fields: {field_names(row)}; "
+                        "use --field NAME)")
     parent_id = root_id = None
     if record.from_run and isinstance(row.get("id"), str):
         parent_id = row["id"]
         root_id = row["root_id"] if isinstance(row.get("root_id"), str) and row["root_id"] else parent_id
     extra = {k: v for k, v in row.items() if k not in ("messages", "instruction", "input", "system")}
     return InputRow(tuple(messages), system or None, location, parent_id, root_id, extra)
+
+
+def field_names(row: Mapping[str, Any]) -> str:
+    """The row's field names for a one-line message (a name may hold a newline: it is escaped)."""
+    return ", ".join(sorted(str(k).encode("unicode_escape").decode("ascii") for k in row)) or "none"
 
 
 def parse_messages(location: str, messages: Any) -> list[dict[str, str]]:
@@ -226,13 +231,26 @@ def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
 
 def _loads(text: str, location: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{location}: malformed JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:
         raise UserError(f"{location}: JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer longer than Python converts
         raise UserError(f"{location}: unreadable JSON ({str(exc).splitlines()[0]})") from None
+    _check_no_lone_surrogates(text, value, location)
+    return value
+
+
+def _check_no_lone_surrogates(text: str, value: Any, location: str) -> None:
+    """JSON may escape half a UTF-16 pair (`"\\ud800"`): Python reads it into a string that cannot be written as
+    UTF-8 (ids, shards, the cache all do). Checked only when the text holds such an escape."""
+    if "\\ud" not in text.lower():
+        return
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{location}: a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)") from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -251,6 +269,7 @@ def _iter_json(path: Path) -> Iterator[Record]:
         raise UserError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     except (RecursionError, ValueError):
         data = _loads(text, str(path))  # raises the one-line error
+    _check_no_lone_surrogates(text, data, str(path))
     if isinstance(data, Mapping):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -295,14 +314,30 @@ def _read_table_file(path: Path, kind: str, where: str):
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path)
-        try:
-            return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        except pa.ArrowInvalid:
-            return pa.ipc.open_stream(pa.memory_map(str(path), "r")).read_all()
+            table = pq.read_table(path)
+        else:
+            try:
+                table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+            except pa.ArrowInvalid:
+                table = pa.ipc.open_stream(pa.memory_map(str(path), "r")).read_all()
+        return _validated(table)
     except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"{where}: not a readable {kind} file ({str(exc).splitlines()[0] if str(exc) else exc!r})") \
-            from None
+        raise UserError(f"{where}: not a readable {kind} file ({_first_line(exc)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: not a readable {kind} file (a column name is not UTF-8)") from None
+
+
+def _validated(table):
+    """`table` after a full check of its buffers and names. Arrow IPC is read without checking them: a damaged
+    offset would make reading rows touch memory outside the file, a damaged name fails deep inside pyarrow."""
+    table.validate(full=True)
+    _ = table.column_names  # decodes every name (UnicodeDecodeError here, not while reading rows)
+    return table
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def table_rows(table, path: str | Path) -> Iterator[dict[str, Any]]:
@@ -316,7 +351,7 @@ def table_rows(table, path: str | Path) -> Iterator[dict[str, Any]]:
             rows = batch.to_pylist()
         except (pa.ArrowException, ValueError, OverflowError) as exc:
             raise UserError(f"{path} rows {offset}-{offset + batch.num_rows - 1}: unreadable values "
-                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+                            f"({_first_line(exc)})") from None
         yield from rows
         offset += batch.num_rows
 
@@ -327,6 +362,14 @@ def _iter_run_dir(path: Path, where: str) -> Iterator[Record]:
     shards = shard_paths(path, "train")
     if not shards:
         raise UserError(f"{where}: a directory but not a kdforge run (no train/*.arrow shards)")
+    import pyarrow as pa
+
     for shard in shards:
-        for index, row in enumerate(table_rows(open_shard(shard), shard)):
+        try:
+            table = _validated(open_shard(shard))  # as for an .arrow input: damage is an error, not a bad read
+        except pa.ArrowException as exc:
+            raise UserError(f"{shard}: not a readable Arrow shard ({_first_line(exc)})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{shard}: not a readable Arrow shard (a column name is not UTF-8)") from None
+        for index, row in enumerate(table_rows(table, shard)):
             yield Record(f"{shard} row {index}", row, True)

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gen.data.inputs import Record, iter_records, iter_text_lines, parse_messages
+from gen.data.inputs import Record, field_names, iter_records, iter_text_lines, parse_messages
 from gen.data.records import content_id
 from gen.errors import UserError
 
@@ -117,8 +117,8 @@ def _item_from_record(record: Record) -> SeedItem:
             return SeedItem(id=content_id("seed", text), instruction=text, task_instruction=text,
                             source_id=_source_id(row.get("id")),
                             meta={k: v for k, v in row.items() if k != key and isinstance(v, (str, int, float))})
-    fields = ", ".join(sorted(map(str, row))) or "none"
-    raise UserError(f"{where}: no 'instruction', 'messages', 'prompt', 'question' or 'text' field (fields: {fields})")
+    raise UserError(f"{where}: no 'instruction', 'messages', 'prompt', 'question' or 'text' field "
+                    f"(fields: {field_names(row)})")
 
 
 def load_items(path: str | Path, *, limit: int | None = None) -> list[SeedItem]:
