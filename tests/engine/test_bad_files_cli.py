@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -151,8 +152,16 @@ def test_out_that_cannot_be_a_directory(tmp_path, capsys, command, case):
 
 @contextlib.contextmanager
 def read_only_directory(path: Path):
-    """`path` made unwritable even for root: the immutable attribute (chattr +i); removed on the way out."""
+    """`path` made unwritable: mode 0555 for a normal user; for root (who ignores permission bits) the immutable
+    attribute (chattr +i). Undone on the way out."""
     path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
     if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
         pytest.skip("chattr +i is not available here: no way to make a directory read-only for root")
     try:
