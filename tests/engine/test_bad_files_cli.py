@@ -73,6 +73,15 @@ def test_latin1_text_names_the_line(tmp_path, capsys, command, flag):
     assert not (tmp_path / "out").exists()
 
 
+def test_binary_chat_template_is_one_line_error(tmp_path, capsys):
+    template = tmp_path / "template.jinja"
+    template.write_bytes(BINARY)
+    rc, _, err = run_main(["logits", "--shards", str(tmp_path), "--teacher", "hf:none", "--out", str(tmp_path / "out"),
+                           "--chat-template", str(template)], capsys)
+    assert_one_line_error(rc, err, "logits", f"--chat-template {template}: not UTF-8 text")
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------- #9: Parquet and Arrow inputs for every method
 
 
