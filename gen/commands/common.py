@@ -232,17 +232,11 @@ def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, tea
     `out_dir` is None): one process (`build_engine`), or with --ray a cluster of actors behind the same interface
     (`build_distributed_engine`). `teacher`, if given, is an open teacher to use instead of --teacher (one process).
     The engine owns the teacher (or the cluster): `engine.close()` closes both."""
-    from gen.data.outdir import open_run_dir
     from gen.engine.engine import build_engine, default_cache_path
 
     teacher_spec = teacher_spec_from_args(args)
     engine_spec = engine_spec_from_args(args)
     scale_spec = scale_spec_from_args(args)
-    if out_dir is not None:
-        try:
-            open_run_dir(out_dir)  # a bad --out fails here, before a teacher starts or anything is written
-        except UserError as exc:
-            raise UserError(f"--out {exc}") from None
     cache_path = default_cache_path(out_dir) if out_dir is not None else None
     if scale_spec is not None and teacher is None:
         from gen.scale.distributed import build_distributed_engine

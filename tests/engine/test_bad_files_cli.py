@@ -144,6 +144,12 @@ def bad_out_argv(command: str, out: Path, inputs: Path, tmp_path: Path) -> list[
     return ["publish", str(tmp_path / "run"), "--repo", "someone/data", "--dry-run", str(out)]
 
 
+def flag_for(command: str) -> str:
+    """The prefix of the error: generating commands check OUT when they take its run lock (library code: the path
+    alone); train and publish check it in the command (with the flag)."""
+    return {"train": "--out ", "publish": "--dry-run "}.get(command, "")
+
+
 @pytest.mark.parametrize("command", ["label", "evol", "train", "publish"])
 @pytest.mark.parametrize("case", ["existing_file", "under_a_file"])
 def test_out_that_cannot_be_a_directory(tmp_path, capsys, command, case):
@@ -151,9 +157,8 @@ def test_out_that_cannot_be_a_directory(tmp_path, capsys, command, case):
     blocker = existing_file(tmp_path)
     out = blocker if case == "existing_file" else blocker / "run"
     rc, _, err = run_main(bad_out_argv(command, out, inputs, tmp_path), capsys)
-    flag = "--dry-run" if command == "publish" else "--out"
     expect = "exists and is not a directory" if case == "existing_file" else f"{blocker} is not a directory"
-    assert_one_line_error(rc, err, command, f"{flag} {out}: ")
+    assert_one_line_error(rc, err, command, f"{flag_for(command)}{out}: ")
     assert expect in err, err
     assert blocker.read_text() == "keep me\n"  # nothing written, nothing lost
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "in.jsonl"]
@@ -187,8 +192,7 @@ def test_out_in_a_read_only_directory(tmp_path, capsys, command, case):
         out = locked / "run" if case == "inside" else locked
         rc, _, err = run_main(bad_out_argv(command, out, inputs, tmp_path), capsys)
         assert list(locked.iterdir()) == []
-    flag = "--dry-run" if command == "publish" else "--out"
-    assert_one_line_error(rc, err, command, f"{flag} {out}: cannot write")
+    assert_one_line_error(rc, err, command, f"{flag_for(command)}{out}: cannot write")
     assert "permission denied" in err or "read-only" in err
 
 
@@ -206,7 +210,7 @@ def test_read_only_file_system(tmp_path):
         pytest.skip("no private mount namespace here (unshare -m refused)")
     result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=REPO,
                             env=gen_env(), capture_output=True, text=True, timeout=120)
-    assert_one_line_error(result.returncode, result.stderr, "label", f"--out {locked / 'run'}: cannot write")
+    assert_one_line_error(result.returncode, result.stderr, "label", f"{locked / 'run'}: cannot write")
     assert "read-only file system" in result.stderr
     assert list(locked.iterdir()) == []
 
