@@ -39,25 +39,48 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class BrokenInstall(ImportError):
+    """A registered subcommand's module is missing: the install is broken, and saying so beats hiding the command."""
+
+
+def load_command(module_name: str):
+    """`gen.commands.<module_name>`; a missing module is a BrokenInstall naming it (never skipped silently)."""
+    try:
+        return importlib.import_module(f"gen.commands.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"gen.commands.{module_name}":
+            raise  # the module exists but one of its imports is missing: that traceback says which
+        raise BrokenInstall(f"the module gen/commands/{module_name}.py is missing: a broken kdforge install "
+                            "(reinstall it)", name=exc.name) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gen", description="kdforge: teacher -> data -> student.")
     parser.add_argument("--version", action="version", version=f"kdforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"gen.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"gen.commands.{module_name}":
-                continue  # a subcommand not built yet in this checkout
-            raise
+        module = load_command(module_name)
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
     return parser
 
 
+def os_error_line(exc: OSError) -> str | None:
+    """`PATH: reason` for an OSError about a file (what the user can fix), None for any other."""
+    if exc.filename is None:
+        return None
+    path = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{path}: {exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except BrokenInstall as exc:
+        print(f"gen: error: {exc}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
@@ -67,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, InvalidSetting):  # the library names a setting; the user set it with a flag
             exc = flag_error(exc)
         print(f"gen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The safety net under the commands' own checks: an unwritable or missing path named by the OS becomes one
+        # line. OSErrors without a file (a dropped connection) and every other exception keep their traceback.
+        line = os_error_line(exc)
+        if line is None:
+            raise
+        print(f"gen {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gen {args.command}: interrupted; finished work is committed, rerun the same command to resume",

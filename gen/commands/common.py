@@ -290,3 +290,5 @@ def read_chat_template(path: str | None) -> str | None:
         return Path(path).read_text()
     except OSError as exc:
         raise UserError(f"--chat-template {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--chat-template {path}: not UTF-8 text (byte {exc.start})") from None

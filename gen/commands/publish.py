@@ -25,7 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gen.data.outdir import check_out_dir
+    from gen.errors import UserError
     from gen.publish.pipeline import publish
+
+    if args.dry_run is not None:
+        try:
+            check_out_dir(args.dry_run)  # before the export is planned and written
+        except UserError as exc:
+            raise UserError(f"--dry-run {exc}") from None
 
     result = publish(args.run_dir, repo_id_arg(args), private=args.private, dry_run_dir=args.dry_run,
                      license=license_arg(args), languages=args.language or ["en"], pretty_name=args.pretty_name,

@@ -19,7 +19,14 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from gen.commands.common import read_chat_template
+    from gen.data.outdir import check_out_dir
+    from gen.errors import UserError
     from train.trainer import train
+
+    try:
+        check_out_dir(args.out)  # before the model loads: a bad --out must not cost a training run
+    except UserError as exc:
+        raise UserError(f"--out {exc}") from None
 
     config = dataclass_from_args(TrainConfig, args)
     config = replace(config, chat_template=read_chat_template(config.chat_template))  # the flag names a file

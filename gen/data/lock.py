@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gen.data.outdir import open_run_dir
 from gen.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -58,11 +59,9 @@ def acquire(run_dir: str | os.PathLike, command: str) -> None:
             _held[key] = (fd, count + 1)
             return
         path = run_dir / LOCK_NAME
+        open_run_dir(run_dir)  # a file, a path under a file, a read-only place: one line, nothing created
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
-            raise UserError(f"{run_dir}: exists and is not a directory") from None
         except OSError as exc:
             raise UserError(f"{run_dir}: cannot write a run here ({exc.strerror or exc})") from None
         try:

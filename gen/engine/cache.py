@@ -17,9 +17,11 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
+from gen.errors import UserError
 from gen.teachers.base import Completion
 
 _SCHEMA = """
@@ -41,6 +43,9 @@ CREATE TABLE IF NOT EXISTS units (
     created REAL NOT NULL
 )
 """
+# What sqlite3 says of a file that is not a database or is damaged inside ("file is not a database", "database disk
+# image is malformed"): the only errors the cache turns into a recovery hint.
+_CORRUPT_WORDS = ("not a database", "malformed", "corrupt")
 # SQLite's default limit on host parameters in one statement is 32766 (999 before 3.32): stay well below both.
 _LOOKUP_CHUNK = 900
 
@@ -57,9 +62,13 @@ class RequestCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # check_same_thread=False: the engine may drive its loop from a helper thread when called inside a running
         # event loop; it never uses the connection from two threads at once.
-        self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", isolation_level=None,
-                                   check_same_thread=False)
-        self._prepare()
+        try:
+            self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.OperationalError as exc:  # e.g. the path is a directory
+            raise UserError(f"{self.path}: cannot open the request cache ({exc})") from None
+        with self._unusable_file_is_a_user_error():
+            self._prepare()
         self.batch_rows = batch_rows
         self.max_delay = max_delay
         self._pending: list[tuple] = []
@@ -86,19 +95,43 @@ class RequestCache:
                     raise
                 time.sleep(random.uniform(0.02, 0.2))
 
+    @contextmanager
+    def _unusable_file_is_a_user_error(self) -> Iterator[None]:
+        """A cache file that is not an SQLite database (garbage bytes) or is damaged inside: one line saying what is
+        wrong and how to recover, instead of sqlite3's traceback. Locks and I/O errors keep theirs."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            message = str(exc)
+            if self.path is None or not any(word in message for word in _CORRUPT_WORDS):
+                raise
+            self._close_quietly()
+            raise UserError(f"{self.path}: the request cache is damaged ({message}); move it aside "
+                            f"(mv {self.path} {self.path}.damaged) and rerun: the rows already in the run's shards "
+                            "stay, requests not in a cache are sent again") from None
+
+    def _close_quietly(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
         keys = list(dict.fromkeys(keys))
         found: dict[str, Completion] = {}
-        for start in range(0, len(keys), _LOOKUP_CHUNK):
-            chunk = keys[start:start + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM completions WHERE key IN ({marks})",
-                chunk,
-            )
-            for key, text, finish_reason, prompt_tokens, completion_tokens in rows:
-                found[key] = Completion(text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
-                                        completion_tokens=completion_tokens)
+        with self._unusable_file_is_a_user_error():
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start:start + _LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM completions "
+                    f"WHERE key IN ({marks})", chunk,
+                ).fetchall()
+                for key, text, finish_reason, prompt_tokens, completion_tokens in rows:
+                    found[key] = Completion(text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                                            completion_tokens=completion_tokens)
         for key, _teacher, text, finish_reason, prompt_tokens, completion_tokens, _created in self._pending:
             found.setdefault(key, Completion(text, finish_reason, prompt_tokens, completion_tokens))
         return found
@@ -120,7 +153,7 @@ class RequestCache:
         pending, self._pending = self._pending, []
         # IMMEDIATE takes the write lock up front, where the busy timeout applies (as in commit_unit): other
         # processes (Ray workers, the driver) write to the same file.
-        with self._db:
+        with self._unusable_file_is_a_user_error(), self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", pending)
         return len(pending)
@@ -152,8 +185,9 @@ class RequestCache:
         try:
             self.flush()
         finally:
-            self._db.close()
-            self._db = None
+            if self._db is not None:  # None when a damaged file was found (and closed) while flushing
+                self._db.close()
+                self._db = None
 
     def __enter__(self) -> RequestCache:
         return self

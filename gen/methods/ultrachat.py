@@ -29,16 +29,13 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from filters.repetition import dialogue_degeneration_reasons
-from gen.data.inputs import iter_jsonl
 from gen.data.records import content_id
 from gen.engine.spec import InvalidSetting
-from gen.errors import UserError
 from gen.methods.base import MethodRun
-from gen.methods.inputs import shipped_data_path
+from gen.methods.inputs import load_documents  # noqa: F401  (read here by `gen ultrachat` and the tests)
 from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, strip_prefix_labels
 from gen.methods.templates import load_template
 from gen.teachers.base import ChatRequest, Completion
@@ -104,28 +101,6 @@ class Dialogue:
     @property
     def turns(self) -> int:
         return sum(1 for m in self.messages if m["role"] == "assistant")
-
-
-def load_documents(path: str | Path | None) -> list[dict[str, str]]:
-    """Documents for sector III: .jsonl rows with `text` (and optional `id`, `title`), or a .txt file of
-    paragraphs separated by blank lines."""
-    path = Path(path) if path else shipped_data_path("ultrachat_documents.jsonl")
-    if not path.exists():
-        raise UserError(f"{path}: no such documents file")
-    docs: list[dict[str, str]] = []
-    if path.suffix == ".jsonl":
-        for n, record in iter_jsonl(path):
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise UserError(f"{path}:{n}: no 'text' field")
-            docs.append({"id": str(record.get("id") or content_id("doc", text)), "text": text.strip()})
-    else:
-        for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
-            if block.strip():
-                docs.append({"id": content_id("doc", block.strip()), "text": block.strip()})
-    if not docs:
-        raise UserError(f"{path}: no documents in it")
-    return docs
 
 
 def split_counts(total: int, sectors: Sequence[str]) -> dict[str, int]:
