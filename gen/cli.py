@@ -13,22 +13,34 @@ import sys
 from gen import __version__
 from gen.errors import UserError
 
-# name on the command line -> module under gen/commands/
-COMMANDS = {
-    "self-instruct": "self_instruct",
-    "evol": "evol",
-    "ultrachat": "ultrachat",
-    "self-chat": "self_chat",
-    "label": "label",
-    "logits": "logits",
-    "dedup": "dedup",
-    "decontaminate": "decontaminate",
-    "filter": "filter",
-    "publish": "publish",
-    "card": "card",
-    "train": "train",
-    "stats": "stats",
-}
+# The commands every kdforge install has, in the order `gen --help` lists them. Any other module of gen/commands/ with
+# HELP, add_arguments and run is a command too (named after its module, `_` -> `-`), listed after these: a new method
+# is its module in gen/methods/ and its command module, nothing else.
+CORE_COMMANDS = ("self-instruct", "evol", "ultrachat", "self-chat", "label", "logits", "dedup", "decontaminate",
+                 "filter", "publish", "card", "train", "stats")
+
+
+def module_name(command: str) -> str:
+    return command.replace("-", "_")
+
+
+def discover_commands() -> dict[str, str]:
+    """Command name -> module name under gen/commands/: the core commands first (a missing one is a BrokenInstall),
+    then every other module there that defines HELP, add_arguments and run, by name."""
+    import pkgutil
+
+    import gen.commands
+
+    found = {info.name for info in pkgutil.iter_modules(gen.commands.__path__)}
+    commands = {}
+    for command in CORE_COMMANDS:
+        load_command(module_name(command))  # raises BrokenInstall when its module is missing
+        commands[command] = module_name(command)
+    for name in sorted(found - set(commands.values())):
+        module = load_command(name)
+        if all(hasattr(module, attribute) for attribute in ("HELP", "add_arguments", "run")):
+            commands[name.replace("_", "-")] = name
+    return commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gen", description="kdforge: teacher -> data -> student.")
     parser.add_argument("--version", action="version", version=f"kdforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in COMMANDS.items():
-        module = load_command(module_name)
+    for name, module in discover_commands().items():
+        module = load_command(module)
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)

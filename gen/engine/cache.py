@@ -1,7 +1,9 @@
 """The per-run request cache: one SQLite row per *completed* request, so a rerun pays for nothing twice.
 
 Key: `ChatRequest.cache_key(teacher_id)` (teacher, model, messages, sampling params). Value: the completion's text,
-finish reason and token usage. Nothing else is stored: no API key, no headers, no base URL. Failed requests are
+finish reason, token usage, and the sampling parameters the backend really sent where they differ from the request's
+(`Completion.sent`, JSON; rows record it, so a row built from a cache hit equals the first run's). Nothing else is
+stored: no API key, no headers, no base URL. Failed requests are
 never stored, so a rerun retries them.
 
 Durability without per-request cost: the database runs in WAL mode with `synchronous=NORMAL`, where a commit
@@ -13,6 +15,7 @@ also calls `flush` from a timer and at the end of every run), so a kill loses at
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -32,9 +35,13 @@ CREATE TABLE IF NOT EXISTS completions (
     finish_reason TEXT,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    sent TEXT
 )
 """
+# Column order of an inserted completion row (named, so that caches made before `sent` existed take them too).
+_INSERT = ("INSERT OR IGNORE INTO completions (key, teacher, text, finish_reason, prompt_tokens, completion_tokens, "
+           "created, sent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 # Units of requests answered by Ray workers (`gen.scale.request_units`), committed together with their completions.
 _UNITS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -89,11 +96,23 @@ class RequestCache:
                     self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute(_SCHEMA)
                 self._db.execute(_UNITS_SCHEMA)
+                self._add_sent_column()
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(random.uniform(0.02, 0.2))
+
+    def _add_sent_column(self) -> None:
+        """A cache written before completions recorded `sent` gets the (nullable) column; its rows read as None."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}
+        if "sent" in columns:
+            return
+        try:
+            self._db.execute("ALTER TABLE completions ADD COLUMN sent TEXT")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process added it first
+                raise
 
     @contextmanager
     def _unusable_file_is_a_user_error(self) -> Iterator[None]:
@@ -126,14 +145,14 @@ class RequestCache:
                 chunk = keys[start:start + _LOOKUP_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
-                    f"SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM completions "
+                    f"SELECT key, text, finish_reason, prompt_tokens, completion_tokens, sent FROM completions "
                     f"WHERE key IN ({marks})", chunk,
                 ).fetchall()
-                for key, text, finish_reason, prompt_tokens, completion_tokens in rows:
+                for key, text, finish_reason, prompt_tokens, completion_tokens, sent in rows:
                     found[key] = Completion(text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
-                                            completion_tokens=completion_tokens)
-        for key, _teacher, text, finish_reason, prompt_tokens, completion_tokens, _created in self._pending:
-            found.setdefault(key, Completion(text, finish_reason, prompt_tokens, completion_tokens))
+                                            completion_tokens=completion_tokens, sent=_load_sent(sent))
+        for key, _teacher, text, finish_reason, prompt_tokens, completion_tokens, _created, sent in self._pending:
+            found.setdefault(key, Completion(text, finish_reason, prompt_tokens, completion_tokens, _load_sent(sent)))
         return found
 
     def put(self, key: str, teacher_id: str, completion: Completion) -> None:
@@ -142,7 +161,8 @@ class RequestCache:
         if not self._pending:
             self._oldest = now
         self._pending.append((key, teacher_id, completion.text, completion.finish_reason,
-                              int(completion.prompt_tokens or 0), int(completion.completion_tokens or 0), time.time()))
+                              int(completion.prompt_tokens or 0), int(completion.completion_tokens or 0), time.time(),
+                              _dump_sent(completion.sent)))
         if len(self._pending) >= self.batch_rows or now - self._oldest >= self.max_delay:
             self.flush()
 
@@ -155,7 +175,7 @@ class RequestCache:
         # processes (Ray workers, the driver) write to the same file.
         with self._unusable_file_is_a_user_error(), self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", pending)
+            self._db.executemany(_INSERT, pending)
         return len(pending)
 
     def commit_unit(self, unit_id: str, teacher_id: str, completions: Mapping[str, Completion]) -> bool:
@@ -164,13 +184,13 @@ class RequestCache:
         self.flush()
         now = time.time()
         rows = [(key, teacher_id, c.text, c.finish_reason, int(c.prompt_tokens or 0), int(c.completion_tokens or 0),
-                 now) for key, c in completions.items()]
+                 now, _dump_sent(c.sent)) for key, c in completions.items()]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             if self._db.execute("SELECT 1 FROM units WHERE id = ?", (unit_id,)).fetchone():
                 return False
             self._db.execute("INSERT INTO units VALUES (?, ?, ?)", (unit_id, len(rows), now))
-            self._db.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(_INSERT, rows)
         return True
 
     def unit_committed(self, unit_id: str) -> bool:
@@ -194,3 +214,11 @@ class RequestCache:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _dump_sent(sent: Mapping | None) -> str | None:
+    return json.dumps(dict(sent), sort_keys=True) if sent is not None else None
+
+
+def _load_sent(text: str | None) -> dict | None:
+    return json.loads(text) if text is not None else None

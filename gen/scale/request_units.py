@@ -38,7 +38,7 @@ def run_request_unit(worker, payload: Sequence[ChatRequest]) -> dict[str, Any]:
     """In an actor: answer one unit of requests with the worker's own engine (its retries, rate limits, cache)."""
     results = worker.engine.run(list(payload), desc="unit")
     return {"answers": [(r.completion.text, r.completion.finish_reason, r.completion.prompt_tokens,
-                         r.completion.completion_tokens) if r.ok else r.error for r in results]}
+                         r.completion.completion_tokens, r.completion.sent) if r.ok else r.error for r in results]}
 
 
 class DistributedEngine:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from gen.cli import COMMANDS
+from gen.cli import CORE_COMMANDS, discover_commands
 from tests.engine.conftest import REPO, gen_env
 
 HEAVY = ("torch", "transformers", "pyarrow", "numpy", "openai", "aiohttp", "datasets", "ray", "huggingface_hub",
@@ -28,10 +28,41 @@ def test_a_missing_command_module_fails_loudly(tmp_path):
             "gen: error: the module gen/commands/stats.py is missing: a broken kdforge install (reinstall it)"]
 
 
-def test_every_command_module_is_registered():
+def test_every_command_module_is_a_command_core_ones_first():
     modules = {p.stem for p in (REPO / "gen" / "commands").glob("*.py")
                if "\ndef run(" in p.read_text() and "\nHELP = " in p.read_text()}
-    assert modules == set(COMMANDS.values())
+    commands = discover_commands()
+    assert set(commands.values()) == modules
+    assert tuple(commands)[:len(CORE_COMMANDS)] == CORE_COMMANDS
+
+
+NEW_COMMAND = """
+HELP = "a command added by dropping its module into gen/commands/"
+
+
+def add_arguments(parser):
+    parser.add_argument("--times", type=int, default=2)
+
+
+def run(args):
+    print("echo " * args.times)
+    return 0
+"""
+
+
+def test_a_new_command_is_its_module_alone(tmp_path):
+    """The method plug-in point touches gen/methods/<name>.py and gen/commands/<name>.py only: no registry to edit."""
+    shutil.copytree(REPO / "gen", tmp_path / "gen", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "gen" / "commands" / "echo_twice.py").write_text(NEW_COMMAND)
+    env = gen_env()
+    env["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "gen.cli", "echo-twice", "--times", "3"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["echo"] * 3
+    listed = subprocess.run([sys.executable, "-m", "gen.cli", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60, check=True).stdout
+    assert "echo-twice" in listed
 
 
 def test_help_imports_no_heavy_dependency():
@@ -42,7 +73,7 @@ def test_help_imports_no_heavy_dependency():
     assert result.stdout.strip() == "[]", result.stdout
     help_text = subprocess.run([sys.executable, "-m", "gen.cli", "--help"], cwd=REPO, env=gen_env(),
                                capture_output=True, text=True, timeout=60, check=True).stdout
-    assert all(name in help_text for name in COMMANDS)
+    assert all(name in help_text for name in discover_commands())
 
 
 PLANTED = """

@@ -11,7 +11,7 @@ import pytest
 from gen.engine.engine import BUDGET_EXHAUSTED, Engine, estimate_prompt_tokens
 from gen.errors import UserError
 from gen.teachers import load_teacher
-from gen.teachers.base import ChatRequest, SamplingParams
+from gen.teachers.base import ChatRequest, Completion, SamplingParams
 from tests.latency_server import reply_for, request_key
 
 PARAMS = SamplingParams(max_tokens=32, temperature=0.0)
@@ -203,3 +203,27 @@ def test_teacher_capacity_hint_caps_concurrency(start_server):
         assert all(r.ok for r in engine.run(make_requests(30)))
         assert engine.limiter.maximum == 3
     assert server.max_in_flight == 3
+
+
+def test_the_cache_keeps_what_was_sent_and_opens_a_cache_made_before_it(tmp_path):
+    """`Completion.sent` survives the cache (buffered and committed); a cache file written before the column
+    existed is opened as it is: its rows read with sent None, new rows keep theirs."""
+    from gen.engine.cache import RequestCache
+
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE completions (key TEXT PRIMARY KEY, teacher TEXT NOT NULL, text TEXT NOT NULL, "
+               "finish_reason TEXT, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+               "created REAL NOT NULL)")
+    db.execute("INSERT INTO completions VALUES ('k0', 't', 'old answer', 'stop', 1, 2, 0)")
+    db.commit()
+    db.close()
+    with RequestCache(old) as cache:
+        cache.put("k1", "t", Completion("new", "stop", 3, 4, sent={"temperature": 0.3}))
+        buffered = cache.get_many(["k0", "k1"])
+        assert buffered["k0"] == Completion("old answer", "stop", 1, 2) and buffered["k0"].sent is None
+        assert buffered["k1"].sent == {"temperature": 0.3}
+        cache.commit_unit("u", "t", {"k2": Completion("unit", "stop", 1, 1, sent={"top_p": 0.5})})
+    with RequestCache(old) as cache:
+        found = cache.get_many(["k0", "k1", "k2"])
+    assert found["k0"].sent is None and found["k1"].sent == {"temperature": 0.3} and found["k2"].sent == {"top_p": 0.5}

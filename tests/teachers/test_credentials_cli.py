@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,26 @@ def test_anthropic_sends_temperature_and_top_p_within_the_models_rules(model, se
     params = json.loads(read_table(run, "train").column("params")[0].as_py())
     assert params["temperature"] == 0.3 and params["top_p"] == 0.9  # what was asked (and cached by)
     assert params["sent"] == sent  # what was sent
+
+
+def test_a_row_built_from_the_cache_says_what_was_sent_like_the_first(proxy, tmp_path, monkeypatch):
+    """`sent` is cached with the answer: a row rebuilt from a cache hit (here: a second run directory started from
+    the first one's cache, as after a kill between the answer and its row) records the same `params.sent`."""
+    import shutil
+
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    proxy.reset()
+    first = tmp_path / "first"
+    first.mkdir()
+    code, run = _label_anthropic(proxy, first, "claude-sonnet-4-5", "--temperature", "0.3", "--top-p", "0.9")
+    assert code == 0 and len(proxy.received) == 1
+    second = tmp_path / "second"
+    shutil.copytree(Path(run) / ".cache", second / "run" / ".cache")
+    code, rerun = _label_anthropic(proxy, second, "claude-sonnet-4-5", "--temperature", "0.3", "--top-p", "0.9")
+    assert code == 0 and len(proxy.received) == 1  # answered from the cache
+    assert read_manifest(rerun)["funnel"]["engine"]["cache_hits"] == 1
+    rows = [json.loads(read_table(r, "train").column("params")[0].as_py()) for r in (run, rerun)]
+    assert rows[0]["sent"] == rows[1]["sent"] == {"temperature": 0.3}
 
 
 def test_anthropic_refuses_a_temperature_above_one_without_sending_it(proxy, tmp_path, capsys, monkeypatch):
