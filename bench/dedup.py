@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _rss import reset_peak, rss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -170,20 +171,6 @@ def exact_jaccard(a: str, b: str) -> float:
 # --------------------------------------------------------------------------------------------------------- workers
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        pass
-
-
 def worker(method: str, n_docs: int, seed: int, out: str) -> None:
     import gc
 
@@ -193,8 +180,8 @@ def worker(method: str, n_docs: int, seed: int, out: str) -> None:
         return
     texts, _ = cached_corpus(n_docs, seed)
     gc.collect()
-    _reset_peak()
-    base = _rss_kib("VmRSS")
+    reset_peak()
+    base = rss_kib("VmRSS")
     start = time.perf_counter()
     if method == "kdforge":
         from filters.minhash import minhash_pairs
@@ -209,7 +196,7 @@ def worker(method: str, n_docs: int, seed: int, out: str) -> None:
     else:
         raise SystemExit(f"unknown method {method}")
     seconds = time.perf_counter() - start
-    peak = _rss_kib("VmHWM") - base
+    peak = rss_kib("VmHWM") - base
     np.save(out, np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
     print(json.dumps({"seconds": seconds, "peak_mib": peak / 1024, **extra}))
 
@@ -229,8 +216,8 @@ def _embedding_worker(method: str, n_docs: int, seed: int, out: str) -> None:
         model = load_model(None)
         embed(texts[:64], model)  # warm-up: first-call allocations are not the dedup's
         gc.collect()
-        _reset_peak()
-        base = _rss_kib("VmRSS")
+        reset_peak()
+        base = rss_kib("VmRSS")
         start = time.perf_counter()
         vectors = embed(texts, model)
         info["encode_seconds"] = time.perf_counter() - start
@@ -248,15 +235,15 @@ def _embedding_worker(method: str, n_docs: int, seed: int, out: str) -> None:
         vectors[planted[:, 1]] = vectors[planted[:, 0]] + 0.33 * rng.normal(size=(len(planted), 384))
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         gc.collect()
-        _reset_peak()
-        base = _rss_kib("VmRSS")
+        reset_peak()
+        base = rss_kib("VmRSS")
         start = time.perf_counter()
         left, right, _ = similar_pairs(vectors, DEFAULT_THRESHOLD)
         info["seconds"] = info["search_seconds"] = time.perf_counter() - start
         found = set(zip(np.minimum(left, right).tolist(), np.maximum(left, right).tolist()))
         info["planted_found"] = sum((min(a, b), max(a, b)) in found for a, b in planted.tolist())
         info["groups"] = len(planted)
-    info["peak_mib"] = (_rss_kib("VmHWM") - base) / 1024
+    info["peak_mib"] = (rss_kib("VmHWM") - base) / 1024
     info["pairs"] = int(len(left))
     np.save(out, np.zeros((0, 2), dtype=np.int64))
     print(json.dumps(info))

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _rss import reset_peak, rss_kib
+
 ROOT = Path(__file__).resolve().parents[1]
 DATATROVE_PYTHON = "/tmp/venv-datatrove/bin/python"
 NGRAM = 13
@@ -90,20 +92,6 @@ def make_corpus(n_rows: int, n_items: int, seed: int, out: Path) -> dict:
 # --------------------------------------------------------------------------------------------------------- workers
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        pass
-
-
 def worker(method: str, data: Path, n: int, limit: int | None) -> None:
     import gc
 
@@ -112,8 +100,8 @@ def worker(method: str, data: Path, n: int, limit: int | None) -> None:
     rows = pq.read_table(data / "rows.parquet").column("text").to_pylist()[:limit]
     items = pq.read_table(data / "items.parquet").column("text").to_pylist()
     gc.collect()
-    _reset_peak()
-    base = _rss_kib("VmRSS")
+    reset_peak()
+    base = rss_kib("VmRSS")
     start = time.perf_counter()
     if method == "kdforge":
         sys.path.insert(0, str(ROOT))
@@ -138,7 +126,7 @@ def worker(method: str, data: Path, n: int, limit: int | None) -> None:
     (data / f"{method}.json").write_text(json.dumps(flagged))
     print(json.dumps({"rows": len(rows), "items": len(items), "index_seconds": index_seconds,
                       "scan_seconds": seconds - index_seconds, "seconds": seconds,
-                      "peak_mib": (_rss_kib("VmHWM") - base) / 1024, "flagged": len(flagged), **extra}))
+                      "peak_mib": (rss_kib("VmHWM") - base) / 1024, "flagged": len(flagged), **extra}))
 
 
 def _python_set(rows: list[str], items: list[str], n: int, start: float) -> tuple[list[int], float]:

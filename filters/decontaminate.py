@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from filters.hashing import fmix64
+
 DEFAULT_NGRAM = 13
 CONTAMINATED = "contaminated"
 # Aim for about this many characters of text per batch: the segmentation and hashing pass over a few arrays of this
@@ -146,15 +148,6 @@ def normalized_words(text: str) -> list[str]:
     return segment([text]).text_words(0)
 
 
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: an avalanching bijection on uint64 (wraps modulo 2^64 by design)."""
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
-
-
 class NGramHasher:
     """Seeded word and n-gram hashes (the same in every process), for one n.
 
@@ -199,7 +192,7 @@ class NGramHasher:
         if len(seg.word_starts) == 0:
             return np.zeros(0, dtype=np.uint64)
         values = seg.code_points.astype(np.uint64)
-        return _fmix64(self._window_sums(values, seg.word_starts, seg.word_lengths) ^ self._word_seed)
+        return fmix64(self._window_sums(values, seg.word_starts, seg.word_lengths) ^ self._word_seed)
 
     def ngram_hashes(self, seg: Segmented) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, starts): the hash of every n-gram lying inside one text, and the index of its first word."""
@@ -211,7 +204,7 @@ class NGramHasher:
         ends = np.repeat(seg.offsets[1:], lengths)[:total]  # the end of the text each start position lies in
         starts = np.flatnonzero(np.arange(total) + n <= ends)
         sums = self._window_sums(words, starts, np.full(len(starts), n, dtype=np.int64))
-        return _fmix64(sums) & self._keep, starts
+        return fmix64(sums) & self._keep, starts
 
 
 @dataclass(frozen=True)

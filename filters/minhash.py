@@ -51,6 +51,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from filters.hashing import fmix64
+
 _WORD = re.compile(r"\w+")
 _SHIFT32 = np.uint64(32)
 # Buckets larger than this are not expanded into all pairs (quadratic); each member is paired with the bucket's
@@ -88,15 +90,6 @@ def _dense_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(values), dtype=np.int64)
     ranks[order] = np.cumsum(step)
     return ranks
-
-
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: an avalanching bijection on uint64 (wraps modulo 2^64 by design)."""
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
 
 
 _WORD_CHAR_TABLE: np.ndarray | None = None
@@ -227,7 +220,7 @@ class MinHasher:
         normalized = [" ".join(_WORD.findall(t)) for t in lowered]
         lengths = np.fromiter(map(len, normalized), dtype=np.int64, count=len(normalized))
         code_points = np.frombuffer("".join(normalized).encode("utf-32-le", "surrogatepass"), dtype="<u4")
-        units = _fmix64(code_points.astype(np.uint64) ^ self._char_seed)
+        units = fmix64(code_points.astype(np.uint64) ^ self._char_seed)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return units, offsets
@@ -258,7 +251,7 @@ class MinHasher:
         # past 256 reuse a multiplier, offset by the position): a linear hash, made avalanching by one fmix64.
         multipliers = self._char_multipliers[position & 255] + (position >> 8).astype(np.uint64)
         mixed = code_points[word].astype(np.uint64) * multipliers
-        hashes = _fmix64(np.add.reduceat(mixed, token_starts) ^ self._char_seed)
+        hashes = fmix64(np.add.reduceat(mixed, token_starts) ^ self._char_seed)
         token_text = np.searchsorted(starts, word[token_starts], side="right") - 1
         np.cumsum(np.bincount(token_text, minlength=len(lowered)), out=offsets[1:])
         return hashes, offsets
@@ -278,7 +271,7 @@ class MinHasher:
         ends = np.repeat(unit_offsets[1:], lengths)
         valid = np.arange(total) + n <= ends
         shingle_counts = np.maximum(lengths - n + 1, 0)
-        hashes = _fmix64(combined[valid])
+        hashes = fmix64(combined[valid])
         # Texts shorter than n (but not empty): one shingle, the whole sequence (tagged so it never equals an n-gram).
         short = np.nonzero((lengths > 0) & (lengths < n))[0]
         if len(short):
@@ -288,7 +281,7 @@ class MinHasher:
                 # Array arithmetic wraps modulo 2^64 silently (numpy scalars would warn on overflow).
                 terms = np.append(seq * self._position[: len(seq)], self._short_tag * np.uint64(len(seq)))
                 short_hashes[slot] = terms.sum(dtype=np.uint64)
-            short_hashes = _fmix64(short_hashes)
+            short_hashes = fmix64(short_hashes)
             shingle_counts[short] = 1
             # Insert each short text's single shingle at its place in the flat order.
             starts = np.zeros(len(texts) + 1, dtype=np.int64)
@@ -558,7 +551,7 @@ def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     key = np.broadcast_to(_BAND_MULTIPLIERS[1, :bands], (n, bands)).copy()  # a different offset per band
     for r in range(words):
         key += values[:, :, r] * _BAND_MULTIPLIERS[0, r]
-    return _fmix64(key)
+    return fmix64(key)
 
 
 def _bucket_pairs(members: np.ndarray, keys_sorted: np.ndarray) -> np.ndarray:
