@@ -30,11 +30,12 @@ def run(args) -> int:
     from gen.data.lock import run_lock
     from gen.logits.capture import capture_logits, check_conversation_source, check_hf_model_path, open_logit_teacher
 
-    # Inputs that cannot work are refused before the lock creates --out and before the (slow) teacher load
+    # Inputs that cannot work are refused before the lock creates --out and before the (slow) teacher load; the
+    # flags' own files first, then the run and the model they point at.
+    template = read_chat_template(args.chat_template)
     check_conversation_source(args.shards, args.split)
     if args.teacher.startswith("hf:"):
         check_hf_model_path(args.teacher[3:])
-    template = read_chat_template(args.chat_template)
     options = {"chat_template": template, "dtype": args.dtype}
     if args.teacher.startswith("hf:"):
         options["device"] = args.device
