@@ -318,12 +318,22 @@ def list_items(text: str) -> list[str]:
     return items
 
 
+# A line of filler punctuation only ("...", "- - -", "***"): an item with no content even without a list marker.
+# Brackets, pipes and semicolons are left out, so code ("}", "];") and Markdown tables never count.
+_FILLER_LINE = re.compile(r"^[ \t.…\-*_~=#,·•]+$")
+
+
 def is_enumeration_without_content(text: str, config: RepetitionConfig = RepetitionConfig()) -> bool:
+    """Most list items are empty ("1. 2. 3. ... 26."), or most lines are filler punctuation ("[name]\n...\n...")."""
     if config.empty_item_fraction is None:
         return False
     items = list_items(text)
     empty = sum(1 for item in items if not re.search(r"[^\W\d_]", item))  # no letter: "", "...", "27"
-    return empty >= config.min_empty_items and empty / len(items) > config.limit(config.empty_item_fraction)
+    if empty >= config.min_empty_items and empty / len(items) > config.limit(config.empty_item_fraction):
+        return True
+    lines = [line for line in text.splitlines() if line.strip()]
+    filler = sum(1 for line in lines if _FILLER_LINE.match(line))
+    return filler >= config.min_empty_items and filler / len(lines) > config.limit(config.empty_item_fraction)
 
 
 def has_repeated_list_items(text: str, config: RepetitionConfig = RepetitionConfig()) -> bool:

@@ -128,6 +128,8 @@ def test_stutter_near_misses(text):
     # Gemma-270M's own, asked to "Enumerate the letters of the alphabet" (the labelled set has the whole reply).
     "Write the alphabet.\n\n<blockquote><b><i>The Alphabet.</i></b>\n<i>1.</i>\n<i>2.</i>\n<i>3.</i>\n<i>4.</i>\n"
     "<i>5.</i>\n<i>6.</i>",
+    # A kept `make demo` evolution of Gemma-270M's before filler lines counted: a placeholder, then only "...".
+    "[person name]\n...\n...\n...\n\n...\n\n...\n\n...\n\n...\n\n...",
 ])
 def test_enumeration_without_content_hits(text):
     assert rep.ENUMERATION_WITHOUT_CONTENT in reasons(text)
@@ -138,6 +140,8 @@ def test_enumeration_without_content_hits(text):
     "1. 2. 3. Three empty items.",  # under 4 empty items
     "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",  # counting: no list markers
     "1. Apples\n2.\n3. Pears\n4.\n5. Plums\n6.\n7. Figs\n8.",  # 4 empty of 8: not more than half
+    "int f() {\n  if (a) {\n    if (b) {\n      g();\n    }\n  }\n}\n};",  # closing braces are code, not filler
+    "Name | Age\n--- | ---\nAnn | 3\n\n---\n\nSee above.\n...\nThe end.",  # a table, a rule, one ellipsis
 ])
 def test_enumeration_without_content_near_misses(text):
     assert rep.ENUMERATION_WITHOUT_CONTENT not in reasons(text)
