@@ -20,7 +20,7 @@ CORE_COMMANDS = ("self-instruct", "evol", "ultrachat", "self-chat", "label", "lo
                  "filter", "publish", "card", "train", "stats")
 
 
-def module_name(command: str) -> str:
+def command_module(command: str) -> str:
     return command.replace("-", "_")
 
 
@@ -34,8 +34,8 @@ def discover_commands() -> dict[str, str]:
     found = {info.name for info in pkgutil.iter_modules(gen.commands.__path__)}
     commands = {}
     for command in CORE_COMMANDS:
-        load_command(module_name(command))  # raises BrokenInstall when its module is missing
-        commands[command] = module_name(command)
+        load_command(command_module(command))  # raises BrokenInstall when its module is missing
+        commands[command] = command_module(command)
     for name in sorted(found - set(commands.values())):
         module = load_command(name)
         if all(hasattr(module, attribute) for attribute in ("HELP", "add_arguments", "run")):
@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gen", description="kdforge: teacher -> data -> student.")
     parser.add_argument("--version", action="version", version=f"kdforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in discover_commands().items():
-        module = load_command(module)
+    for name, module_name in discover_commands().items():
+        module = load_command(module_name)
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except UserError as exc:
         from gen.commands.common import flag_error
-        from gen.engine.spec import InvalidSetting
+        from gen.errors import InvalidSetting
 
         if isinstance(exc, InvalidSetting):  # the library names a setting; the user set it with a flag
             exc = flag_error(exc)

@@ -13,3 +13,12 @@ class MissingDependency(UserError):
 
     def __init__(self, module: str, extra: str):
         super().__init__(f"this needs the optional dependency '{module}': pip install 'kdforge[{extra}]'")
+
+
+class InvalidSetting(UserError):
+    """A library setting (an engine, Ray, method or training setting) is out of range or unusable. `setting` is the
+    field at fault, so that the CLI can name the flag that set it; the message names only the setting."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting

@@ -17,17 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gen.errors import UserError
+from gen.errors import InvalidSetting
 from kernels.losses import LOSSES, PARAMS, SPECS
-
-
-class InvalidTrainSetting(UserError):
-    """A training setting is out of range or unusable; `setting` is the field at fault (the CLI names its flag), the
-    message starts with the setting's name."""
-
-    def __init__(self, setting: str, message: str):
-        super().__init__(message)
-        self.setting = setting
 
 
 def setting(default=..., *, help: str, default_factory=None, **metadata):
@@ -103,12 +94,12 @@ def check_settings(config: TrainConfig) -> None:
     """The settings that need nothing loaded, checked before anything is loaded or written."""
     loss = config.loss
     if loss.loss not in SPECS:
-        raise InvalidTrainSetting("loss", f"loss {loss.loss!r}: unknown; one of {', '.join(LOSSES)}")
+        raise InvalidSetting("loss", f"loss {loss.loss!r}: unknown; one of {', '.join(LOSSES)}")
     for name, param in PARAMS.items():
         value = getattr(loss, name)
         if not param.contains(value):
-            raise InvalidTrainSetting(name, f"{name} {value}: must be in {param.range_text()}")
+            raise InvalidSetting(name, f"{name} {value}: must be in {param.range_text()}")
     if not loss.temperature > 0:
-        raise InvalidTrainSetting("temperature", f"temperature {loss.temperature}: must be > 0")
+        raise InvalidSetting("temperature", f"temperature {loss.temperature}: must be > 0")
     if not 0.0 <= loss.kd_weight <= 1.0:
-        raise InvalidTrainSetting("kd_weight", f"kd_weight {loss.kd_weight}: must be in [0, 1]")
+        raise InvalidSetting("kd_weight", f"kd_weight {loss.kd_weight}: must be in [0, 1]")

@@ -43,9 +43,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from gen.errors import UserError
+from gen.errors import InvalidSetting, UserError
 from gen.logits.records import tokenizer_fingerprint
-from train.config import InvalidTrainSetting, LossConfig, TrainConfig, check_settings
+from train.config import LossConfig, TrainConfig, check_settings
 from train.losses import batch_loss_sum
 
 # Config attributes of models whose logits are not plain `h @ W.T + b`: the op would train a different distribution.
@@ -275,28 +275,28 @@ def _latest_checkpoint(out: Path) -> str | None:
 
 
 def load_student(student: str, chat_template: str | None = None):
-    """(model, tokenizer) of the student; anything that is not a usable causal LM is an InvalidTrainSetting naming it."""
+    """(model, tokenizer) of the student; anything that is not a usable causal LM is an InvalidSetting naming it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if Path(student).is_dir() and not (Path(student) / "config.json").is_file():
-        raise InvalidTrainSetting("student", f"student {student}: not a Hugging Face model directory (no config.json)")
+        raise InvalidSetting("student", f"student {student}: not a Hugging Face model directory (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(student)
         model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
     except (OSError, ValueError) as exc:
-        raise InvalidTrainSetting("student", f"student {student}: cannot load ({str(exc).strip().splitlines()[0]})") from None
+        raise InvalidSetting("student", f"student {student}: cannot load ({str(exc).strip().splitlines()[0]})") from None
     if chat_template:
         tokenizer.chat_template = chat_template
     for name in _LOGIT_TRANSFORMS:
         value = getattr(model.config, name, None) or getattr(model.config.get_text_config(), name, None)
         if value not in (None, 1, 1.0):
-            raise InvalidTrainSetting("student", f"student {student}: its logits use {name}={value}; the fused KD op computes plain "
+            raise InvalidSetting("student", f"student {student}: its logits use {name}={value}; the fused KD op computes plain "
                             f"h @ W.T logits, so this student is not supported")
     if model.get_output_embeddings() is None:
-        raise InvalidTrainSetting("student", f"student {student}: no lm_head (not a causal LM)")
+        raise InvalidSetting("student", f"student {student}: no lm_head (not a causal LM)")
     rows = min(model.get_input_embeddings().weight.shape[0], model.get_output_embeddings().weight.shape[0])
     if rows < len(tokenizer):  # a token id >= rows would index past the embeddings mid-training
-        raise InvalidTrainSetting("student", f"student {student}: its vocabulary has {rows} rows but its tokenizer has {len(tokenizer)} "
+        raise InvalidSetting("student", f"student {student}: its vocabulary has {rows} rows but its tokenizer has {len(tokenizer)} "
                         f"tokens; resize its embeddings to the tokenizer (model.resize_token_embeddings) first")
     return model, tokenizer
 
@@ -365,9 +365,9 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     if resume is True or resume == "latest":
         resume = _latest_checkpoint(out)
         if resume is None:
-            raise InvalidTrainSetting("resume", f"resume: no checkpoint-* directory in {out}")
+            raise InvalidSetting("resume", f"resume: no checkpoint-* directory in {out}")
     elif resume and not Path(resume).is_dir():
-        raise InvalidTrainSetting("resume", f"resume {resume}: no such checkpoint directory")
+        raise InvalidSetting("resume", f"resume {resume}: no such checkpoint directory")
     model, tokenizer = load_student(config.student, config.chat_template)
     data = load_training_data(config.data, tokenizer, max_length=config.max_length, packing=config.packing,
                               split=config.split)

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gen.engine.spec import EngineSpec, InvalidSetting, ScaleSpec
-from gen.errors import UserError
+from gen.engine.spec import EngineSpec, ScaleSpec
+from gen.errors import InvalidSetting, UserError
 from gen.teachers.base import SamplingParams
 from gen.teachers.spec import TeacherSpec
 
@@ -247,7 +247,7 @@ def open_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None, tea
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run's configuration for the manifest: every flag (paths as strings), redacted of secrets."""
-    from gen.data.shards import redact
+    from gen.data.secrets import redact
 
     config: dict[str, Any] = {}
     for name, value in sorted(vars(args).items()):

@@ -8,7 +8,8 @@ import json
 from dataclasses import replace
 
 from gen.commands.config_flags import add_dataclass_arguments, dataclass_from_args, with_flag
-from train.config import InvalidTrainSetting, TrainConfig
+from gen.errors import InvalidSetting
+from train.config import TrainConfig
 
 HELP = "fine-tune a causal LM from shards: SFT on messages, top-k KD on logit shards, or both (--kd-weight)"
 
@@ -32,7 +33,7 @@ def run(args) -> int:
     config = replace(config, chat_template=read_chat_template(config.chat_template))  # the flag names a file
     try:
         summary = train(config)
-    except InvalidTrainSetting as exc:  # the library names the setting; the user set it with a flag
+    except InvalidSetting as exc:  # the library names the setting; the user set it with a flag
         raise with_flag(TrainConfig, exc.setting, str(exc)) from None
     print(json.dumps(summary, indent=2))
     return 0

@@ -254,12 +254,6 @@ def list_splits(run_dir: str | os.PathLike) -> list[str]:
 # --------------------------------------------------------------------------------------------------------- manifest
 
 
-def redact(value: Any) -> Any:
-    """Drop secrets from a config before it is written anywhere (the rules of `gen.data.secrets`: environment
-    secrets by value, exact secret key names, credentials inside URLs)."""
-    return secrets.redact(value)
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -316,13 +310,13 @@ def write_manifest(
     manifest = {
         "kdforge_version": _version(),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": redact(dict(config)) if config is not None else previous.get("config", {}),
+        "config": secrets.redact(dict(config)) if config is not None else previous.get("config", {}),
         "splits": splits,
         "stats": _stats(run_dir),
         "funnel": dict(funnel) if funnel is not None else previous.get("funnel", {}),
     }
     for key, value in (extra or {}).items():
-        manifest[key] = redact(value)
+        manifest[key] = secrets.redact(value)
     for key, value in previous.items():
         manifest.setdefault(key, value)
     for stale in run_dir.glob(f".{MANIFEST}.tmp-*"):  # a writer killed mid-write left it; never read

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gen.engine.spec import InvalidSetting
+from gen.errors import InvalidSetting
 from gen.teachers.base import ChatRequest, Completion
 from gen.teachers.pricing import Price
 

@@ -46,7 +46,8 @@ from gen.engine.budget import BUDGET_EXHAUSTED, Budget, estimate_prompt_tokens
 from gen.engine.cache import RequestCache
 from gen.engine.progress import Progress
 from gen.engine.ratelimit import AdaptiveConcurrency, TokenBucket
-from gen.engine.spec import EngineSpec, InvalidSetting
+from gen.engine.spec import EngineSpec
+from gen.errors import InvalidSetting
 from gen.teachers.base import (
     ChatRequest,
     Completion,

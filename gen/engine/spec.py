@@ -7,17 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from gen.errors import UserError
 from gen.teachers.pricing import Price
-
-
-class InvalidSetting(UserError):
-    """A setting of the engine or of a Ray run is out of range. `setting` is the field at fault (an `EngineSpec` or
-    `ScaleSpec` field name), so that the CLI can name the flag that set it; the message names only the setting."""
-
-    def __init__(self, setting: str, message: str):
-        super().__init__(message)
-        self.setting = setting
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from filters.repetition import REASONS as DEGENERATION_REASONS
-from gen.engine.spec import InvalidSetting
-from gen.errors import UserError
+from gen.errors import InvalidSetting, UserError
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
 from gen.methods.parsing import contains_any, strip_prefix_labels, word_count

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from filters.repetition import dialogue_degeneration_reasons
-from gen.engine.spec import InvalidSetting
+from gen.errors import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
 from gen.methods.parsing import cut_at_speaker_label

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gen.data.records import content_id
-from gen.engine.spec import InvalidSetting
+from gen.errors import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem, join_instruction, load_items, load_lines, shipped_data_path
 from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, parse_yes_no, word_count

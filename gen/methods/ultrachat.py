@@ -33,7 +33,7 @@ from typing import Any
 
 from filters.repetition import dialogue_degeneration_reasons
 from gen.data.records import content_id
-from gen.engine.spec import InvalidSetting
+from gen.errors import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.inputs import load_documents  # noqa: F401  (read here by `gen ultrachat` and the tests)
 from gen.methods.parsing import cut_at_speaker_label, parse_list_reply, strip_prefix_labels

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from gen.data.shards import redact
+from gen.data.secrets import redact
 from gen.errors import UserError
 from gen.publish.plots import LENGTH_PLOT, ROWS_PLOT
 from gen.publish.repo_id import check_repo_id

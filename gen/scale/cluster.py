@@ -35,8 +35,8 @@ from typing import Any
 
 from gen.engine.budget import COUNTERS
 from gen.engine.engine import build_engine
-from gen.engine.spec import EngineSpec, InvalidSetting, ScaleSpec
-from gen.errors import UserError
+from gen.engine.spec import EngineSpec, ScaleSpec
+from gen.errors import InvalidSetting, UserError
 from gen.scale.units import WorkUnit
 from gen.teachers.spec import TeacherSpec
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gen.engine.budget import COUNTERS
-from gen.engine.spec import InvalidSetting
+from gen.errors import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.phases import PhasedMethod
 from gen.scale.units import UnitStore, WorkUnit, slices, unit_id

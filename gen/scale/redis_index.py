@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gen.data.records import content_id
-from gen.engine.spec import InvalidSetting
+from gen.errors import InvalidSetting
 from gen.methods.evol_instruct import METHOD
 from gen.methods.inputs import SeedItem
 

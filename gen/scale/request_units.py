@@ -25,7 +25,7 @@ from gen.data.records import content_id
 from gen.engine.budget import COUNTERS, SENDING_COUNTERS, Budget
 from gen.engine.cache import RequestCache
 from gen.engine.engine import Result, assemble_results, split_by_cache
-from gen.engine.spec import InvalidSetting
+from gen.errors import InvalidSetting
 from gen.scale.cluster import RayCluster
 from gen.scale.units import WorkUnit, slices
 from gen.teachers.base import ChatRequest, Completion

@@ -60,7 +60,7 @@ def test_results_count_requests_hits_failures_and_exhaust_on_a_skip():
 
 
 def test_a_dollar_budget_without_a_price_names_the_setting_and_the_teacher():
-    from gen.engine.spec import InvalidSetting
+    from gen.errors import InvalidSetting
 
     with pytest.raises(InvalidSetting, match="no known price for teacher 'openai:x'") as caught:
         Budget(max_cost=1.0, teacher_id="openai:x")

@@ -10,8 +10,8 @@ import pytest
 from gen.cli import build_parser, main
 from gen.commands.common import engine_spec_from_args, sampling_from_args, scale_spec_from_args, teacher_spec_from_args
 from gen.engine.engine import Engine, build_engine
-from gen.engine.spec import EngineSpec, InvalidSetting, ScaleSpec
-from gen.errors import UserError
+from gen.engine.spec import EngineSpec, ScaleSpec
+from gen.errors import InvalidSetting, UserError
 from gen.methods import orca
 from gen.methods.evol_instruct import parse_weights
 from gen.scale.cluster import WorkerContext, gpus_per_worker, run_handler
