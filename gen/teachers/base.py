@@ -27,12 +27,20 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Structured output: a JSON schema the answer must follow, as canonical JSON text (`canonical_schema`), so the
+    # params stay hashable and the cache key names the schema. Each backend sends it its own way (OpenAI
+    # `response_format`, llama.cpp `json_schema`, vLLM guided decoding, Anthropic tool use); None: free text.
+    json_schema: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Built field by field: `dataclasses.asdict` deep-copies every value and was about half the cost of
         # `ChatRequest.cache_key`, which the engine computes for every request. Same dict, same cache keys.
         d = {name: getattr(self, name) for name in _SAMPLING_FIELDS}
         d["stop"] = list(self.stop)
+        # Optional fields added after caches existed appear only when set: an older cache's keys stay valid.
+        for name in _OPTIONAL_FIELDS:
+            if d[name] is None:
+                del d[name]
         return d
 
     def replace(self, **changes: Any) -> SamplingParams:
@@ -42,6 +50,12 @@ class SamplingParams:
 
 
 _SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+_OPTIONAL_FIELDS = ("json_schema",)
+
+
+def canonical_schema(schema: Mapping[str, Any]) -> str:
+    """A JSON schema as the canonical text `SamplingParams.json_schema` holds (same schema, same cache key)."""
+    return json.dumps(schema, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
 @dataclass(frozen=True)
