@@ -84,7 +84,12 @@ def _score(run_dir: Path, scorers: list[Scorer]) -> int:
     from gen.data.rejections import Rejections
     from gen.data.rewrite import load_train, rewrite_run
     from gen.data.scores import apply_scores, scores_texts, with_scores
+    from gen.data.shards import list_splits, shard_paths
 
+    if not shard_paths(run_dir, "train") and "rejected" in list_splits(run_dir):
+        # Every row was rejected already (by an earlier `gen score`, dedup or filter): nothing left to score.
+        print(f"gen score: {run_dir}: no kept rows to score (all {run_dir}/rejected)")
+        return 0
     table = load_train(run_dir)
     columns = [c for c in ("id", "messages", "system") if c in table.column_names]
     rows = table.select(columns).to_pylist()
