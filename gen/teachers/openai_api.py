@@ -7,6 +7,7 @@ endpoints (`URL1,URL2`) are `gen.teachers.http_base.HTTPTeacher`'s.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,17 @@ BACKEND = Backend(
 )
 
 
+# The name OpenAI's structured output gives the schema (required by the API; shown to the model).
+SCHEMA_NAME = "answer"
+
+
+def response_format(json_schema: str) -> dict[str, Any]:
+    """`SamplingParams.json_schema` as chat completions' structured output. OpenAI, vLLM serve and llama.cpp's
+    server all take this form (llama.cpp turns the schema into a grammar; `strict` asks OpenAI to enforce it)."""
+    return {"type": "json_schema",
+            "json_schema": {"name": SCHEMA_NAME, "schema": json.loads(json_schema), "strict": True}}
+
+
 class OpenAITeacher(HTTPTeacher):
     """Chat completions over HTTP, one request per `acomplete`; the engine keeps many in flight.
 
@@ -92,6 +104,8 @@ class OpenAITeacher(HTTPTeacher):
             kwargs["stop"] = stop
         if p.seed is not None:
             kwargs["seed"] = p.seed
+        if p.json_schema is not None:
+            kwargs["response_format"] = response_format(p.json_schema)
         return kwargs
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:

@@ -12,6 +12,7 @@ Engine options (`max_model_len`, `dtype`, `enforce_eager`, `seed`, `gpu_memory_u
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,10 +53,13 @@ class VllmTeacher(Teacher):
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def sampling_params(self, params: SamplingParams) -> Any:
+        extra: dict[str, Any] = {}
+        if params.json_schema is not None:
+            extra = structured_output_option(self._vllm, params.json_schema)
         return self._vllm.SamplingParams(
             max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
             presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
-            stop=list(params.stop) or None, seed=params.seed)
+            stop=list(params.stop) or None, seed=params.seed, **extra)
 
     def prompt_length(self, request: ChatRequest) -> int:
         """Tokens of `request` after the model's chat template (what vLLM will prefill)."""
@@ -98,6 +102,20 @@ class VllmTeacher(Teacher):
         del llm
         import gc
         gc.collect()
+
+
+def structured_output_option(vllm: Any, json_schema: str) -> dict[str, Any]:
+    """The `vllm.SamplingParams` keyword that constrains decoding to `json_schema` (canonical JSON text): vLLM >= 0.11
+    calls it `structured_outputs=StructuredOutputsParams(json=...)`, older releases `guided_decoding=
+    GuidedDecodingParams(json=...)`."""
+    schema = json.loads(json_schema)
+    from vllm import sampling_params as module
+
+    if hasattr(module, "StructuredOutputsParams"):
+        return {"structured_outputs": module.StructuredOutputsParams(json=schema)}
+    if hasattr(module, "GuidedDecodingParams"):  # pragma: no cover - vLLM < 0.11
+        return {"guided_decoding": module.GuidedDecodingParams(json=schema)}
+    raise PermanentError(f"vllm {getattr(vllm, '__version__', '?')}: no structured output support for json_schema")
 
 
 def _to_completion(output: Any) -> Completion:
