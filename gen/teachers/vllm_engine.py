@@ -13,12 +13,20 @@ Engine options (`max_model_len`, `dtype`, `enforce_eager`, `seed`, `gpu_memory_u
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gen.errors import MissingDependency, UserError
 from gen.teachers.backend import Backend
-from gen.teachers.base import ChatRequest, Completion, PermanentError, SamplingParams, Teacher, TeacherError
+from gen.teachers.base import (
+    ChatRequest,
+    Completion,
+    PermanentError,
+    SamplingParams,
+    Teacher,
+    TeacherError,
+    TextRequest,
+)
 
 # Local weights: no key, no price; their own license decides (`gen.teachers.terms`).
 BACKEND = Backend(prefix="vllm")
@@ -68,8 +76,41 @@ class VllmTeacher(Teacher):
             ids = ids["input_ids"]
         return len(ids)
 
-    def complete_batch(self, requests: Sequence[ChatRequest]) -> list[Completion | TeacherError]:
-        """One answer (or error) per request, in order. Input: the whole round; output: same length."""
+    raw_completion = True  # `LLM.generate` on a prompt (`TextRequest`)
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def complete_batch(self, requests: Sequence[ChatRequest | TextRequest]) -> list[Completion | TeacherError]:
+        """One answer (or error) per request, in order. Input: the whole round; output: same length. Chat requests
+        go to one `LLM.chat` call, raw completions (`TextRequest`) to one `LLM.generate` call."""
+        texts = [i for i, r in enumerate(requests) if isinstance(r, TextRequest)]
+        if not texts:
+            return self._complete_chats(requests)  # type: ignore[arg-type]
+        answers: list[Completion | TeacherError | None] = [None] * len(requests)
+        chats = [i for i, r in enumerate(requests) if not isinstance(r, TextRequest)]
+        if chats:
+            for index, answer in zip(chats, self._complete_chats([requests[i] for i in chats])):  # type: ignore[misc]
+                answers[index] = answer
+        runnable = []
+        for index in texts:
+            length = len(self.tokenizer(requests[index].prompt, add_special_tokens=False)["input_ids"])
+            if length >= self.max_model_len:
+                answers[index] = PermanentError(f"prompt of {length} tokens does not fit max_model_len "
+                                                f"{self.max_model_len}")
+            else:
+                runnable.append(index)
+        if runnable:
+            params = [self.sampling_params(requests[i].params) for i in runnable]
+            # The prompt already holds the template's special tokens (e.g. BOS): add none.
+            prompts = [{"prompt_token_ids": self.tokenizer(requests[i].prompt, add_special_tokens=False)["input_ids"]}
+                       for i in runnable]
+            outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+            for index, output in zip(runnable, outputs):
+                answers[index] = _to_completion(output)
+        return answers  # type: ignore[return-value]
+
+    def _complete_chats(self, requests: Sequence[ChatRequest]) -> list[Completion | TeacherError]:
         answers: list[Completion | TeacherError | None] = [None] * len(requests)
         runnable: list[int] = []
         for index, request in enumerate(requests):
