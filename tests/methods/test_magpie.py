@@ -144,6 +144,7 @@ def test_magpie_on_smollm2_end_to_end_killed_run_resumes(smollm2_server, tmp_pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
+        sent_by_killed_run = sum(1 for r in proxy.received if r.path.endswith("completions"))
         with RequestCache(cache_path) as cache:
             done_before_kill = cache.count()
         assert done_before_kill >= 3
@@ -154,8 +155,9 @@ def test_magpie_on_smollm2_end_to_end_killed_run_resumes(smollm2_server, tmp_pat
     stats = {k: int(v) for k, v in (kv.split("=") for kv in next(
         line for line in rerun.stdout.splitlines() if line.startswith("engine: "))[8:].split())}
     assert stats["cache_hits"] >= done_before_kill and stats["sent"] == stats["requests"] - stats["cache_hits"]
-    # No answered request was sent twice: at most the one in flight at the kill (--concurrency 1) is repeated.
-    assert len(bodies) - len(set(bodies)) <= 1
+    # Nothing that reached the cache before the kill is sent again: only requests of the killed run that were in
+    # flight or not yet committed (the cache commits within ~0.2 s) are repeated.
+    assert len(bodies) - len(set(bodies)) <= sent_by_killed_run - done_before_kill
 
     again = run_gen(["magpie", "-n", "4", "--turns", "2", "--teacher", "openai:smollm2", "--base-url",
                      smollm2_server.openai_base_url, "--query-max-tokens", "32", "--max-new-tokens", "24",
