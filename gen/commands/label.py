@@ -28,6 +28,7 @@ from gen.commands.common import (
     run_config,
     sampling_from_args,
 )
+from gen.commands.structured_flags import add_json_schema_argument
 from gen.methods.label import DEFAULT_CHUNK
 
 HELP = "answer the instructions of a JSONL/JSON/Arrow/Parquet file (or another run) with the teacher"
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "ones; or a file, one message per line); --system TEXT instead fixes one for all rows")
     group.add_argument("--cot", action="store_true",
                        help="ask for step-by-step reasoning (appended to the system message); recorded in params")
+    add_json_schema_argument(parser)  # structured generation (gen.commands.structured_flags)
 
 
 def system_message_options(args: argparse.Namespace):
@@ -68,6 +70,7 @@ def system_message_options(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from gen.commands.common import open_engine
     from gen.commands.method_common import reject_redis_flag
+    from gen.commands.structured_flags import json_schema_from_args
     from gen.data import lock
     from gen.data.inputs import read_inputs
     from gen.errors import UserError
@@ -81,6 +84,13 @@ def run(args: argparse.Namespace) -> int:
     reject_redis_flag(args, METHOD)
     inputs = read_inputs(args.input, field=args.field, limit=args.limit)
     params = sampling_from_args(args)
+    schema = json_schema_from_args(args)
+    check = None
+    if schema is not None:
+        from gen.methods.structured import json_schema_check, schema_params
+
+        params = params.replace(json_schema=schema_params(schema))
+        check = json_schema_check(schema)
     orca_options = system_message_options(args)
     system_for = orca.system_chooser(orca_options)
     lock.acquire(args.out, METHOD)  # one writer per run directory, taken before any request is sent
@@ -92,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcome = label_to_shards(engine, inputs, args.out, params, system=args.system, system_for=system_for,
                                   extra_params=orca.label_params(orca_options), chunk_size=args.chunk_size,
-                                  config=run_config(args))
+                                  config=run_config(args), check=check)
         print_summary(engine)
     finally:
         engine.close()
@@ -100,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     if outcome.first_error:
         print(f"gen label: {outcome.failed} requests failed (not written; rerun to retry); first error: "
               f"{outcome.first_error}", file=sys.stderr)
+    invalid = outcome.funnel.get("rejected:schema_invalid", 0)
+    if invalid:
+        print(f"gen label: {invalid} answers did not follow --json-schema after one retry (in OUT/rejected, "
+              f"reason schema_invalid)", file=sys.stderr)
     if outcome.exhausted:
         return EXIT_BUDGET
     return EXIT_FAILURES if outcome.failed else 0

@@ -5,7 +5,8 @@
     for r in results:
         r.ok, r.completion, r.error, r.cached
 
-What `run` does with a list of `ChatRequest`s:
+What `run` does with a list of `ChatRequest`s (or `TextRequest`s, raw completions: sent with the teacher's
+`acomplete_text`, or in its whole batch; everything else is the same):
 
 1. Looks every request up in the SQLite cache (`gen.engine.cache`) by `request.cache_key(teacher_id)`; hits are not sent.
    Identical requests in one call are sent once.
@@ -55,6 +56,7 @@ from gen.teachers.base import (
     RateLimited,
     Teacher,
     TeacherError,
+    TextRequest,
     TransientError,
 )
 from gen.teachers.pricing import Price, price_for
@@ -383,7 +385,8 @@ class Engine:
                 self.stats["sent"] += 1
             self.stats["attempts"] += 1
             try:
-                completion = await _with_timeout(self.teacher.acomplete(request, self.timeout), self.timeout)
+                send = self.teacher.acomplete_text if isinstance(request, TextRequest) else self.teacher.acomplete
+                completion = await _with_timeout(send(request, self.timeout), self.timeout)
             except RateLimited as exc:
                 # Pause and shrink *before* giving the slot back, or release() hands it straight to a waiter.
                 limiter.overloaded(epoch)

@@ -20,12 +20,16 @@ transports. So:
 - a model that refuses what was sent answers 400, raised as a `PermanentError` with the server's own message;
 - penalties are never sent (the API has none); `seed` only to other servers than Anthropic's (llama.cpp reads it,
   Anthropic refuses unknown fields).
+Structured output (`SamplingParams.json_schema`): one tool whose `input_schema` is the schema and `tool_choice`
+forcing it (`schema_tool`); the completion's text is the tool call's input as JSON (`tool_answer`).
+
 What was sent is reported in `Completion.sent` and lands in the row's `params` (`"sent"`); all requested parameters
 stay in the cache key.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +85,27 @@ def refuses_temperature_with_top_p(model: str) -> bool:
     return any(model == prefix or model.startswith(prefix + "-") for prefix in ONE_SAMPLING_PARAMETER_MODELS)
 
 
+# Structured output on the Messages API is tool use: one tool whose `input_schema` is the schema, and `tool_choice`
+# forcing the model to call it; the answer is the tool call's input, as JSON text (what the other backends return).
+SCHEMA_TOOL = "answer"
+
+
+def schema_tool(json_schema: str) -> dict[str, Any]:
+    """The `tools` and `tool_choice` arguments that make the answer follow `json_schema` (canonical JSON text)."""
+    return {"tools": [{"name": SCHEMA_TOOL, "description": "Give the answer in this structure.",
+                       "input_schema": json.loads(json_schema)}],
+            "tool_choice": {"type": "tool", "name": SCHEMA_TOOL}}
+
+
+def tool_answer(blocks: Sequence[tuple[Any, Any, Any]], text: str) -> str:
+    """The forced tool call's input as compact JSON text, from (type, name, input) per content block; a reply
+    without the call (a server that ignores `tool_choice`) keeps its text, which the caller's validation judges."""
+    for kind, name, arguments in blocks:
+        if kind == "tool_use" and name == SCHEMA_TOOL:
+            return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+    return text
+
+
 class AnthropicTeacher(HTTPTeacher):
     """Messages API over HTTP, one request per `acomplete`; the engine keeps many in flight."""
 
@@ -134,6 +159,8 @@ class AnthropicTeacher(HTTPTeacher):
         # Body fields, not SDK keyword arguments: anthropic>=1.0 has no sampling arguments (see the docstring); the
         # SDK sends `extra_body` as top-level fields, the aiohttp transport merges them (`request_body`).
         kwargs["extra_body"] = self.sampling_sent(p)
+        if p.json_schema is not None:
+            kwargs.update(schema_tool(p.json_schema))
         return kwargs
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
@@ -152,6 +179,8 @@ class AnthropicTeacher(HTTPTeacher):
         try:
             blocks = message["content"]
             text = "".join(block.get("text") or "" for block in blocks if block.get("type") == "text")
+            if request.params.json_schema is not None:
+                text = tool_answer([(b.get("type"), b.get("name"), b.get("input")) for b in blocks], text)
             reason = message.get("stop_reason") or "stop"
             usage = message.get("usage") or {}
             prompt_tokens = int(usage.get("input_tokens") or 0)
@@ -167,6 +196,9 @@ class AnthropicTeacher(HTTPTeacher):
         if blocks is None or isinstance(message, (str, bytes)):
             raise TransientError(f"anthropic: malformed response (no content): {one_line(message, 120)}")
         text = "".join(getattr(block, "text", "") or "" for block in blocks if getattr(block, "type", "") == "text")
+        if request.params.json_schema is not None:
+            text = tool_answer([(getattr(b, "type", None), getattr(b, "name", None), getattr(b, "input", None))
+                                for b in blocks], text)
         reason = message.stop_reason or "stop"
         usage = getattr(message, "usage", None)
         return Completion(text=text, finish_reason=STOP_REASONS.get(reason, reason),

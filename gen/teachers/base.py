@@ -84,6 +84,27 @@ class ChatRequest:
 
 
 @dataclass(frozen=True)
+class TextRequest:
+    """One raw-completion request: `prompt` is sent as it is, no chat template applied (OpenAI-compatible
+    `/v1/completions`, vLLM `generate`). For methods that write the template themselves, e.g. Magpie's pre-query
+    template. The engine runs it like a `ChatRequest` (cache, retries, budgets) on a teacher whose `raw_completion`
+    is True; its cache key can never equal a chat request's."""
+
+    prompt: str
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    @property
+    def messages(self) -> tuple[tuple[str, str], ...]:
+        """The prompt as one pseudo-message, for what only needs its size (the budget's token estimate)."""
+        return (("text", self.prompt),)
+
+    def cache_key(self, teacher_id: str) -> str:
+        blob = json.dumps([teacher_id, "text", self.prompt, self.params.to_dict()], ensure_ascii=False,
+                          separators=(",", ":"), sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
 class Completion:
     """One answer. `sent`: the sampling parameters the backend actually sent, when it cannot send the request's
     as they are (Anthropic: no penalties, temperature only for some models); None: sent as asked. Rows record it in
@@ -125,6 +146,8 @@ class Teacher:
 
     backend: str = "?"
     takes_whole_batch: bool = False
+    # Whether `acomplete_text` / `complete_batch` take a `TextRequest` (a raw completion, no chat template).
+    raw_completion: bool = False
 
     def __init__(self, model: str):
         self.model = model
@@ -137,8 +160,22 @@ class Teacher:
     async def acomplete(self, request: ChatRequest, timeout: float) -> Completion:
         raise NotImplementedError(f"{type(self).__name__} takes whole batches: use complete_batch")
 
+    async def acomplete_text(self, request: TextRequest, timeout: float) -> Completion:
+        raise PermanentError(f"{self.backend}: this backend cannot do raw completion (no chat template)")
+
     def complete_batch(self, requests: Sequence[ChatRequest]) -> list[Completion | TeacherError]:
         raise NotImplementedError(f"{type(self).__name__} takes one request at a time: use acomplete")
+
+    def why_no_raw_completion(self) -> str | None:
+        """None when raw completion works here; else one sentence saying why not (shown to the user)."""
+        if self.raw_completion:
+            return None
+        return f"the {self.backend} backend has no raw-completion endpoint (only chat)"
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        """`messages` through the model's own chat template, with the generation prompt, as text; None when this
+        teacher cannot tell (the caller then needs the template from elsewhere)."""
+        return None
 
     def close(self) -> None:
         """Release servers, engines, connections."""

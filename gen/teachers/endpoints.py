@@ -61,6 +61,7 @@ from gen.teachers.base import (
     RateLimited,
     Teacher,
     TeacherError,
+    TextRequest,
     TransientError,
 )
 
@@ -247,7 +248,23 @@ class EndpointPool(Teacher):
 
     # ------------------------------------------------------------------------------------------------ requests
 
+    @property
+    def raw_completion(self) -> bool:  # type: ignore[override]
+        return all(endpoint.teacher.raw_completion for endpoint in self.endpoints)
+
+    def why_no_raw_completion(self) -> str | None:
+        return self.endpoints[0].teacher.why_no_raw_completion()
+
+    def render_chat(self, messages):
+        return self.endpoints[0].teacher.render_chat(messages)
+
     async def acomplete(self, request: ChatRequest, timeout: float) -> Completion:
+        return await self._through_endpoint(request, timeout, text=False)
+
+    async def acomplete_text(self, request: TextRequest, timeout: float) -> Completion:
+        return await self._through_endpoint(request, timeout, text=True)
+
+    async def _through_endpoint(self, request: Any, timeout: float, text: bool) -> Completion:
         started = time.monotonic()
         endpoint, probe = self._pick(started)
         generation = endpoint.generation
@@ -257,7 +274,8 @@ class EndpointPool(Teacher):
             endpoint.probing = True
             endpoint.probes += 1
         try:
-            completion = await endpoint.teacher.acomplete(request, timeout)
+            send = endpoint.teacher.acomplete_text if text else endpoint.teacher.acomplete
+            completion = await send(request, timeout)
         except RateLimited as exc:
             self._on_rate_limited(endpoint, probe, exc.retry_after, time.monotonic())
             raise RateLimited(self._label(endpoint, exc), retry_after=exc.retry_after) from exc

@@ -121,12 +121,10 @@ class HTTPTeacher(Teacher):
             headers.pop("Authorization", None)
             headers["Authorization"] = basic
         self._poster: JSONPoster | None = None
+        self._other_posters: dict[str, JSONPoster] = {}
+        self._poster_settings = (query, {**self.fixed_headers(), **headers}, max_connections)
         if self.transport == "aiohttp":
-            url = (self.base_url or self.official_base_url).rstrip("/") + self.path
-            if query:
-                url += "?" + urlencode(query)
-            self._poster = JSONPoster(url, {**self.fixed_headers(), **headers}, max_connections=max_connections,
-                                      backend=self.backend, rate_limit_statuses=self.rate_limit_statuses)
+            self._poster = self.poster_for(self.path)
             return
         sdk = self._import_sdk()
         self._sdk = sdk
@@ -139,6 +137,23 @@ class HTTPTeacher(Teacher):
         self._clients = LoopLocalClient(
             lambda: self.sdk_client(sdk, http_client=pooled_http_client(sdk, -(-max_connections // shards)),
                                     **options), shards=shards)
+
+    def poster_for(self, path: str) -> JSONPoster:
+        """The aiohttp transport's poster for another endpoint of the same server (e.g. `/completions`), with the
+        same credentials and connection limit; built once per path."""
+        if path == self.path and self._poster is not None:
+            return self._poster
+        if path not in self._other_posters:
+            query, headers, max_connections = self._poster_settings
+            url = (self.base_url or self.official_base_url).rstrip("/") + path
+            if query:
+                url += "?" + urlencode(query)
+            poster = JSONPoster(url, headers, max_connections=max_connections, backend=self.backend,
+                                rate_limit_statuses=self.rate_limit_statuses)
+            if path == self.path:
+                return poster
+            self._other_posters[path] = poster
+        return self._other_posters[path]
 
     # ------------------------------------------------------------------------------------------------ credentials
 
@@ -206,9 +221,13 @@ class HTTPTeacher(Teacher):
     async def aclose(self) -> None:
         """Close the connection pool from inside the event loop that used it (the engine calls this last)."""
         await (self._poster or self._clients).aclose()
+        for poster in self._other_posters.values():
+            await poster.aclose()
 
     def close(self) -> None:
         (self._poster or self._clients).close()
+        for poster in self._other_posters.values():
+            poster.close()
 
     # ------------------------------------------------------------------------------------------------ building
 

@@ -10,6 +10,10 @@ Gemma's `<start_of_turn>` markers it echoes the question and never ends a turn (
 as a plain `User:` / `Assistant:` transcript it answers ("The capital of France is Paris.") and stops when it starts
 the next `User:` line. The transcript template is therefore the default for the bundled model; `chat_template=
 "gemma"` selects Gemma's turn format (the right one for instruction-tuned Gemma GGUFs).
+
+Structured output (`SamplingParams.json_schema`) goes as chat completions' `response_format` (`OpenAITeacher`):
+llama.cpp's server turns the schema into a grammar (it also takes a bare `json_schema` field; checked on a real
+server, both give the same constrained answer).
 """
 
 from __future__ import annotations

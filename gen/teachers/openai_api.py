@@ -7,13 +7,14 @@ endpoints (`URL1,URL2`) are `gen.teachers.http_base.HTTPTeacher`'s.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gen.teachers.backend import Backend, Price, Terms
-from gen.teachers.base import ChatRequest, Completion, TransientError
+from gen.teachers.base import ChatRequest, Completion, PermanentError, TextRequest, TransientError
 from gen.teachers.http_base import HTTPTeacher, reject_unknown_options
-from gen.teachers.http_client import DEFAULT_MAX_CONNECTIONS, one_line
+from gen.teachers.http_client import DEFAULT_MAX_CONNECTIONS, map_sdk_error, one_line
 
 __all__ = ["BACKEND", "OpenAITeacher", "from_spec", "reject_unknown_options"]
 
@@ -49,6 +50,34 @@ BACKEND = Backend(
         "Check that your use of this data and of models trained on it is allowed.",
         "other", license_name="openai-terms-of-use"),
 )
+
+
+# The name OpenAI's structured output gives the schema (required by the API; shown to the model).
+SCHEMA_NAME = "answer"
+
+
+def response_format(json_schema: str) -> dict[str, Any]:
+    """`SamplingParams.json_schema` as chat completions' structured output. OpenAI, vLLM serve and llama.cpp's
+    server all take this form (llama.cpp turns the schema into a grammar; `strict` asks OpenAI to enforce it)."""
+    return {"type": "json_schema",
+            "json_schema": {"name": SCHEMA_NAME, "schema": json.loads(json_schema), "strict": True}}
+
+
+def apply_template(root_url: str, messages: Sequence[Mapping[str, str]], headers: Mapping[str, str],
+                   timeout: float = 30.0) -> str | None:
+    """llama.cpp server's `POST /apply-template`: `messages` rendered by the model's chat template (with the
+    generation prompt); None when the server has no such endpoint or does not answer."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(root_url + "/apply-template", data=json.dumps({"messages": list(messages)}).encode(),
+                                     headers={**headers, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            prompt = json.loads(response.read()).get("prompt")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+    return prompt if isinstance(prompt, str) else None
 
 
 class OpenAITeacher(HTTPTeacher):
@@ -92,10 +121,72 @@ class OpenAITeacher(HTTPTeacher):
             kwargs["stop"] = stop
         if p.seed is not None:
             kwargs["seed"] = p.seed
+        if p.json_schema is not None:
+            kwargs["response_format"] = response_format(p.json_schema)
         return kwargs
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         return self.request_kwargs(request)
+
+    # ------------------------------------------------------------------------------------------- raw completion
+    # `/v1/completions` (a prompt in, text out, no chat template): what vLLM serve and llama.cpp's server offer for
+    # any model. OpenAI's own API keeps it only for legacy models, so it is not offered there.
+
+    @property
+    def raw_completion(self) -> bool:  # type: ignore[override]
+        return not self._official
+
+    def why_no_raw_completion(self) -> str | None:
+        if self.raw_completion:
+            return None
+        return ("OpenAI's hosted chat models have no raw-completion endpoint; point --base-url at an OpenAI-"
+                "compatible server that has /v1/completions (vllm serve, llama.cpp)")
+
+    def text_request_kwargs(self, request: TextRequest) -> dict[str, Any]:
+        kwargs = self.request_kwargs(ChatRequest(messages=(), params=request.params))
+        kwargs.pop("messages")
+        kwargs.pop("response_format", None)
+        kwargs.pop("max_completion_tokens", None)
+        kwargs["max_tokens"] = request.params.max_tokens
+        kwargs.pop("stop", None)  # a chat turn's extra stops (`extra_stop`) do not apply to raw text: only its own
+        if request.params.stop:
+            kwargs["stop"] = list(request.params.stop)
+        kwargs["prompt"] = request.prompt
+        return kwargs
+
+    async def acomplete_text(self, request: TextRequest, timeout: float) -> Completion:
+        if not self.raw_completion:
+            raise PermanentError(self.why_no_raw_completion() or "no raw completion")
+        kwargs = self.text_request_kwargs(request)
+        if self._poster is not None:
+            return self.text_from_json(await self.poster_for("/completions").post(kwargs, timeout))
+        client = await self._clients.get()
+        try:
+            response = await client.completions.create(**kwargs, timeout=timeout)
+        except (getattr(self._sdk, self.sdk_error), ValueError) as exc:
+            raise map_sdk_error(self._sdk, exc, self.rate_limit_statuses) from exc
+        return self.text_from_json(response.model_dump() if hasattr(response, "model_dump") else response)
+
+    def text_from_json(self, response: Any) -> Completion:
+        try:
+            choice = response["choices"][0]
+            text = choice.get("text") or ""
+            usage = response.get("usage") or {}
+            return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
+                              prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                              completion_tokens=int(usage.get("completion_tokens") or 0))
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise TransientError(f"{self.backend}: malformed completions response (no choices): "
+                                 f"{one_line(response, 120)}") from exc
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        """The server's own chat template applied to `messages`, from llama.cpp's `/apply-template` (vLLM serve and
+        OpenAI have no such endpoint: None)."""
+        if self._official or not self.base_url:
+            return None
+        root = self.base_url.rstrip("/")
+        root = root[:-3] if root.endswith("/v1") else root
+        return apply_template(root, messages, self._poster_settings[1])
 
     def sdk_client(self, sdk: Any, **options: Any) -> Any:
         return sdk.AsyncOpenAI(**options)

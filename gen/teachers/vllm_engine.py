@@ -12,12 +12,21 @@ Engine options (`max_model_len`, `dtype`, `enforce_eager`, `seed`, `gpu_memory_u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gen.errors import MissingDependency, UserError
 from gen.teachers.backend import Backend
-from gen.teachers.base import ChatRequest, Completion, PermanentError, SamplingParams, Teacher, TeacherError
+from gen.teachers.base import (
+    ChatRequest,
+    Completion,
+    PermanentError,
+    SamplingParams,
+    Teacher,
+    TeacherError,
+    TextRequest,
+)
 
 # Local weights: no key, no price; their own license decides (`gen.teachers.terms`).
 BACKEND = Backend(prefix="vllm")
@@ -52,10 +61,13 @@ class VllmTeacher(Teacher):
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def sampling_params(self, params: SamplingParams) -> Any:
+        extra: dict[str, Any] = {}
+        if params.json_schema is not None:
+            extra = structured_output_option(self._vllm, params.json_schema)
         return self._vllm.SamplingParams(
             max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
             presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
-            stop=list(params.stop) or None, seed=params.seed)
+            stop=list(params.stop) or None, seed=params.seed, **extra)
 
     def prompt_length(self, request: ChatRequest) -> int:
         """Tokens of `request` after the model's chat template (what vLLM will prefill)."""
@@ -64,8 +76,41 @@ class VllmTeacher(Teacher):
             ids = ids["input_ids"]
         return len(ids)
 
-    def complete_batch(self, requests: Sequence[ChatRequest]) -> list[Completion | TeacherError]:
-        """One answer (or error) per request, in order. Input: the whole round; output: same length."""
+    raw_completion = True  # `LLM.generate` on a prompt (`TextRequest`)
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str | None:
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def complete_batch(self, requests: Sequence[ChatRequest | TextRequest]) -> list[Completion | TeacherError]:
+        """One answer (or error) per request, in order. Input: the whole round; output: same length. Chat requests
+        go to one `LLM.chat` call, raw completions (`TextRequest`) to one `LLM.generate` call."""
+        texts = [i for i, r in enumerate(requests) if isinstance(r, TextRequest)]
+        if not texts:
+            return self._complete_chats(requests)  # type: ignore[arg-type]
+        answers: list[Completion | TeacherError | None] = [None] * len(requests)
+        chats = [i for i, r in enumerate(requests) if not isinstance(r, TextRequest)]
+        if chats:
+            for index, answer in zip(chats, self._complete_chats([requests[i] for i in chats])):  # type: ignore[misc]
+                answers[index] = answer
+        runnable = []
+        for index in texts:
+            length = len(self.tokenizer(requests[index].prompt, add_special_tokens=False)["input_ids"])
+            if length >= self.max_model_len:
+                answers[index] = PermanentError(f"prompt of {length} tokens does not fit max_model_len "
+                                                f"{self.max_model_len}")
+            else:
+                runnable.append(index)
+        if runnable:
+            params = [self.sampling_params(requests[i].params) for i in runnable]
+            # The prompt already holds the template's special tokens (e.g. BOS): add none.
+            prompts = [{"prompt_token_ids": self.tokenizer(requests[i].prompt, add_special_tokens=False)["input_ids"]}
+                       for i in runnable]
+            outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+            for index, output in zip(runnable, outputs):
+                answers[index] = _to_completion(output)
+        return answers  # type: ignore[return-value]
+
+    def _complete_chats(self, requests: Sequence[ChatRequest]) -> list[Completion | TeacherError]:
         answers: list[Completion | TeacherError | None] = [None] * len(requests)
         runnable: list[int] = []
         for index, request in enumerate(requests):
@@ -98,6 +143,20 @@ class VllmTeacher(Teacher):
         del llm
         import gc
         gc.collect()
+
+
+def structured_output_option(vllm: Any, json_schema: str) -> dict[str, Any]:
+    """The `vllm.SamplingParams` keyword that constrains decoding to `json_schema` (canonical JSON text): vLLM >= 0.11
+    calls it `structured_outputs=StructuredOutputsParams(json=...)`, older releases `guided_decoding=
+    GuidedDecodingParams(json=...)`."""
+    schema = json.loads(json_schema)
+    from vllm import sampling_params as module
+
+    if hasattr(module, "StructuredOutputsParams"):
+        return {"structured_outputs": module.StructuredOutputsParams(json=schema)}
+    if hasattr(module, "GuidedDecodingParams"):  # pragma: no cover - vLLM < 0.11
+        return {"guided_decoding": module.GuidedDecodingParams(json=schema)}
+    raise PermanentError(f"vllm {getattr(vllm, '__version__', '?')}: no structured output support for json_schema")
 
 
 def _to_completion(output: Any) -> Completion:
