@@ -73,14 +73,17 @@ def test_gen_train_lora_saves_an_adapter_and_a_merged_student_that_load(tiny_pai
     _, _, student_dir = tiny_pair
     out = tmp_path / "lora"
     assert main(["train", "--student", str(student_dir), "--data", str(logit_shards), "--out", str(out),
-                 "--max-steps", "3", "--lr", "1e-2", "--batch-size", "4", "--max-length", "128", "--save-steps", "100",
+                 "--max-steps", "3", "--lr", "1e-2", "--batch-size", "4", "--max-length", "128", "--save-steps", "3",
                  "--logging-steps", "1", "--lora", "4", "--lora-target", "q_proj", "v_proj", "lm_head",
-                 "--lora-merge"]) == 0
+                 "--lora-merge", "--eval-fraction", "0.25"]) == 0
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj", "lm_head"}
     assert not (out / "model.safetensors").exists()  # the adapter only, not a full copy of the student
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["lora"]["parameters"]["trainable"] < summary["lora"]["parameters"]["total"] / 5
+    # evaluation of the adapted student: the best (here: the only) checkpoint's eval loss is its held-out KL
+    assert summary["eval"]["best_checkpoint"].endswith("checkpoint-3")
+    assert summary["eval"]["heldout"]["teacher_kl"] == pytest.approx(summary["eval"]["best_eval_loss"], rel=1e-4)
     loaded = AutoPeftModelForCausalLM.from_pretrained(out)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     base = AutoModelForCausalLM.from_pretrained(student_dir)
