@@ -84,6 +84,14 @@ def test_gen_train_lora_saves_an_adapter_and_a_merged_student_that_load(tiny_pai
     # evaluation of the adapted student: the best (here: the only) checkpoint's eval loss is its held-out KL
     assert summary["eval"]["best_checkpoint"].endswith("checkpoint-3")
     assert summary["eval"]["heldout"]["teacher_kl"] == pytest.approx(summary["eval"]["best_eval_loss"], rel=1e-4)
+    # the model card of an adapter says so and loads it with peft
+    from gen.publish.card import split_front_matter
+    from gen.publish.model_card import model_card_facts, render_model_card
+
+    front, body = split_front_matter(render_model_card(model_card_facts(out, "alice/tiny-lora")))
+    assert front["library_name"] == "peft" and {"lora", "peft"} <= set(front["tags"])
+    assert "**LoRA adapter** (rank 4, alpha 16.0, on lm_head, q_proj, v_proj)" in " ".join(body.split())
+    assert 'AutoPeftModelForCausalLM.from_pretrained("alice/tiny-lora")' in body
     loaded = AutoPeftModelForCausalLM.from_pretrained(out)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     base = AutoModelForCausalLM.from_pretrained(student_dir)

@@ -88,3 +88,20 @@ def test_push_to_hub_without_a_token_stops_before_training(tiny_pair, conversati
         "gen train: error: --push-to-hub no Hugging Face token: set HF_TOKEN or run `hf auth login` (gen train takes "
         "no --token)")
     assert not out.exists()
+
+
+def test_a_credential_in_a_file_to_push_is_refused_before_any_upload(tmp_path, hub, monkeypatch):
+    from gen.errors import UserError
+    from gen.publish.model_card import push_student
+
+    secret = "sk-kdforgeFAKEkey0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "train_summary.json").write_text(json.dumps({"steps": 1, "student": "s", "data": [], "loss": {
+        "loss": "forward_kl_tail", "temperature": 1.0, "kd_weight": 1.0}}))
+    (out / "model.safetensors").write_bytes(b"weights")
+    (out / "tokenizer_config.json").write_text(json.dumps({"note": f"key {secret}"}))
+    with pytest.raises(UserError, match=r"tokenizer_config.json: contains the value of OPENAI_API_KEY; refusing"):
+        push_student(out, MODEL)
+    assert hub.requests == []  # refused before the first request
