@@ -8,7 +8,8 @@ from typing import Any
 
 
 def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "training loss") -> Path:
-    """Plot `loss` (and the `kd_loss` / `sft_loss` split when logged) against `step`; returns the PNG path."""
+    """Plot `loss` (and the `kd_loss` / `sft_loss` split, and `eval_loss`, when logged) against `step`; returns the
+    PNG path."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on training machines
@@ -16,7 +17,8 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path, title: 
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for key, style in (("loss", "-"), ("kd_loss", "--"), ("sft_loss", ":")):
+    # eval_loss: logged every --eval-steps when the run has evaluation data (issue 17)
+    for key, style in (("loss", "-"), ("kd_loss", "--"), ("sft_loss", ":"), ("eval_loss", "-.")):
         points = [(entry["step"], entry[key]) for entry in history if key in entry and "step" in entry]
         if points:
             steps, values = zip(*points)

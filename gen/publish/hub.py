@@ -54,9 +54,21 @@ def _transport_errors() -> type[Exception]:
     return TransportError
 
 
-def _hub_error(exc: Exception, repo_id: str) -> UserError:
+def _hub_error(exc: Exception, repo_id: str, repo_type: str = "dataset") -> UserError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return UserError(f"dataset repo {repo_id}: the Hub request failed ({first})")
+    return UserError(f"{repo_type} repo {repo_id}: the Hub request failed ({first})")
+
+
+def check_hub_access(command: str = "gen publish") -> None:
+    """UserError unless an upload could start: the Hub not switched off (HF_HUB_OFFLINE) and a token present. Called
+    before long work (`gen train --push-to-hub` checks before training)."""
+    from huggingface_hub import constants, get_token
+
+    if constants.is_offline_mode():
+        raise UserError("HF_HUB_OFFLINE is set: unset it to publish" + (
+            ", or write the repo locally with --dry-run DIR" if command == "gen publish" else ""))
+    if not get_token():
+        raise UserError(f"no Hugging Face token: set HF_TOKEN or run `hf auth login` ({command} takes no --token)")
 
 
 def upload(
@@ -67,29 +79,30 @@ def upload(
     endpoint: str | None = None,
     commit_message: str = "Publish dataset with kdforge",
     commit_description: str = "",
+    repo_type: str = "dataset",
+    managed_prefixes: tuple[str, ...] = MANAGED_PREFIXES,
 ) -> UploadResult:
     """Create the dataset repo if needed and push `folder` in ONE commit (adds + deletes of stale managed files).
 
     The token is whatever huggingface_hub resolves (HF_TOKEN, or `hf auth login`'s stored token); `endpoint`
     defaults to HF_ENDPOINT / huggingface.co. Unchanged files are not re-sent; with nothing changed, no commit.
+    `repo_type` "model" pushes a trained student (gen/publish/model_card.py); remote files under `managed_prefixes`
+    that `folder` no longer has are deleted in the same commit.
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
     from huggingface_hub.hf_api import RepoFile
 
     folder = Path(folder)
     check_repo_id(repo_id)
-    if constants.is_offline_mode():
-        raise UserError("HF_HUB_OFFLINE is set: unset it to publish, or write the repo locally with --dry-run DIR")
-    if not get_token():
-        raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (gen publish takes no --token)")
+    check_hub_access("gen publish" if repo_type == "dataset" else "gen train")
     api = HfApi(endpoint=endpoint)
     local = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
     local.pop(MARKER, None)  # the export's local record of what it wrote, not part of the dataset
     try:
-        repo_url = api.create_repo(repo_id, repo_type="dataset", private=True if private else None, exist_ok=True)
+        repo_url = api.create_repo(repo_id, repo_type=repo_type, private=True if private else None, exist_ok=True)
         try:
-            remote = {f.path: f for f in api.list_repo_tree(repo_id, repo_type="dataset", recursive=True)
+            remote = {f.path: f for f in api.list_repo_tree(repo_id, repo_type=repo_type, recursive=True)
                       if isinstance(f, RepoFile)}
         except HfHubHTTPError as exc:
             if exc.response is None or exc.response.status_code != 404:
@@ -97,15 +110,15 @@ def upload(
             remote = {}  # a repo without a first commit has no tree yet
         unchanged = [p for p, path in local.items() if p in remote and _same_content(remote[p], path)]
         added = [p for p in local if p not in unchanged]
-        deleted = sorted(p for p in remote if p.startswith(MANAGED_PREFIXES) and p not in local)
+        deleted = sorted(p for p in remote if managed_prefixes and p.startswith(managed_prefixes) and p not in local)
         if not added and not deleted:
             return UploadResult(str(repo_url), None, [], [], unchanged)
         operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(local[p])) for p in added]
         operations += [CommitOperationDelete(path_in_repo=p) for p in deleted]
-        info = api.create_commit(repo_id, operations, repo_type="dataset", commit_message=commit_message,
+        info = api.create_commit(repo_id, operations, repo_type=repo_type, commit_message=commit_message,
                                  commit_description=commit_description)
     except OfflineModeIsEnabled:
         raise UserError("HF_HUB_OFFLINE is set: unset it to publish, or use --dry-run DIR") from None
     except (HfHubHTTPError, ValueError, OSError, _transport_errors()) as exc:
-        raise _hub_error(exc, repo_id) from None
+        raise _hub_error(exc, repo_id, repo_type) from None
     return UploadResult(str(repo_url), info.commit_url, added, deleted, unchanged)

@@ -54,4 +54,37 @@ def publish(
                        f"manifest updated {plan.manifest.get('updated', '?')}).")
         result = upload(staging, repo_id, private=private, endpoint=endpoint, commit_message=message,
                         commit_description=description)
+    record_publication(run_dir, repo_id, result)
     return PublishResult(plan, export, result)
+
+
+# The run's record of where it was published: a model card of a student trained on the run links the dataset repo.
+PUBLISHED = "published.json"
+
+
+def record_publication(run_dir: str | os.PathLike, repo_id: str, result: UploadResult) -> None:
+    """Write `run_dir/published.json` ({repo_id, url, commit_url}) after an upload; a read-only run dir is not an
+    error (the dataset is published either way)."""
+    import json
+    from pathlib import Path
+
+    from gen.data.shards import atomic_write_bytes
+
+    record = {"repo_id": repo_id, "url": result.repo_url, "commit_url": result.commit_url}
+    try:
+        atomic_write_bytes(Path(run_dir) / PUBLISHED, (json.dumps(record, indent=2) + "\n").encode())
+    except OSError:
+        pass
+
+
+def published_repo(run_dir: str | os.PathLike) -> str | None:
+    """The Hub dataset repo id `gen publish` last pushed `run_dir` to, or None."""
+    import json
+    from pathlib import Path
+
+    try:
+        record = json.loads((Path(run_dir) / PUBLISHED).read_text())
+    except (OSError, ValueError):
+        return None
+    repo_id = record.get("repo_id") if isinstance(record, dict) else None
+    return repo_id if isinstance(repo_id, str) else None

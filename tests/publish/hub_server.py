@@ -9,6 +9,7 @@ Endpoints (as huggingface_hub 2.4 calls them, read from its `hf_api.py`, `_commi
     POST /api/validate-yaml                                  README.md front matter check before any upload
     POST /api/datasets/<ns>/<name>/preupload/<rev>           upload mode per file (regular / lfs) + remote oid
     POST /datasets/<ns>/<name>.git/info/lfs/objects/batch    LFS batch: upload + verify actions for new objects
+                                                             (model repos: /<ns>/<name>.git/..., no type prefix)
     PUT  /lfs-objects/<sha256>                               the LFS upload itself (checked against its sha256)
     POST /lfs-verify                                         LFS verify
     POST /api/datasets/<ns>/<name>/commit/<rev>              the commit: ndjson header + file / lfsFile / deleted*
@@ -141,7 +142,8 @@ class HubServer:
         if req.method == "POST" and path == "/lfs-verify":
             oid = json.loads(req.body)["oid"]
             return (200, {}, {"success": True}) if oid in self.lfs_store else (404, {}, {"error": "unknown object"})
-        m = re.fullmatch(r"/(?P<type>datasets|spaces)/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", path)
+        # model repos have no type prefix (`gen train --push-to-hub`)
+        m = re.fullmatch(r"/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", path)
         if m and req.method == "POST":
             return self._lfs_batch(json.loads(req.body))
         m = re.fullmatch(r"/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/(?P<verb>tree|revision|preupload|commit)"
