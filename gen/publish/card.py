@@ -26,7 +26,7 @@ import yaml
 
 from gen.data.secrets import redact
 from gen.errors import UserError
-from gen.publish.plots import LENGTH_PLOT, ROWS_PLOT
+from gen.publish.plots import LENGTH_PLOT, ROWS_PLOT, SCORES_PLOT
 from gen.publish.repo_id import check_repo_id
 from gen.teachers import registry
 from gen.teachers.terms import terms_for
@@ -421,6 +421,7 @@ def _body_context(plan: ExportPlan, *, repo_id: str, terms: list[TeacherTerms], 
             "example": _example(first) if first is not None and not cfg.aggregate else None,
         })
     known = {"kdforge_version", "updated", "config", "splits", "stats", "funnel", "engine"}
+    scores = _score_rows(train)
     other = {k: v for k, v in manifest.items() if k not in known}
 
     return {
@@ -456,11 +457,32 @@ def _body_context(plan: ExportPlan, *, repo_id: str, terms: list[TeacherTerms], 
         "published_rows": published,
         "include_rejected": plan.include_rejected,
         "config_by": plan.config_by,
-        "plots": {"length": LENGTH_PLOT, "rows": ROWS_PLOT} if train.num_rows else {},
+        "plots": ({"length": LENGTH_PLOT, "rows": ROWS_PLOT, **({"scores": SCORES_PLOT} if scores else {})}
+                  if train.num_rows else {}),
+        "scores": scores,
         "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100).strip() if config else "",
         "other_yaml": yaml.safe_dump(redact(other), sort_keys=False, allow_unicode=True, width=100).strip() if other else "",
         "default_config": next((c.name for c in plan.configs if c.default), plan.configs[0].name if plan.configs else ""),
     }
+
+
+def _score_rows(train: pa.Table) -> list[dict[str, Any]]:
+    """One line per scorer of the kept rows (`gen score`): rows with a value, mean, median, min, max, and the judge
+    and rubric the scores came from."""
+    from gen.data.scores import distribution, parse_scores, scores_texts
+
+    texts = scores_texts(train)
+    rows = []
+    for name, d in distribution(texts).items():
+        if not d["rows"]:
+            continue
+        scorer = name.split(".")[0]
+        sources = sorted({str(entry.get("judge") or entry.get("model") or "") for text in texts
+                          for key, entry in parse_scores(text).items() if key == scorer and isinstance(entry, Mapping)}
+                         - {""})
+        rows.append({"name": name, "rows": d["rows"], "mean": f"{d['mean']:.2f}", "median": f"{d['median']:g}",
+                     "min": f"{d['min']:g}", "max": f"{d['max']:g}", "by": ", ".join(sources) or "–"})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------- render
