@@ -19,7 +19,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from gen.commands.common import add_engine_arguments, add_sampling_arguments
+from gen.commands.common import add_engine_arguments, add_judge_arguments, add_sampling_arguments
 
 HELP = "judge a student's answers against a baseline's (win rate, CI, length-controlled win rate)"
 
@@ -37,16 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a run directory whose rows answer the prompts (e.g. the teacher's run), or a model "
                              "spec that answers them now (llamacpp, openai:MODEL, hf:PATH, ...)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created; reruns resume)")
-    parser.add_argument("--judge", default="llamacpp", metavar="SPEC",
-                        help="the judge: any teacher spec (default: the embedded llama.cpp model)")
-    parser.add_argument("--base-url", default=None, metavar="URL", help="the judge's endpoint (HTTP judges)")
-    parser.add_argument("--transport", default=None, choices=("aiohttp", "sdk"), help="the judge's HTTP client")
     parser.add_argument("--baseline-base-url", default=None, metavar="URL",
                         help="the endpoint of a --baseline model spec (HTTP backends)")
     parser.add_argument("--rubric", default="pairwise", metavar="NAME|FILE",
-                        help="pairwise rubric (default: the built-in `pairwise`)")
-    parser.add_argument("--judge-max-tokens", type=int, default=None, metavar="N",
-                        help="tokens per judge reply (default: the judge library's)")
+                        help="a pairwise rubric: the built-in `pairwise` (default) or a rubric file with target: pair")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts")
     parser.add_argument("--logits", default=None, metavar="DIR",
                         help="held-out logit shards (gen logits): also report the student's teacher KL and perplexity")
@@ -58,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="hf: students: sequences per generate call (default 16)")
     parser.add_argument("--logits-batch-size", type=int, default=8, metavar="N", help=argparse.SUPPRESS)
+    add_judge_arguments(parser)
     add_engine_arguments(parser)
     add_sampling_arguments(parser, temperature=0.0)
 
@@ -103,19 +98,24 @@ def baseline_source(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen.commands.common import engine_spec_from_args, sampling_from_args
+    from gen.commands.common import (
+        engine_spec_from_args,
+        judge_sampling_from_args,
+        judge_spec_from_args,
+        sampling_from_args,
+    )
     from gen.data.lock import run_lock
     from gen.data.outdir import check_out_dir, open_run_dir
     from gen.errors import UserError
     from gen.methods.evaluation.compare import EvalSpec, evaluate, read_prompts
     from gen.methods.evaluation.report import table_lines, write_reports
+    from gen.methods.judge import load_rubric
     from gen.teachers import parse_spec
-    from gen.teachers.spec import TeacherSpec
 
     if getattr(args, "ray", None):
         raise UserError("--ray: gen eval runs in one process")
     for flag, value, least in (("--limit", args.limit, 1), ("--bootstrap", args.bootstrap, 1),
-                               ("--round-size", args.round_size, 1), ("--judge-max-tokens", args.judge_max_tokens, 1),
+                               ("--round-size", args.round_size, 1),
                                ("--batch-size", args.batch_size, 1)):
         if value is not None and value < least:
             raise UserError(f"{flag} {value}: must be at least {least}")
@@ -127,13 +127,17 @@ def run(args: argparse.Namespace) -> int:
         parse_spec(args.judge)
     except UserError as exc:
         raise UserError(str(exc).replace("--teacher", "--judge")) from None
-    judge = TeacherSpec(name=args.judge, base_url=args.base_url or None, transport=args.transport)
+    judge = judge_spec_from_args(args)
+    rubric = load_rubric(args.rubric)
+    if not rubric.pairwise:
+        raise UserError(f"--rubric {args.rubric}: gen eval needs a pairwise rubric (target: pair); {rubric.name} "
+                        f"scores one answer")
     baseline_run, baseline_model = baseline_source(args)
     if args.logits is not None and not Path(args.logits).is_dir():
         raise UserError(f"--logits {args.logits}: no such directory")
     spec = EvalSpec(student=student, judge=judge, baseline_run=baseline_run, baseline_model=baseline_model,
                     engine=engine_spec_from_args(args), params=sampling_from_args(args), rubric=args.rubric,
-                    judge_max_tokens=args.judge_max_tokens, bootstrap=args.bootstrap, seed=args.bootstrap_seed,
+                    judge_params=judge_sampling_from_args(args, rubric), bootstrap=args.bootstrap, seed=args.bootstrap_seed,
                     round_size=args.round_size,
                     student_options={"batch_size": args.batch_size} if args.batch_size is not None else {})
     prompts = read_prompts(args.prompts, args.limit)

@@ -25,13 +25,9 @@ from gen.engine.engine import Engine, build_engine, default_cache_path
 from gen.engine.spec import EngineSpec
 from gen.errors import UserError
 from gen.methods.evaluation import stats
-from gen.methods.judge.pairwise import PairItem, judge_pairwise, position_flip_rate
-from gen.methods.judge.pointwise import judge_params
-from gen.methods.judge.rubric import load_rubric
+from gen.methods.judge import JUDGE_UNPARSEABLE, PairItem, judge_pairwise, judge_params, load_rubric, position_flip_rate
 from gen.teachers.base import ChatRequest, SamplingParams
 from gen.teachers.spec import TeacherSpec
-
-JUDGE_UNPARSEABLE = "judge_unparseable"
 
 
 @dataclass(frozen=True)
@@ -41,8 +37,8 @@ class EvalSpec:
     student: the student's generator (`hf:PATH` or `vllm:PATH`). baseline_run: a run directory whose rows hold the
     baseline's answers (matched to the prompts by conversation), or baseline_model: a model that answers the
     prompts now (exactly one of the two). judge: the judge model; rubric: a pairwise rubric name or file.
-    params: the sampling of the student's (and a baseline model's) answers. judge_max_tokens: the judge's reply
-    budget (None: the judge library's default). bootstrap / seed: resamples and seed of the win-rate interval.
+    params: the sampling of the student's (and a baseline model's) answers. judge_params: the judge's sampling
+    (None: the judge library's default for the rubric, with its verdict schema). bootstrap / seed: resamples and seed of the win-rate interval.
     round_size: prompts per engine round of in-process generators (what a kill can lose).
     student_options: backend options of the student's generator (`batch_size` of `hf:`).
     """
@@ -54,7 +50,7 @@ class EvalSpec:
     engine: EngineSpec = field(default_factory=EngineSpec)
     params: SamplingParams = field(default_factory=lambda: SamplingParams(max_tokens=512, temperature=0.0))
     rubric: str = "pairwise"
-    judge_max_tokens: int | None = None
+    judge_params: SamplingParams | None = None
     bootstrap: int = 2000
     seed: int = 0
     round_size: int = 64
@@ -139,8 +135,7 @@ def evaluate(prompts: Sequence[InputRow], out: str | Path, spec: EvalSpec) -> Ev
     out = Path(out)
     rubric = load_rubric(spec.rubric)
     if not rubric.pairwise:
-        raise UserError(f"--rubric {spec.rubric}: gen eval needs a pairwise rubric (target: pair), this one scores "
-                        f"one answer")
+        raise UserError(f"rubric {spec.rubric}: gen eval needs a pairwise rubric (target: pair)")
     requests = answer_requests(prompts, spec.params)
     with _open(spec.student, spec, out, spec.student_options) as engine:
         student_id = engine.teacher_id
@@ -172,9 +167,7 @@ def evaluate(prompts: Sequence[InputRow], out: str | Path, spec: EvalSpec) -> Ev
             context = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + list(prompt.messages)
             to_judge.append((index, PairItem.from_messages(context, mine, theirs)))
 
-    params = judge_params(rubric)
-    if spec.judge_max_tokens is not None:
-        params = params.replace(max_tokens=spec.judge_max_tokens)
+    params = spec.judge_params or judge_params(rubric)
     with _open(spec.judge, spec, out) as engine:
         judge_id = engine.teacher_id
         verdicts = judge_pairwise(engine, [pair for _, pair in to_judge], rubric, params,
