@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts per round of an in-process generator (a kill loses at most one; default 64)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="hf: students: sequences per generate call (default 16)")
-    parser.add_argument("--logits-batch-size", type=int, default=8, metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument("--logits-batch-size", type=int, default=8, metavar="N",
+                        help="rows per forward pass of --logits (default 8)")
     add_judge_arguments(parser)
     add_engine_arguments(parser)
     add_sampling_arguments(parser, temperature=0.0)
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None):
         raise UserError("--ray: gen eval runs in one process")
     for flag, value, least in (("--limit", args.limit, 1), ("--bootstrap", args.bootstrap, 1),
-                               ("--round-size", args.round_size, 1),
+                               ("--round-size", args.round_size, 1), ("--logits-batch-size", args.logits_batch_size, 1),
                                ("--batch-size", args.batch_size, 1)):
         if value is not None and value < least:
             raise UserError(f"{flag} {value}: must be at least {least}")
@@ -146,10 +147,7 @@ def run(args: argparse.Namespace) -> int:
     with run_lock(out, "eval"):
         result = evaluate(prompts, out, spec)
         if args.logits is not None:
-            from train.heldout import heldout_teacher_kl
-
-            result.summary["heldout"] = heldout_teacher_kl(student_path, args.logits,
-                                                           batch_size=args.logits_batch_size)
+            result.summary["heldout"] = student_heldout(student_path, args.logits, args.logits_batch_size)
         write_reports(out, result.summary, result.judged, result.rejected)
     summary = result.summary
     print(f"gen eval: {summary['student']} vs {summary['baseline']}, judged by {summary['judge']}")
@@ -162,3 +160,28 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURES
     return 0
 
+
+
+def student_heldout(student: str, logits: str, batch_size: int) -> dict:
+    """The student's held-out teacher KL and perplexity on the logit shards `logits` (`train.heldout`, the same
+    numbers `gen train` reports for its eval data), with the shards' teacher. The shards must share the student's
+    tokenizer."""
+    import torch
+
+    from gen.errors import UserError
+    from gen.logits.records import is_logit_dir, read_logit_metadata
+    from train.heldout import heldout_teacher_kl
+    from train.trainer import check_tokenizers, load_student
+
+    if not is_logit_dir(logits):
+        raise UserError(f"--logits {logits}: not logit shards (write them with gen logits)")
+    model, tokenizer = load_student(student)
+    metadata = read_logit_metadata(logits)
+    check_tokenizers(tokenizer, int(model.get_output_embeddings().weight.shape[0]), metadata, f"--logits {logits}")
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    numbers = heldout_teacher_kl(model, logits, max_length=int(getattr(model.config, "max_position_embeddings", 0)
+                                                               or 2048), batch_size=batch_size)
+    if numbers is None:
+        raise UserError(f"--logits {logits}: no rows with teacher logits")
+    return {**numbers, "teacher": metadata.get("teacher") if metadata else None, "logits": str(logits)}

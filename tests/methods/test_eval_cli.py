@@ -115,15 +115,28 @@ def test_scripted_judge_gives_exact_counts_and_a_rerun_sends_nothing(eval_inputs
         assert json.loads((out / "eval.json").read_text()) == summary
 
 
-def test_an_always_A_judge_gives_only_ties_and_a_flip_rate_of_one(eval_inputs, tiny_llama_dir, tmp_path):  # noqa: F811
+def test_an_always_A_judge_gives_only_ties_and_a_flip_rate_of_one(eval_inputs, tiny_llama_dir, tmp_path,
+                                                                 capsys):  # noqa: F811
+    from gen.logits.capture import HFLogitTeacher, capture_logits
+
     prompts, run = eval_inputs
+    # Held-out logit shards whose teacher is the student itself: its teacher KL is 0 up to the fp16 log-probs.
+    logits = tmp_path / "logits"
+    capture_logits(run, logits, HFLogitTeacher(str(tiny_llama_dir)), 8, progress=False)
     out = tmp_path / "eval-a"
     with LatencyServer(reply=always_a) as judge:
-        assert main(eval_args(tiny_llama_dir, prompts, run, out, judge.v1_url, "--limit", "4")) == 0
+        assert main(eval_args(tiny_llama_dir, prompts, run, out, judge.v1_url, "--limit", "4",
+                              "--logits", str(logits))) == 0
     summary = json.loads((out / "eval.json").read_text())
     assert {k: summary[k] for k in ("n", "wins", "ties", "losses")} == {"n": 4, "wins": 0, "ties": 4, "losses": 0}
     assert summary["position_flip_rate"] == 1.0 and summary["win_rate"] == 0.5
     assert summary["win_rate_ci"] == [0.5, 0.5] and summary["lc_win_rate"] == 0.5
+    heldout = summary["heldout"]
+    assert heldout["rows"] == len(SCRIPT) and heldout["tokens"] > 0
+    assert abs(heldout["teacher_kl"]) < 1e-3
+    # A random model over a 384-token vocabulary: perplexity near the vocabulary size.
+    assert 100 < heldout["perplexity"] < 1000
+    assert "held-out teacher KL" in capsys.readouterr().out
 
 
 def test_eval_errors_name_the_flag(eval_inputs, tiny_llama_dir, tmp_path, capsys):  # noqa: F811

@@ -42,7 +42,7 @@ def table_lines(summary: Mapping[str, Any]) -> list[str]:
     ]
     heldout = summary.get("heldout")
     if heldout:
-        rows.append(("held-out teacher KL (nats/token)", f"{heldout['kl']:.4f}"))
+        rows.append(("held-out teacher KL (nats/token)", f"{heldout['teacher_kl']:.4f}"))
         rows.append(("held-out perplexity", f"{heldout['perplexity']:.3f}"))
     width = max(len(name) for name, _ in rows)
     lines = [f"| {'metric'.ljust(width)} | value |", f"| {'-' * width} | ----- |"]

@@ -76,7 +76,7 @@ def lc_win_rate(outcomes: Sequence[float], length_differences: Sequence[float]) 
     labels = np.concatenate([np.ones_like(y), np.zeros_like(y)])
     weights = np.concatenate([y, 1.0 - y])
     keep = weights > 0
-    model = LogisticRegression(C=1.0)
+    model = LogisticRegression(C=1.0, tol=1e-10, max_iter=1000)  # tight: reruns and tests compare to 1e-6
     model.fit(features[keep], labels[keep], sample_weight=weights[keep])
     return float(model.predict_proba(np.zeros((1, 1)))[0, 1])
 
