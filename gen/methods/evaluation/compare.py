@@ -26,7 +26,7 @@ from gen.engine.spec import EngineSpec
 from gen.errors import UserError
 from gen.methods.evaluation import stats
 from gen.methods.judge import JUDGE_UNPARSEABLE, PairItem, judge_pairwise, judge_params, load_rubric, position_flip_rate
-from gen.teachers.base import ChatRequest, SamplingParams
+from gen.teachers.base import ChatRequest, SamplingParams, Teacher
 from gen.teachers.spec import TeacherSpec
 
 
@@ -34,7 +34,7 @@ from gen.teachers.spec import TeacherSpec
 class EvalSpec:
     """What `gen eval` compares and how.
 
-    student: the student's generator (`hf:PATH` or `vllm:PATH`). baseline_run: a run directory whose rows hold the
+    student: the student's generator (`hf:PATH` or `vllm:PATH`), or one already open (left open). baseline_run: a run directory whose rows hold the
     baseline's answers (matched to the prompts by conversation), or baseline_model: a model that answers the
     prompts now (exactly one of the two). judge: the judge model; rubric: a pairwise rubric name or file.
     params: the sampling of the student's (and a baseline model's) answers. judge_params: the judge's sampling
@@ -43,7 +43,7 @@ class EvalSpec:
     student_options: backend options of the student's generator (`batch_size` of `hf:`).
     """
 
-    student: TeacherSpec
+    student: TeacherSpec | Teacher
     judge: TeacherSpec
     baseline_run: str | None = None
     baseline_model: TeacherSpec | None = None
@@ -122,9 +122,15 @@ class EvalResult:
     rejected: list[dict[str, Any]]
 
 
-def _open(teacher: TeacherSpec, spec: EvalSpec, out: Path, options: Mapping[str, Any] | None = None) -> Engine:
+def _open(teacher: TeacherSpec | Teacher, spec: EvalSpec, out: Path, options: Mapping[str, Any] | None = None
+          ) -> Engine:
+    """An engine on `teacher` with the evaluation's cache; it closes a teacher it opened, never one given open."""
     from gen.teachers import load_teacher
 
+    if isinstance(teacher, Teacher):
+        engine = build_engine(teacher, spec.engine, default_cache_path(out))
+        engine.own_teacher = False
+        return engine
     return build_engine(load_teacher(teacher, **options) if options else teacher, spec.engine,
                         default_cache_path(out))
 

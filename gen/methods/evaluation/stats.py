@@ -18,9 +18,9 @@ the answers' order), 0.0 a loss. Pairs without a verdict (`judge_unparseable`, f
 
   Ties: a tie enters as half a win and half a loss (the pair appears once with label 1 and weight 0.5 and once
   with label 0 and weight 0.5), the same "ties count half" as the raw win rate, so with no length effect
-  (b = 0) lc_win_rate equals win_rate. The slope has a small L2 penalty (scikit-learn's default C=1.0; the
-  intercept is not penalised), which keeps the fit finite when length separates wins from losses perfectly, as it
-  does on a judge that always picks the longer answer. When every length difference is the same (sd = 0) there is
+  (b = 0) lc_win_rate equals win_rate. The slope has a small L2 penalty (0.5 b^2, what scikit-learn's default
+  C=1.0 adds; the intercept is free; fitted with scipy's L-BFGS), which keeps the fit finite when length separates
+  wins from losses perfectly, as it does on a judge that always picks the longer answer. When every length difference is the same (sd = 0) there is
   no length to control for and lc_win_rate is the win rate.
 """
 
@@ -67,18 +67,29 @@ def lc_win_rate(outcomes: Sequence[float], length_differences: Sequence[float]) 
     spread = d.std()
     if spread == 0 or np.all(y == y[0]):  # nothing to regress on, or nothing to separate
         return win_rate(y)
-    from sklearn.linear_model import LogisticRegression
-
     # Scaled, not centred: z = 0 stays "same length", where the intercept is read.
     z = d / spread
-    # Each pair twice: label 1 with weight y, label 0 with weight 1 - y (a tie: half and half).
-    features = np.concatenate([z, z])[:, None]
-    labels = np.concatenate([np.ones_like(y), np.zeros_like(y)])
-    weights = np.concatenate([y, 1.0 - y])
-    keep = weights > 0
-    model = LogisticRegression(C=1.0, tol=1e-10, max_iter=1000)  # tight: reruns and tests compare to 1e-6
-    model.fit(features[keep], labels[keep], sample_weight=weights[keep])
-    return float(model.predict_proba(np.zeros((1, 1)))[0, 1])
+    a, _ = _penalised_logistic_fit(z, y)
+    return float(1.0 / (1.0 + np.exp(-a)))
+
+
+def _penalised_logistic_fit(z: np.ndarray, y: np.ndarray, penalty: float = 0.5) -> tuple[float, float]:
+    """(a, b) maximising sum_i [y_i log s(a + b z_i) + (1 - y_i) log(1 - s(a + b z_i))] - penalty * b^2, with
+    s the sigmoid and y_i in [0, 1] (a tie's 0.5 is half of each term). penalty 0.5 is scikit-learn's
+    `LogisticRegression(C=1.0)` (0.5 ||w||^2 / C, intercept unpenalised). Convex, so L-BFGS finds the optimum."""
+    from scipy.optimize import minimize
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b = params
+        logits = a + b * z
+        # log(1 + e^x) without overflow; the gradient of the negative log-likelihood is (s(x) - y).
+        nll = float(np.sum(np.logaddexp(0.0, logits) - y * logits)) + penalty * b * b
+        residual = 1.0 / (1.0 + np.exp(-logits)) - y
+        return nll, np.array([residual.sum(), float(residual @ z) + 2.0 * penalty * b])
+
+    result = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15,
+                                                                               "maxiter": 1000})
+    return float(result.x[0]), float(result.x[1])
 
 
 def counts(outcomes: Sequence[float]) -> dict[str, int]:
