@@ -1,25 +1,27 @@
 """Benchmark: the judge through the request engine, and what the embedded 270M judge's verdicts are worth.
 
-1. Throughput. The same pairwise judge requests (the built-in `pairwise` rubric, both orders of `--pairs` pairs,
-   temperature 0, `--max-tokens` per verdict) go to the embedded llama.cpp server (xllamacpp, the bundled
-   Gemma-3-270M, `--concurrency` slots) from
+1. Throughput. The same pairwise judge requests (the built-in `pairwise` rubric, both orders of
+   `--throughput-pairs` pairs, free text, temperature 0, `--max-tokens` per verdict) go to the embedded llama.cpp
+   server (xllamacpp, the bundled Gemma-3-270M, `--concurrency` slots) from
      - kdforge's `Engine` with the `openai:` teacher (lean aiohttp transport, SQLite cache on and fresh per run,
        concurrency fixed at C), and
      - a plain client: `AsyncOpenAI` + `asyncio.Semaphore(C)` + `gather` (what any client must pay),
-   each in its own process (CPU ms/req = that process's CPU / requests), alternating, `--repeats` times; medians.
-   The bar is bench/engine.py's: at the same concurrency the engine must reach the plain client's requests/s (the
-   server is the bottleneck here: 2 shared cores decode every verdict). Both send free-text requests (no JSON
-   schema), so they send byte-for-byte the same work whatever the backend does with structured output.
-2. Position bias. Through the engine and the judge library (`judge_pairwise`, the judge's default params: the
-   verdict schema as structured output where the backend sends it), `--pairs` pairs with a known better answer
-   (a right and a wrong answer to a simple question; the right one shown first in half of the pairs):
-     - without the swap: each order's verdict on its own (what a one-order judge would report): how often it
-       picks the right answer, how often it picks whichever answer came first;
-     - with the swap: the both-order verdict (a verdict that flips with the order is a tie): accuracy with ties as
-       half, and the position-flip rate.
+   each in its own process (CPU ms/req = that process's CPU / requests), after one unmeasured warm-up pass,
+   alternating, `--repeats` times; medians.
+   The bar is bench/engine.py's: at the same concurrency the engine must reach the plain client's requests/s (here
+   the server is the bottleneck: 2 shared cores decode every verdict, so the machine's load moves both).
+2. Position bias, on `--pairs` pairs with a known right answer (a right and a wrong answer to a simple question;
+   the right one shown first in half of the pairs), asked in both orders:
+     - directly with llama.cpp's JSON-schema constrained decoding (`response_format`), replies read by the judge
+       library's parser: what the judge says when it must answer in the verdict's shape;
+     - through the engine and the judge library (`judge_pairwise` with the judge's default params: the verdict
+       schema goes out only where the backend sends structured output; one retry of an unparseable reply).
+   Without the swap: each order's verdict on its own (what a one-order judge would report): how often it names the
+   right answer, how often it picks whichever answer came first. With the swap: the both-order verdict (a verdict
+   that flips with the order is a tie): accuracy with ties as half, and the position-flip rate.
 
-    .venv/bin/python bench/judge.py                    # 20 pairs, C=8, 1 repeat (a few minutes on 2 shared cores)
-    .venv/bin/python bench/judge.py --pairs 10 --concurrency 4 --repeats 3
+    .venv/bin/python bench/judge.py                    # ~10 min on 2 busy shared cores
+    .venv/bin/python bench/judge.py --pairs 10 --repeats 1 --skip-engine-bias
 
 The worker modes (`--worker ...`) are what the script runs in each client process.
 """
@@ -107,13 +109,16 @@ def worker_engine(url: str, model: str, n: int, concurrency: int, max_tokens: in
 
     requests = judge_requests(n, max_tokens, structured=False)
     with tempfile.TemporaryDirectory() as tmp:
+        # timeout as the plain client's: on 2 busy cores a verdict can take minutes, and a retried request is
+        # decoded twice
         engine = Engine(load_teacher(f"openai:{model}", base_url=url), cache_path=Path(tmp) / "requests.sqlite",
-                        concurrency=concurrency, max_concurrency=concurrency, progress=False)
+                        concurrency=concurrency, max_concurrency=concurrency, timeout=600, progress=False)
         with engine:
             cpu, wall = cpu_seconds(), time.perf_counter()
             results = engine.run(requests)
             wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    return {"ok": sum(r.ok for r in results), "seconds": wall, "cpu": cpu,
+            attempts = engine.stats["attempts"]
+    return {"ok": sum(r.ok for r in results), "seconds": wall, "cpu": cpu, "attempts": attempts,
             "completion_tokens": sum(r.completion.completion_tokens for r in results if r.ok)}
 
 
@@ -142,7 +147,7 @@ def worker_plain(url: str, model: str, n: int, concurrency: int, max_tokens: int
         done = await asyncio.gather(*(one(r) for r in requests))
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         await client.close()
-        return {"ok": sum(ok for ok, _ in done), "seconds": wall, "cpu": cpu,
+        return {"ok": sum(ok for ok, _ in done), "seconds": wall, "cpu": cpu, "attempts": len(requests),
                 "completion_tokens": sum(tokens for _, tokens in done)}
 
     return asyncio.run(main())
@@ -163,9 +168,37 @@ def run_client(client: str, url: str, model: str, n: int, concurrency: int, max_
 # ----------------------------------------------------------------------------------------------- position bias
 
 
-def position_bias(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
+def _accuracy(pairs) -> float | None:
+    """Share of verdicts naming the right answer (a tie counts half)."""
+    if not pairs:
+        return None
+    return sum(1.0 if w == t else 0.5 if w == "tie" else 0.0 for w, t in pairs) / len(pairs)
+
+
+def _bias_numbers(orders: list[tuple[str | None, str | None]], truth: list[str]) -> dict:
+    """From each pair's two single-order verdicts (winner as shown: "A" = the answer shown first; None when
+    unparseable): the one-order and both-order numbers."""
+    swap = {"A": "B", "B": "A", "tie": "tie"}
+    judged = [(first, swap[second], t) for (first, second), t in zip(orders, truth)
+              if first is not None and second is not None]
+    one_order = [(f, t) for f, _, t in judged] + [(s, t) for _, s, t in judged]
+    shown_first = [first == "A" for first, second in orders if first is not None and second is not None] + \
+                  [second == "A" for first, second in orders if first is not None and second is not None]
+    both = [(f if f == s else "tie", t) for f, s, t in judged]
+    return {"judged": len(judged), "unparseable": len(orders) - len(judged),
+            "single_order": {"verdicts": len(one_order), "accuracy": _accuracy(one_order),
+                             "ties": sum(w == "tie" for w, _ in one_order),
+                             "picks_first_shown": sum(shown_first) / len(shown_first) if shown_first else None},
+            "both_orders": {"verdicts": len(both), "accuracy": _accuracy(both),
+                            "ties": sum(w == "tie" for w, _ in both),
+                            "position_flip_rate": sum(f != s for f, s, _ in judged) / len(judged) if judged else None}}
+
+
+def bias_through_engine(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
+    """The product path: `judge_pairwise` through the engine with the judge's default params (the verdict schema
+    in `SamplingParams.json_schema`, sent as structured output where the backend sends it; one retry)."""
     from gen.engine.engine import Engine
-    from gen.methods.judge import first_position_rate, judge_pairwise, judge_params, load_rubric, position_flip_rate
+    from gen.methods.judge import judge_pairwise, judge_params, load_rubric
     from gen.teachers import load_teacher
     from gen.teachers.base import SamplingParams
 
@@ -174,30 +207,52 @@ def position_bias(url: str, model: str, n: int, concurrency: int, max_tokens: in
     items, truth = pair_items(n)
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(load_teacher(f"openai:{model}", base_url=url), cache_path=Path(tmp) / "requests.sqlite",
-                        concurrency=concurrency, max_concurrency=concurrency, progress=False)
+                        concurrency=concurrency, max_concurrency=concurrency, timeout=600, progress=False)
         with engine:
             verdicts = judge_pairwise(engine, items, rubric, params)
-    judged = [(v, t) for v, t in zip(verdicts, truth) if v.ok]
-    one_order = [(v.first, t) for v, t in judged] + [(v.second, t) for v, t in judged]
-    shown_first = []  # per single-order verdict: did it pick the answer shown first?
-    for v, _ in judged:
-        shown_first += [v.orders[0].verdict.winner == "A", v.orders[1].verdict.winner == "A"]
+    orders = [tuple(j.verdict.winner if j.ok else None for j in v.orders) for v in verdicts]
+    return {**_bias_numbers(orders, truth), "sample_raw": [j.raw for j in verdicts[0].orders] if verdicts else []}
 
-    def accuracy(pairs) -> float | None:
-        if not pairs:
+
+def bias_with_schema(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
+    """The same requests sent directly with llama.cpp's JSON-schema constrained decoding (`response_format`), read
+    by the judge library's parser: what the judge says when it must answer in the verdict's shape."""
+    import asyncio
+
+    import openai
+
+    from gen.methods.judge import VerdictError, load_rubric, parse_verdict
+
+    rubric = load_rubric("pairwise")
+    requests = judge_requests(n, max_tokens, structured=True)
+    _, truth = pair_items(n)
+
+    async def main() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(request) -> str:
+            async with slots:
+                response = await client.chat.completions.create(
+                    model=model, messages=request.message_dicts(), max_tokens=request.params.max_tokens,
+                    temperature=0.0, response_format={"type": "json_schema", "json_schema": {
+                        "name": "verdict", "schema": json.loads(request.params.json_schema), "strict": True}})
+                return response.choices[0].message.content or ""
+
+        replies = await asyncio.gather(*(one(r) for r in requests))
+        await client.close()
+        return replies
+
+    replies = asyncio.run(main())
+
+    def winner(text: str) -> str | None:
+        try:
+            return parse_verdict(rubric, text).winner
+        except VerdictError:
             return None
-        return sum(1.0 if w == t else 0.5 if w == "tie" else 0.0 for w, t in pairs) / len(pairs)
 
-    return {"pairs": n, "judged": len(judged), "unparseable": sum(v.status == "unparseable" for v in verdicts),
-            "failed": sum(v.status == "failed" for v in verdicts),
-            "single_order": {"verdicts": len(one_order), "accuracy": accuracy(one_order),
-                             "ties": sum(w == "tie" for w, _ in one_order),
-                             "picks_first_shown": first_position_rate(verdicts)},
-            "both_orders": {"verdicts": len(judged), "accuracy": accuracy([(v.winner, t) for v, t in judged]),
-                            "ties": sum(v.winner == "tie" for v, _ in judged),
-                            "position_flip_rate": position_flip_rate(verdicts)},
-            "structured": params.json_schema is not None,
-            "sample_raw": [j.raw for j in verdicts[0].orders] if verdicts else []}
+    orders = [(winner(replies[2 * i]), winner(replies[2 * i + 1])) for i in range(n)]
+    return {**_bias_numbers(orders, truth), "sample_raw": replies[:2]}
 
 
 # ----------------------------------------------------------------------------------------------------------- main
@@ -209,11 +264,16 @@ def _pct(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=20, help="pairs for the position-bias part (default 20)")
+    parser.add_argument("--throughput-pairs", type=int, default=10,
+                        help="pairs for the throughput part (x 2 orders = requests; default 10)")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per verdict (default 48)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per client; the table shows medians")
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens per verdict (default 32)")
+    parser.add_argument("--repeats", type=int, default=4, help="runs per client, alternating; medians (default 4)")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-engine-bias", action="store_true",
+                        help="skip the position bias through the engine (slow when the backend sends no schema)")
+    parser.add_argument("--skip-bias", action="store_true", help="throughput only")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -228,51 +288,71 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     server = EmbeddedServer(bundled_gguf_path(), BUNDLED_MODEL, "transcript", n_parallel=args.concurrency,
                             ctx_per_slot=2048)
-    n_requests = 2 * args.pairs
+    n_requests = 2 * args.throughput_pairs
+    runs: dict[str, list[dict]] = {"engine": [], "plain": []}
+    bias: dict[str, dict] = {}
     try:
-        runs: dict[str, list[dict]] = {"engine": [], "plain": []}
         if not args.skip_throughput:
+            # One unmeasured pass first: a fresh llama.cpp server's first requests are slower (cold caches), which
+            # would otherwise be billed to whichever client runs first.
+            run_client("plain", server.openai_base_url, server.model, args.throughput_pairs, args.concurrency,
+                       args.max_tokens)
             for repeat in range(args.repeats):
                 order = ("engine", "plain") if repeat % 2 == 0 else ("plain", "engine")
                 for client in order:
-                    result = run_client(client, server.openai_base_url, server.model, args.pairs, args.concurrency,
-                                        args.max_tokens)
+                    result = run_client(client, server.openai_base_url, server.model, args.throughput_pairs,
+                                        args.concurrency, args.max_tokens)
                     if result["ok"] != n_requests:
                         raise RuntimeError(f"{client}: only {result['ok']} of {n_requests} requests succeeded")
                     runs[client].append({"rps": n_requests / result["seconds"],
                                          "cpu_ms": 1000 * result["cpu"] / n_requests,
-                                         "tokens": result["completion_tokens"]})
-                    print(f"{client}: {runs[client][-1]['rps']:.2f} req/s, {runs[client][-1]['cpu_ms']:.1f} ms "
-                          f"CPU/req, {result['completion_tokens']} completion tokens", file=sys.stderr)
-        bias = position_bias(server.openai_base_url, server.model, args.pairs, args.concurrency, args.max_tokens)
+                                         "tokens": result["completion_tokens"], "attempts": result["attempts"]})
+                    print(f"{client}: {runs[client][-1]['rps']:.3f} req/s, {runs[client][-1]['cpu_ms']:.1f} ms "
+                          f"CPU/req, {result['completion_tokens']} completion tokens, {result['attempts']} attempts",
+                          file=sys.stderr)
+        if not args.skip_bias:
+            bias["schema"] = bias_with_schema(server.openai_base_url, server.model, args.pairs, args.concurrency,
+                                              args.max_tokens)
+            print(f"schema bias: {bias['schema']}", file=sys.stderr)
+        if not (args.skip_bias or args.skip_engine_bias):
+            bias["engine"] = bias_through_engine(server.openai_base_url, server.model, args.pairs, args.concurrency,
+                                                 args.max_tokens)
+            print(f"engine bias: {bias['engine']}", file=sys.stderr)
     finally:
         server.close()
 
     lines = []
     if runs["engine"]:
         median = {c: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for c, rs in runs.items()}
-        lines += [f"Throughput: {n_requests} pairwise judge requests ({args.pairs} pairs x 2 orders), max_tokens "
-                  f"{args.max_tokens}, C={args.concurrency}, embedded llama.cpp (Gemma-3-270M Q4_K_M), "
-                  f"{args.repeats} run(s) per client (medians)", "",
-                  "| client | req/s | CPU ms/req | completion tokens | req/s vs plain |", "|---|---|---|---|---|"]
+        lines += [f"Throughput: {n_requests} pairwise judge requests ({args.throughput_pairs} pairs x 2 orders, free "
+                  f"text), max_tokens {args.max_tokens}, C={args.concurrency}, embedded llama.cpp (Gemma-3-270M "
+                  f"Q4_K_M), {args.repeats} run(s) per client alternating (medians)", "",
+                  "| client | req/s | CPU ms/req | completion tokens | attempts | req/s vs plain |",
+                  "|---|---|---|---|---|---|"]
         for client, name in (("engine", "kdforge Engine (openai:, aiohttp)"), ("plain", "plain AsyncOpenAI")):
             m = median[client]
-            lines.append(f"| {name} | {m['rps']:.2f} | {m['cpu_ms']:.1f} | {m['tokens']:.0f} | "
+            lines.append(f"| {name} | {m['rps']:.3f} | {m['cpu_ms']:.1f} | {m['tokens']:.0f} | {m['attempts']:.0f} | "
                          f"{m['rps'] / median['plain']['rps']:.2f}x |")
         lines.append("")
-    s, b = bias["single_order"], bias["both_orders"]
-    lines += [f"Position bias: {bias['pairs']} pairs with a known right answer (right answer first in half), judged "
-              f"through the engine; structured output sent: {'yes' if bias['structured'] else 'no'}; "
-              f"judged {bias['judged']}, unparseable {bias['unparseable']}, failed {bias['failed']}", "",
-              "| mode | verdicts | right answer wins (ties half) | ties | picks the answer shown first | "
-              "position-flip rate |", "|---|---|---|---|---|---|",
-              f"| without the swap (each order alone) | {s['verdicts']} | {_pct(s['accuracy'])} | {s['ties']} | "
-              f"{_pct(s['picks_first_shown'])} | - |",
-              f"| with the swap (flip = tie) | {b['verdicts']} | {_pct(b['accuracy'])} | {b['ties']} | - | "
-              f"{_pct(b['position_flip_rate'])} |", "",
-              f"First pair's raw verdicts: {json.dumps(bias['sample_raw'])[:300]}",
-              f"{os.cpu_count()} cores; load average before {'/'.join(f'{x:.1f}' for x in load_before)}, after "
-              f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}"]
+    names = {"schema": "llama.cpp json_schema (response_format), sent directly",
+             "engine": "engine + judge_pairwise (schema sent only where the backend sends it; 1 retry)"}
+    if bias:
+        lines += [f"Position bias: {args.pairs} pairs with a known right answer (the right answer shown first in "
+                  f"half), max_tokens {args.max_tokens}", "",
+                  "| path | mode | judged pairs | unparseable | right answer wins (ties half) | ties | picks the answer "
+                  "shown first | position-flip rate |", "|---|---|---|---|---|---|---|---|"]
+    for key, numbers in bias.items():
+        s, b = numbers["single_order"], numbers["both_orders"]
+        lines.append(f"| {names[key]} | without the swap (each order alone) | {numbers['judged']} | "
+                     f"{numbers['unparseable']} | {_pct(s['accuracy'])} | {s['ties']} | {_pct(s['picks_first_shown'])} "
+                     f"| - |")
+        lines.append(f"| {names[key]} | with the swap (flip = tie) | {numbers['judged']} | {numbers['unparseable']} | "
+                     f"{_pct(b['accuracy'])} | {b['ties']} | - | {_pct(b['position_flip_rate'])} |")
+    lines.append("")
+    for key, numbers in bias.items():
+        lines.append(f"{key}: first pair's raw verdicts: {json.dumps(numbers['sample_raw'])[:240]}")
+    lines.append(f"{os.cpu_count()} cores; load average before {'/'.join(f'{x:.1f}' for x in load_before)}, after "
+                 f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("\n".join(lines))
     return 0
 

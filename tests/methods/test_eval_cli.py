@@ -156,7 +156,7 @@ def test_eval_with_the_real_llamacpp_judge(eval_inputs, tiny_llama_dir, llamacpp
     out = tmp_path / "eval-llamacpp"
     argv = ["eval", "--student", f"hf:{tiny_llama_dir}", "--prompts", str(prompts), "--baseline", str(run),
             "--out", str(out), "--judge", f"openai:{llamacpp_server.model}",
-            "--judge-base-url", llamacpp_server.openai_base_url, "--judge-max-new-tokens", "48",
+            "--judge-base-url", llamacpp_server.openai_base_url, "--judge-max-new-tokens", "32",
             "--max-new-tokens", "8", "--limit", "3", "--no-progress", "--bootstrap", "200"]
     assert main(argv) == 0
     summary = json.loads((out / "eval.json").read_text())
