@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -153,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"gen eval: {summary['student']} vs {summary['baseline']}, judged by {summary['judge']}")
     print("\n".join(table_lines(summary)))
     print(f"gen eval: wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    if summary["n"] == 0 and summary["rejected"]["count"]:
+        print(f"gen eval: no prompt got a verdict ({json.dumps(summary['rejected']['reasons'])}); the reasons and raw "
+              f"replies are in {out / 'rejected.jsonl'}", file=sys.stderr)
     failures = sum(n for reason, n in summary["rejected"]["reasons"].items() if reason.endswith("_failed"))
     if failures:
         print(f"gen eval: {failures} prompt(s) have no verdict because a request failed; rerun to retry them",

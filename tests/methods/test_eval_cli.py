@@ -139,6 +139,38 @@ def test_an_always_A_judge_gives_only_ties_and_a_flip_rate_of_one(eval_inputs, t
     assert "held-out teacher KL" in capsys.readouterr().out
 
 
+def test_kill9_while_judging_then_rerun_sends_nothing_twice(eval_inputs, tiny_llama_dir, tmp_path):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.engine.conftest import REPO, gen_command, gen_env
+
+    prompts, run = eval_inputs
+    out = tmp_path / "killed"
+    with LatencyServer("fixed:0.3", reply=scripted_judge) as judge:
+        # Judge concurrency 1 at 0.3 s a verdict: the kill lands after a few verdicts, long before the 14th.
+        process = subprocess.Popen(gen_command(*eval_args(tiny_llama_dir, prompts, run, out, judge.v1_url,
+                                                          "--concurrency", "1", "--max-concurrency", "1")),
+                                   cwd=REPO, env=gen_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while sum(judge.answered.values()) < 4 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert process.returncode == -signal.SIGKILL and not (out / "eval.json").exists()
+        committed = cache_rows(out) - len(SCRIPT)  # the student's answers are cached before the judge starts
+        assert 4 <= committed < 14, committed
+        before = judge.requests
+        assert main(eval_args(tiny_llama_dir, prompts, run, out, judge.v1_url)) == 0
+        # Every verdict cached before the kill is not asked again; the rest are asked once each.
+        assert judge.requests - before == 14 - committed
+        assert sum(n > 1 for n in judge.seen.values()) <= 1  # at most the one in flight at the kill
+    summary = json.loads((out / "eval.json").read_text())
+    assert {k: summary[k] for k in ("n", "wins", "ties", "losses")} == {"n": 5, "wins": 2, "ties": 2, "losses": 1}
+
+
 def test_eval_errors_name_the_flag(eval_inputs, tiny_llama_dir, tmp_path, capsys):  # noqa: F811
     prompts, run = eval_inputs
     out = tmp_path / "bad"

@@ -57,12 +57,14 @@ def write_plot(summary: Mapping[str, Any], judged: Sequence[Mapping[str, Any]], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (bars, scatter) = plt.subplots(1, 2, figsize=(9, 3.4))
     counts = [summary["wins"], summary["ties"], summary["losses"]]
     bars.bar(["win", "tie", "loss"], counts, color=["#2a9d8f", "#bbbbbb", "#e76f51"])
     bars.set_title(f"student vs baseline (n={summary['n']})")
     bars.set_ylabel("pairs")
+    bars.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     differences = [j["student_length"] - j["baseline_length"] for j in judged]
     outcomes = [j["outcome"] for j in judged]
     scatter.scatter(differences, outcomes, s=14, alpha=0.6, color="#264653")
