@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gen.errors import InvalidSetting, MissingDependency
+from train.trainer import deepspeed_hidden_unless_used
 
 
 def parse_layer_spec(spec: str | int | Sequence[int]) -> int | list[int]:
@@ -145,6 +146,11 @@ def student_config(teacher_config, keep: Sequence[int]):
         if "layer" in name and isinstance(value, (list, tuple)) and len(value) == n:
             setattr(text, name, type(value)(value[i] for i in keep))
     text.num_hidden_layers = len(keep)
+    for holder in {id(config): config, id(text): text}.values():
+        # A GGUF teacher's config records its quantization ("quant_method: gguf"); the student's weights are plain
+        # tensors, and a checkpoint claiming GGUF quantization would not load as a normal one.
+        if getattr(holder, "quantization_config", None) is not None:
+            del holder.quantization_config
     return config
 
 
@@ -215,8 +221,10 @@ def make_student(spec: StudentSpec) -> dict[str, Any]:
     del teacher
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary directory
     try:
-        student.save_pretrained(staging)
+        with deepspeed_hidden_unless_used():  # saving goes through accelerate, which would import DeepSpeed
+            student.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "student.json").write_text(json.dumps(summary, indent=1) + "\n")
         if out.exists():

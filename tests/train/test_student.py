@@ -144,3 +144,16 @@ def test_student_trains_on_logits_captured_from_its_teacher(tiny_pair, logit_sha
     before = AutoModelForCausalLM.from_pretrained(student).model.layers[0].mlp.up_proj.weight
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "trained-made").model.layers[0].mlp.up_proj.weight
     assert not torch.equal(before, after)
+
+
+def test_student_config_drops_a_gguf_quantization_record(teacher4):
+    """A GGUF teacher's config says `quant_method: gguf`; the student's weights are plain tensors."""
+    from transformers import AutoConfig
+
+    from train.student import student_config
+
+    config = AutoConfig.from_pretrained(teacher4)
+    config.quantization_config = {"quant_method": "gguf", "gguf_file": "model.gguf", "dequantize": False}
+    student = student_config(config, [0, 3])
+    assert student.num_hidden_layers == 2 and getattr(student, "quantization_config", None) is None
+    assert config.num_hidden_layers == 4 and config.quantization_config["quant_method"] == "gguf"  # untouched
