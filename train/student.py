@@ -172,7 +172,7 @@ def depth_pruned(teacher, keep: Sequence[int]):
         state[key] = tensor
     dtype = next(teacher.parameters()).dtype
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build in the teacher's dtype: no second full-size copy
+    torch.set_default_dtype(dtype)  # built in the teacher's dtype, so the copied weights keep their bits
     try:
         student = type(teacher)(config)
     finally:
