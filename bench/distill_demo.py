@@ -235,7 +235,7 @@ def main() -> None:
         f"vocabulary {fused['vocab']:,}",
         f"- held-out ({before['rows']} rows, {before['tokens']} assistant tokens): KL(teacher || student) "
         f"{before['kl']:.3f} -> {after['kl']:.3f} nats/token, perplexity {before['ppl']:.4g} -> {after['ppl']:.4g} "
-        f"after {args.steps} KD steps (the teacher's KL to itself: 0)",
+        f"after {args.steps} KD steps",
         f"- loss memory, one step of {fused['loss_tokens']} loss tokens at vocabulary {fused['vocab']:,}: fused op "
         f"{fused['op_peak_mb']:.0f} MiB peak added, the same loss on full logits {naive['op_peak_mb']:.0f} MiB "
         f"(both include the {weight_grad_mb:.0f} MiB lm_head gradient; fp32 logits of these tokens alone: "
