@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gen.errors import InvalidSetting, MissingDependency
+from gen.errors import InvalidSetting, MissingDependency, UserError
 from train.trainer import deepspeed_hidden_unless_used
 
 
@@ -185,6 +185,74 @@ def depth_pruned(teacher, keep: Sequence[int]):
     return student.eval()
 
 
+def mlp_importance(model, layer_indices: Sequence[int], sequences: Sequence[Any]) -> dict[int, Any]:
+    """Activation importance of each MLP neuron (Minitron's width-pruning criterion): the mean |activation| of the
+    intermediate channels (the input of `down_proj`) over every token of `sequences` (1-D token id tensors, run one
+    at a time, so no padding enters the mean), for the decoder layers `layer_indices` of `model`."""
+    import torch
+
+    _, layers = decoder_layers(model)
+    sums: dict[int, torch.Tensor] = {}
+    tokens = 0
+    hooks = []
+    for i in layer_indices:
+        def accumulate(module, args, i=i):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            sums[i] = sums.get(i, 0) + x.abs().sum(0).double()
+        hooks.append(_mlp_part(layers[i], "down_proj").register_forward_pre_hook(accumulate))
+    try:
+        with torch.inference_mode():
+            for ids in sequences:
+                model(input_ids=ids[None], use_cache=False)
+                tokens += len(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {i: sums[i] / max(tokens, 1) for i in layer_indices}
+
+
+def _mlp_part(layer, name: str):
+    """`layer.mlp.<name>` (gate_proj, up_proj or down_proj) as a Linear; else an InvalidSetting on `intermediate`."""
+    import torch
+
+    part = getattr(getattr(layer, "mlp", None), name, None)
+    if not isinstance(part, torch.nn.Linear):
+        raise InvalidSetting("intermediate", f"intermediate: the decoder layers have no gated MLP with a {name} "
+                                             f"Linear (mlp.gate_proj/up_proj/down_proj), so width pruning does not "
+                                             f"apply to this model")
+    return part
+
+
+def prune_intermediate(student, importance: Sequence[Any], size: int) -> None:
+    """Keep, in each decoder layer j of `student`, the `size` MLP neurons with the highest `importance[j]` (in their
+    original order): rows of gate_proj and up_proj, columns of down_proj, copied exactly; the config's
+    intermediate_size becomes `size`."""
+    import torch
+
+    _, layers = decoder_layers(student)
+    for layer, scores in zip(layers, importance):
+        keep = torch.topk(scores, size).indices.sort().values
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            old = _mlp_part(layer, name)
+            new = torch.nn.Linear(old.in_features, size, bias=old.bias is not None, dtype=old.weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(old.weight[keep])
+                if old.bias is not None:
+                    new.bias.copy_(old.bias[keep])
+            setattr(mlp, name, new)
+        old = _mlp_part(layer, "down_proj")
+        new = torch.nn.Linear(size, old.out_features, bias=old.bias is not None, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[:, keep])
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+        mlp.down_proj = new
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = size
+    student.config.get_text_config().intermediate_size = size
+
+
 @dataclass(frozen=True)
 class StudentSpec:
     """What `make_student` builds: `teacher` (checkpoint dir or .gguf), `layers` (count or list, see
@@ -196,6 +264,43 @@ class StudentSpec:
     out: str
     chat_template: str | None = None
     dtype: str = "float32"
+    # Width pruning of the MLPs (optional): keep `intermediate` neurons per layer, ranked by activation importance
+    # over the conversational run `calibration` (its first `calibration_rows` rows, `max_length` tokens each).
+    intermediate: int | None = None
+    calibration: str | None = None
+    calibration_rows: int = 64
+    max_length: int = 512
+
+
+def text_config_width(spec: StudentSpec, config) -> int | None:
+    """The checked `spec.intermediate` (None: no width pruning)."""
+    if spec.intermediate is None:
+        return None
+    current = getattr(config.get_text_config(), "intermediate_size", None)
+    if not isinstance(current, int):
+        raise InvalidSetting("intermediate", "intermediate: the teacher's config has no single intermediate_size")
+    if not 1 <= spec.intermediate <= current:
+        raise InvalidSetting("intermediate", f"intermediate {spec.intermediate}: must be 1 to the teacher's "
+                                             f"intermediate_size {current}")
+    if not spec.calibration:
+        raise InvalidSetting("calibration", "calibration: width pruning ranks neurons on calibration text; give a "
+                                            "conversational run")
+    return spec.intermediate
+
+
+def calibration_sequences(spec: StudentSpec, tokenizer) -> list[Any]:
+    """Token id tensors of the first `calibration_rows` rows of the conversational run `spec.calibration`, rendered
+    with the tokenizer's chat template (as `gen train` renders them)."""
+    import torch
+
+    from train.data import ConversationDataset
+
+    try:
+        data = ConversationDataset(spec.calibration, tokenizer, spec.max_length)
+    except UserError as exc:
+        raise InvalidSetting("calibration", f"calibration {spec.calibration}: {exc}") from None
+    return [torch.as_tensor(data[i]["input_ids"], dtype=torch.long)
+            for i in range(min(spec.calibration_rows, len(data)))]
 
 
 def make_student(spec: StudentSpec) -> dict[str, Any]:
@@ -207,15 +312,24 @@ def make_student(spec: StudentSpec) -> dict[str, Any]:
         raise InvalidSetting("out", f"out {out}: exists and is not an empty directory")
     n_layers = teacher_config(spec.teacher).get_text_config().num_hidden_layers
     keep = choose_layers(spec.layers, n_layers)  # before the (slow) weights load
+    width = text_config_width(spec, teacher_config(spec.teacher))
     teacher, tokenizer = load_causal_lm(spec.teacher, spec.dtype)
-    student = depth_pruned(teacher, keep)
     if spec.chat_template is not None:
         tokenizer.chat_template = spec.chat_template
+    student = depth_pruned(teacher, keep)
+    if width is not None:
+        sequences = calibration_sequences(spec, tokenizer)
+        scores = mlp_importance(teacher, keep, sequences)
+        prune_intermediate(student, [scores[i] for i in keep], width)
     summary = {
         "teacher": str(spec.teacher), "teacher_layers": n_layers, "kept_layers": keep,
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "vocab_size": int(student.get_output_embeddings().weight.shape[0]), "dtype": spec.dtype,
+        "intermediate_size": student.config.get_text_config().intermediate_size,
+        "width_pruning": None if width is None else {"criterion": "mean |MLP activation| (Minitron)",
+                                                     "calibration": spec.calibration,
+                                                     "calibration_rows": spec.calibration_rows},
         "model_type": student.config.model_type, "out": str(out),
     }
     del teacher

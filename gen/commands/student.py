@@ -17,6 +17,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output directory (new or empty): a transformers checkpoint")
     parser.add_argument("--chat-template", metavar="FILE",
                         help="Jinja chat template file stored in the student's tokenizer (for teachers without one)")
+    parser.add_argument("--intermediate", type=int, metavar="N",
+                        help="width pruning: keep N MLP neurons per layer, ranked by mean activation magnitude over "
+                             "--calibration (Minitron's criterion); default: all")
+    parser.add_argument("--calibration", metavar="RUN",
+                        help="conversational run whose rows rank the neurons for --intermediate")
+    parser.add_argument("--calibration-rows", type=int, default=64, metavar="N",
+                        help="rows of --calibration used (default 64)")
+    parser.add_argument("--max-length", type=int, default=512, help="tokens per calibration row (default 512)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="dtype the teacher is loaded and the student saved in (default: float32)")
 
@@ -45,7 +53,15 @@ def run(args) -> int:
         check_out_dir(args.out)
     except UserError as exc:
         raise UserError(f"--out {exc}") from None
+    if args.intermediate is not None and not args.calibration:
+        raise UserError("--intermediate: width pruning ranks neurons on calibration text; give --calibration RUN")
+    if args.calibration:
+        from gen.logits.capture import check_conversation_source
+
+        check_conversation_source(args.calibration)
     summary = make_student(StudentSpec(teacher=teacher, layers=args.layers, out=args.out, chat_template=template,
-                                       dtype=args.dtype))
+                                       dtype=args.dtype, intermediate=args.intermediate,
+                                       calibration=args.calibration, calibration_rows=args.calibration_rows,
+                                       max_length=args.max_length))
     print(json.dumps(summary, indent=2))
     return 0

@@ -157,3 +157,45 @@ def test_student_config_drops_a_gguf_quantization_record(teacher4):
     student = student_config(config, [0, 3])
     assert student.num_hidden_layers == 2 and getattr(student, "quantization_config", None) is None
     assert config.num_hidden_layers == 4 and config.quantization_config["quant_method"] == "gguf"  # untouched
+
+
+def test_width_pruning_keeps_the_most_active_mlp_neurons(teacher4, conversations, tmp_path, capsys):
+    """`--intermediate 48` (of 128) with a calibration run: each kept layer keeps the 48 neurons with the highest
+    mean |activation| in the teacher (computed here independently), rows of gate/up and columns of down copied
+    exactly, in their original order; attention weights and embeddings stay bit for bit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.data import ConversationDataset
+
+    out = tmp_path / "student"
+    rc, stdout, err = run_gen(["student", "--teacher", teacher4, "--layers", "1,3", "--intermediate", "48",
+                               "--calibration", conversations, "--calibration-rows", "10", "--out", out], capsys)
+    assert rc == 0, err
+    assert json.loads(stdout)["intermediate_size"] == 48
+    teacher = AutoModelForCausalLM.from_pretrained(teacher4).eval()
+    student = AutoModelForCausalLM.from_pretrained(out)
+    assert student.config.intermediate_size == 48
+    data = ConversationDataset(conversations, AutoTokenizer.from_pretrained(teacher4), 512)
+    activations = {1: [], 3: []}
+    hooks = [teacher.model.layers[i].mlp.down_proj.register_forward_pre_hook(
+        lambda m, args, i=i: activations[i].append(args[0][0].abs())) for i in activations]
+    with torch.no_grad():
+        for k in range(10):
+            teacher(input_ids=torch.as_tensor(data[k]["input_ids"], dtype=torch.long)[None])
+    for hook in hooks:
+        hook.remove()
+    for j, i in enumerate((1, 3)):
+        keep = torch.cat(activations[i]).mean(0).topk(48).indices.sort().values
+        t_mlp, s_mlp = teacher.model.layers[i].mlp, student.model.layers[j].mlp
+        assert torch.equal(s_mlp.gate_proj.weight, t_mlp.gate_proj.weight[keep])
+        assert torch.equal(s_mlp.up_proj.weight, t_mlp.up_proj.weight[keep])
+        assert torch.equal(s_mlp.down_proj.weight, t_mlp.down_proj.weight[:, keep])
+        assert torch.equal(student.model.layers[j].self_attn.q_proj.weight, teacher.model.layers[i].self_attn.q_proj.weight)
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    capsys.readouterr()  # the loads above print progress bars
+    rc, _, err = run_gen(["student", "--teacher", teacher4, "--layers", "2", "--intermediate", "48",
+                          "--out", tmp_path / "s2"], capsys)
+    assert rc == 2 and "--calibration" in err and len(err.strip().splitlines()) == 1, err
+    rc, _, err = run_gen(["student", "--teacher", teacher4, "--layers", "2", "--intermediate", "500",
+                          "--calibration", conversations, "--out", tmp_path / "s3"], capsys)
+    assert rc == 2 and "--intermediate 500: must be 1 to the teacher's intermediate_size 128" in err, err
