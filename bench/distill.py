@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-real-vocab", action="store_true",
                         help="skip the step-cost row at Gemma-3's 262,144-token vocabulary")
-    parser.add_argument("--real-vocab-tokens", type=int, default=512,
+    parser.add_argument("--real-vocab-tokens", type=int, default=1024,
                         help="tokens per step of the real-vocabulary row")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: these tiny models gain nothing from more, and on a shared "
