@@ -192,12 +192,19 @@ def main() -> None:
 
     from gen.data.shards import read_table
     from gen.logits.records import logit_shard_stats
-    from train.heldout import heldout_metrics
+    from train.heldout import heldout_teacher_kl
+
+    def heldout_numbers(model_dir: Path) -> dict:
+        """The shared held-out function (train/heldout.py) on the held-out logit rows."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        return heldout_teacher_kl(model, work / "logits-heldout", max_length=args.max_length)
 
     train_rows, heldout_rows = split_logits(work / "logits", work / "logits-train", work / "logits-heldout",
                                             args.heldout_every)
     t0 = time.perf_counter()
-    before = heldout_metrics(work / "student", [work / "logits-heldout"], max_length=args.max_length)
+    before = heldout_numbers(work / "student")
     seconds["eval before"] = time.perf_counter() - t0
     print("  gen train ...", end=" ", flush=True)
     seconds["train"] = gen(["train", "--student", work / "student", "--data", work / "logits-train", "--out",
@@ -206,7 +213,7 @@ def main() -> None:
                            logs / "train.log", env)
     print(f"{seconds['train']:.0f} s", flush=True)
     t0 = time.perf_counter()
-    after = heldout_metrics(work / "trained", [work / "logits-heldout"], max_length=args.max_length)
+    after = heldout_numbers(work / "trained")
     seconds["eval after"] = time.perf_counter() - t0
     memory = {impl: json.loads(subprocess.run(
         [sys.executable, __file__, "--_op-memory", impl, str(work / "trained"), str(work / "logits-train"),
@@ -234,7 +241,8 @@ def main() -> None:
         f"{student_info['student_parameters'] / 1e6:.0f}M parameters (teacher {student_info['teacher_parameters'] / 1e6:.0f}M), "
         f"vocabulary {fused['vocab']:,}",
         f"- held-out ({before['rows']} rows, {before['tokens']} assistant tokens): KL(teacher || student) "
-        f"{before['kl']:.3f} -> {after['kl']:.3f} nats/token, perplexity {before['ppl']:.4g} -> {after['ppl']:.4g} "
+        f"{before['teacher_kl']:.3f} -> {after['teacher_kl']:.3f} nats/token, perplexity {before['perplexity']:.4g} -> "
+        f"{after['perplexity']:.4g} "
         f"after {args.steps} KD steps",
         f"- loss memory, one step of {fused['loss_tokens']} loss tokens at vocabulary {fused['vocab']:,}: fused op "
         f"{fused['op_peak_mb']:.0f} MiB peak added, the same loss on full logits {naive['op_peak_mb']:.0f} MiB "

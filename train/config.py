@@ -86,8 +86,33 @@ class TrainConfig:
     gradient_checkpointing: bool = setting(False, help="recompute activations in backward (less memory, slower)",
                                            training_args=("gradient_checkpointing",))
     split: str = setting("train", cli=False, help="split of conversational runs to read")
-    report_to: str = setting("none", cli=False, help="transformers loggers", training_args=("report_to",))
     extra_callbacks: list = setting(default_factory=list, cli=False, help="extra transformers TrainerCallbacks")
+    # --- issue 17 (artifacts): LoRA / QLoRA, evaluation during training, trackers, the Hub (train/lora.py,
+    # train/evaluation.py, train/trackers.py, gen/publish/model_card.py) ---
+    lora: int | None = setting(None, metavar="R", help="train a LoRA adapter of rank R (PEFT) instead of every weight; "
+                                                       "the fused op gets the adapted lm_head weight W + (alpha/R) B A")
+    lora_alpha: float = setting(16.0, help="LoRA scale numerator: the update is (lora_alpha / R) B A")
+    lora_dropout: float = setting(0.0, help="dropout on the LoRA branch's input (not with lm_head among the targets)")
+    lora_target: Sequence[str] = setting(("all-linear",), nargs="+", metavar="MODULE",
+                                         help="LoRA target modules by name (q_proj v_proj lm_head ...) or all-linear "
+                                              "(every linear layer except the lm_head)")
+    lora_merge: bool = setting(False, help="also save the student with the adapter merged in, to OUT/merged")
+    qlora: bool = setting(False, help="LoRA over 4-bit NF4 base weights (bitsandbytes, CUDA GPUs only); needs --lora")
+    eval_data: Sequence[str] | None = setting(None, nargs="+", help="held-out dirs (conversational runs and/or logit "
+                                                                   "shards) evaluated every --eval-steps")
+    eval_fraction: float = setting(0.0, help="hold out this fraction of the --data examples for evaluation instead")
+    eval_steps: int | None = setting(None, help="evaluate every N optimizer steps (default: --save-steps; it must "
+                                                "divide --save-steps: the best checkpoint is kept)")
+    early_stopping_patience: int | None = setting(None, help="stop after N evaluations without a lower eval loss")
+    report_to: str = setting("none", choices=("none", "tensorboard", "wandb", "trackio"),
+                             help="where the Trainer logs: tensorboard (offline, OUT/runs), wandb, trackio or none",
+                             training_args=("report_to",))
+    push_to_hub: str | None = setting(None, metavar="REPO", help="after training, push the student (its adapter with "
+                                                                 "--lora) and a model card to this Hub model repo in "
+                                                                 "one commit (token: HF_TOKEN or `hf auth login`)")
+    hub_private: bool = setting(False, help="create the --push-to-hub repo private")
+    hub_eval: str | None = setting(None, metavar="DIR", help="a `gen eval` output dir whose eval.json the model card "
+                                                             "shows (default: OUT/eval when it exists)")
 
 
 def check_settings(config: TrainConfig) -> None:
@@ -103,3 +128,33 @@ def check_settings(config: TrainConfig) -> None:
         raise InvalidSetting("temperature", f"temperature {loss.temperature}: must be > 0")
     if not 0.0 <= loss.kd_weight <= 1.0:
         raise InvalidSetting("kd_weight", f"kd_weight {loss.kd_weight}: must be in [0, 1]")
+    # --- issue 17 (artifacts): LoRA, evaluation, Hub ---
+    if config.lora is not None and config.lora < 1:
+        raise InvalidSetting("lora", f"lora {config.lora}: the rank must be >= 1")
+    for name in ("lora_dropout", "lora_merge", "qlora"):
+        if getattr(config, name) and config.lora is None:
+            raise InvalidSetting(name, f"{name}: needs a LoRA rank (lora R)")
+    if not 0.0 <= config.lora_dropout < 1.0:
+        raise InvalidSetting("lora_dropout", f"lora_dropout {config.lora_dropout}: must be in [0, 1)")
+    if not config.lora_alpha > 0:
+        raise InvalidSetting("lora_alpha", f"lora_alpha {config.lora_alpha}: must be > 0")
+    if config.lora_dropout and "lm_head" in config.lora_target:
+        raise InvalidSetting("lora_dropout", "lora_dropout: not with lm_head among the LoRA targets (the fused op "
+                                             "takes one merged head weight, so dropout on its input cannot apply)")
+    if not 0.0 <= config.eval_fraction < 1.0:
+        raise InvalidSetting("eval_fraction", f"eval_fraction {config.eval_fraction}: must be in [0, 1)")
+    if config.eval_fraction and config.eval_data:
+        raise InvalidSetting("eval_fraction", "eval_fraction: give held-out data or a fraction to hold out, not both")
+    evaluating = bool(config.eval_data or config.eval_fraction)
+    if config.eval_steps is not None:
+        if config.eval_steps < 1:
+            raise InvalidSetting("eval_steps", f"eval_steps {config.eval_steps}: must be >= 1")
+        if config.save_steps % config.eval_steps:
+            raise InvalidSetting("eval_steps", f"eval_steps {config.eval_steps}: must divide save_steps "
+                                               f"{config.save_steps} (the best checkpoint is kept among saved ones)")
+    if (config.eval_steps is not None or config.early_stopping_patience is not None) and not evaluating:
+        name = "eval_steps" if config.eval_steps is not None else "early_stopping_patience"
+        raise InvalidSetting(name, f"{name}: needs evaluation data (eval_data DIR or eval_fraction F)")
+    if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
+        raise InvalidSetting("early_stopping_patience",
+                             f"early_stopping_patience {config.early_stopping_patience}: must be >= 1")

@@ -1,12 +1,13 @@
-"""How close a student is to its teacher on held-out logit shards (rows it was not trained on), without loading the
-teacher: the shards hold the teacher's top-k log-probs and the exact log-mass of the rest (`gen logits`).
+"""Held-out teacher KL: how far the student's next-token distribution is from the teacher's on logit shards it did
+not train on -- KL(teacher || student) at temperature 1 over the teacher's top-k plus the tail bucket (the
+`forward_kl_tail` divergence of kernels/losses.py, the same quantity the KD loss minimizes at T = 1, kd_weight = 1),
+averaged over the tokens with teacher data. The student's cross-entropy on the hard labels of the same tokens and
+its perplexity come with it.
 
-Per loss token (an assistant token, labels != -100):
-- `kl`: KL(teacher || student) over the teacher's top-k tokens plus one bucket for all other tokens -- the
-  `forward_kl_tail` loss of kernels/losses.py, computed by the fused op (no [tokens, vocab] logits). Merging the
-  tail into one bucket can only lower a KL (data-processing inequality), so this is a lower bound of the full-vocabulary
-  KL, exact up to the tail's inner shape; with an exact tail (`hf:` capture) and K=64 it is what KD minimizes.
-- `ppl`: the student's perplexity of the held-out text, exp(mean -log q(label)), through the same op (one-hot teacher).
+    heldout_teacher_kl(model, "heldout-logits/")  -> {"teacher_kl", "student_ce", "perplexity", "tokens", "rows"}
+
+Computed like the training loss (final hidden states + the lm_head weight through the fused op, so [tokens, vocab]
+logits never exist), on one process with an unsharded model; a LoRA-adapted head counts with its adapter.
 """
 
 from __future__ import annotations
@@ -19,36 +20,69 @@ from typing import Any
 import torch
 
 from train.config import LossConfig
+from train.lora import adapted_head_weight
 from train.losses import batch_loss_sum
 
+KL = LossConfig(loss="forward_kl_tail", temperature=1.0, kd_weight=1.0)
+CE = LossConfig(loss="forward_kl_tail", temperature=1.0, kd_weight=0.0)  # kd_weight 0: every token as hard-label CE
 
-def heldout_metrics(student: str | os.PathLike, logit_dirs: Sequence[str | os.PathLike], *, max_length: int = 2048,
-                    batch_size: int = 8) -> dict[str, Any]:
-    """{kl, ppl, tokens, rows} of `student` (a checkpoint dir) over the held-out logit shards in `logit_dirs`
-    (see the module doc). The student must share the shards' tokenizer (checked as `gen train` does)."""
-    from train.data import load_training_data
-    from train.trainer import check_tokenizers, load_student
 
-    model, tokenizer = load_student(str(student))
+def _final_hidden(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The decoder's final hidden states [B, L, H] (the lm_head's input), caught with a forward hook."""
+    caught: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        caught.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = model.get_decoder().register_forward_hook(keep)
+    try:
+        forward = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
+        model(**forward, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return caught[-1]
+
+
+@torch.no_grad()
+def heldout_teacher_kl_of_items(model, items: Sequence[dict[str, Any]], collator, *,
+                                batch_size: int = 8) -> dict[str, float] | None:
+    """The held-out numbers over `items` (train.data examples; those without teacher data are skipped), batched by
+    `collator` (train.data.DistillCollator with the shards' K). None when no item has teacher data."""
+    items = [item for item in items if "topk_ids" in item]
+    if not items:
+        return None
+    was_training = model.training
     model.eval()
-    data = load_training_data([str(d) for d in logit_dirs], tokenizer, max_length=max_length, packing=False)
-    check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], data.logit_metadata,
-                     ", ".join(map(str, logit_dirs)))
+    device = next(model.parameters()).device
     head = model.get_output_embeddings()
-    kd = LossConfig(loss="forward_kl_tail", kd_weight=1.0)
-    ce = LossConfig(kd_weight=0.0)  # every loss token through the hard-label (one-hot teacher) path
-    kl_sum = nll_sum = 0.0
-    tokens = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(data.dataset), batch_size):
-            batch = data.collator([data.dataset[i] for i in range(start, min(start + batch_size, len(data.dataset)))])
-            hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         use_cache=False).last_hidden_state
-            _, kd_stats = batch_loss_sum(hidden, head.weight, getattr(head, "bias", None), batch, kd)
-            _, ce_stats = batch_loss_sum(hidden, head.weight, getattr(head, "bias", None), batch, ce)
-            kl_sum += kd_stats["kd_loss_sum"]
-            nll_sum += ce_stats["sft_loss_sum"]
-            tokens += ce_stats["sft_tokens"]
-    tokens = max(tokens, 1.0)
-    return {"kl": kl_sum / tokens, "ppl": math.exp(nll_sum / tokens), "tokens": int(tokens),
-            "rows": len(data.dataset)}
+    totals = {"kl": 0.0, "ce": 0.0, "tokens": 0.0}
+    try:
+        for start in range(0, len(items), batch_size):
+            batch = {k: v.to(device) for k, v in collator(items[start:start + batch_size]).items()}
+            hidden = _final_hidden(model, batch)
+            weight = adapted_head_weight(head, head.weight)
+            bias = getattr(head, "bias", None)
+            _, kl = batch_loss_sum(hidden, weight, bias, batch, KL)
+            # CE on the same tokens: only the positions with teacher data
+            ce_batch = {**batch, "labels": batch["labels"].masked_fill(~batch["teacher_mask"], -100)}
+            _, ce = batch_loss_sum(hidden, weight, bias, ce_batch, CE)
+            totals["kl"] += kl["kd_loss_sum"]
+            totals["tokens"] += kl["kd_tokens"]
+            totals["ce"] += ce["sft_loss_sum"]
+    finally:
+        model.train(was_training)
+    tokens = max(totals["tokens"], 1.0)
+    ce = totals["ce"] / tokens
+    return {"teacher_kl": totals["kl"] / tokens, "student_ce": ce, "perplexity": math.exp(min(ce, 700.0)),
+            "tokens": int(totals["tokens"]), "rows": len(items)}
+
+
+def heldout_teacher_kl(model, logit_dir: str | os.PathLike, *, max_length: int = 2048, split: str = "train",
+                       batch_size: int = 8) -> dict[str, float] | None:
+    """The held-out numbers of `model` (a transformers or PEFT causal LM) on the logit shards in `logit_dir`."""
+    from train.data import DistillCollator, LogitDataset
+
+    dataset = LogitDataset(logit_dir, max_length, split)
+    collator = DistillCollator(pad_id=0, k=dataset.k)
+    return heldout_teacher_kl_of_items(model, [dataset[i] for i in range(len(dataset))], collator,
+                                       batch_size=batch_size)

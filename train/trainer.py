@@ -46,6 +46,7 @@ from transformers import Trainer
 from gen.errors import InvalidSetting, UserError
 from gen.logits.records import tokenizer_fingerprint
 from train.config import LossConfig, TrainConfig, check_settings
+from train.lora import adapted_head_weight  # issue 17 (artifacts): a LoRA-adapted lm_head
 from train.losses import batch_loss_sum
 
 # Config attributes of models whose logits are not plain `h @ W.T + b`: the op would train a different distribution.
@@ -95,7 +96,12 @@ class DistillTrainer(Trainer):
         self._hidden: torch.Tensor | None = None
         self._route, self._route_for = None, None  # `_loss_route` of the model compute_loss last saw
         core.get_decoder().register_forward_hook(self._keep_hidden)
-        self._forward_takes = set(inspect.signature(core.forward).parameters)
+        # a PEFT model's forward passes **kwargs (logits_to_keep among them) on to the base model's (issue 17, LoRA)
+        base = core.get_base_model() if hasattr(core, "get_base_model") else core
+        self._forward_takes = set(inspect.signature(base.forward).parameters)
+        self._tokens_trained = 0  # issue 17: input tokens of every training micro-batch, for the summary and card
+        self._eval_window = dict.fromkeys(("loss_sum", "tokens", "kd_loss_sum", "kd_tokens", "sft_loss_sum",
+                                           "sft_tokens"), 0.0)  # issue 17: token-weighted eval loss and split
         self._window = {"tokens": 0, "kd_tokens": 0.0, "sft_tokens": 0.0, "kd_loss_sum": 0.0, "sft_loss_sum": 0.0}
         self._window_start = time.perf_counter()
 
@@ -186,6 +192,7 @@ class DistillTrainer(Trainer):
 
         def loss_from_head():
             weight = gather_full_weight(self._head.weight)
+            weight = adapted_head_weight(self._head, weight)  # W + (alpha/r) B A under LoRA on the head (issue 17)
             bias = gather_full_weight(getattr(self._head, "bias", None))
             if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
                 raise RuntimeError(f"lm_head weight has shape {tuple(weight.shape)} at loss time: it is sharded in a "
@@ -205,11 +212,45 @@ class DistillTrainer(Trainer):
             # num_items_in_batch is the global count; DDP/FSDP average gradients over processes, so scale back up
             loss = loss * self.accelerator.num_processes
         if model.training:
-            self._window["tokens"] += int(inputs["num_tokens"]) if "num_tokens" in inputs else \
-                int(inputs["input_ids"].numel())
+            tokens = int(inputs["num_tokens"]) if "num_tokens" in inputs else int(inputs["input_ids"].numel())
+            self._window["tokens"] += tokens
+            self._tokens_trained += tokens
             for key, value in stats.items():
                 self._window[key] += value
+        else:  # evaluation (issue 17): per-token sums, so the eval loss is over the whole eval set
+            for key, value in stats.items():
+                self._eval_window[key] += value
+            self._eval_window["loss_sum"] += stats["kd_loss_sum"] + stats["sft_loss_sum"]
+            self._eval_window["tokens"] += stats["kd_tokens"] + stats["sft_tokens"]
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's loop, with `<prefix>_loss` per loss token over the whole eval set (its own is a mean of
+        per-batch means) and the split `<prefix>_kd_loss` / `<prefix>_sft_loss` (issue 17)."""
+        self._eval_window = dict.fromkeys(self._eval_window, 0.0)
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        w = self._global_eval_window()
+        if w["tokens"]:
+            output.metrics[f"{prefix}_loss"] = w["loss_sum"] / w["tokens"]
+        for part in ("kd", "sft"):
+            if w[f"{part}_tokens"]:
+                output.metrics[f"{prefix}_{part}_loss"] = w[f"{part}_loss_sum"] / w[f"{part}_tokens"]
+        return output
+
+    def tokens_trained(self) -> int:
+        """Input tokens (padding excluded) of every training micro-batch of this run, summed over processes."""
+        if self.accelerator.num_processes == 1:
+            return self._tokens_trained
+        local = torch.tensor([float(self._tokens_trained)], dtype=torch.float64, device=self.args.device)
+        return int(self.accelerator.reduce(local, reduction="sum").item())
+
+    def _global_eval_window(self) -> dict[str, float]:
+        if self.accelerator.num_processes == 1:
+            return dict(self._eval_window)
+        keys = list(self._eval_window)
+        local = torch.tensor([float(self._eval_window[k]) for k in keys], dtype=torch.float64, device=self.args.device)
+        return dict(zip(keys, self.accelerator.reduce(local, reduction="sum").tolist()))
 
     def _global_window(self) -> dict[str, float]:
         """The loss-split/token window summed over all processes (every rank calls `log` at a logging step: the
@@ -274,15 +315,19 @@ def _latest_checkpoint(out: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def load_student(student: str, chat_template: str | None = None):
-    """(model, tokenizer) of the student; anything that is not a usable causal LM is an InvalidSetting naming it."""
+def load_student(student: str, chat_template: str | None = None, quantization_config=None):
+    """(model, tokenizer) of the student; anything that is not a usable causal LM is an InvalidSetting naming it.
+    `quantization_config`: a transformers quantization config (QLoRA's 4-bit base weights, train/lora.py)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if Path(student).is_dir() and not (Path(student) / "config.json").is_file():
         raise InvalidSetting("student", f"student {student}: not a Hugging Face model directory (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(student)
-        model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            student, dtype=torch.float32,
+            **({"quantization_config": quantization_config, "device_map": {"": torch.cuda.current_device()}}
+               if quantization_config is not None else {}))
     except (OSError, ValueError) as exc:
         raise InvalidSetting("student", f"student {student}: cannot load ({str(exc).strip().splitlines()[0]})") from None
     if chat_template:
@@ -310,6 +355,8 @@ def training_arguments(config: TrainConfig):
     train/config.py), plus the settings this trainer always uses."""
     from transformers import TrainingArguments
 
+    from train.evaluation import evaluation_arguments  # issue 17 (artifacts)
+
     # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing
     renamed = {"gradient_checkpointing": "activation_checkpointing"} \
         if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else {}
@@ -319,7 +366,8 @@ def training_arguments(config: TrainConfig):
         for target in f.metadata.get("training_args", ()):
             values[renamed.get(target, target)] = form(getattr(config, f.name))
     return TrainingArguments(
-        **values, save_strategy="steps", remove_unused_columns=False, dataloader_num_workers=0,
+        **values, **evaluation_arguments(config), save_strategy="steps", remove_unused_columns=False,
+        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), average_tokens_across_devices=True, disable_tqdm=True,
         # without an accelerator, say so: then `torchrun --nproc_per_node N` gives multi-process CPU (gloo) DDP
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
@@ -368,16 +416,24 @@ def _train(config: TrainConfig) -> dict[str, Any]:
             raise InvalidSetting("resume", f"resume: no checkpoint-* directory in {out}")
     elif resume and not Path(resume).is_dir():
         raise InvalidSetting("resume", f"resume {resume}: no such checkpoint directory")
-    model, tokenizer = load_student(config.student, config.chat_template)
+    # --- issue 17 (artifacts): tracker check, QLoRA load, LoRA, evaluation set ---
+    from train.evaluation import evaluation_callbacks, evaluation_data, evaluation_summary
+    from train.lora import apply_lora, lora_summary, quantization_config, save_merged
+    from train.trackers import check_tracker
+
+    check_tracker(config.report_to)
+    model, tokenizer = load_student(config.student, config.chat_template, quantization_config(config))
     data = load_training_data(config.data, tokenizer, max_length=config.max_length, packing=config.packing,
                               split=config.split)
     check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], data.logit_metadata,
                      ", ".join(map(str, config.data)))
+    eval_set = evaluation_data(config, data, tokenizer)
+    model = apply_lora(model, config)
     args = training_arguments(config)
     bf16 = args.bf16
-    trainer = DistillTrainer(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
-                             processing_class=tokenizer, loss_config=config.loss,
-                             callbacks=list(config.extra_callbacks))
+    trainer = DistillTrainer(model=model, args=args, train_dataset=eval_set.train, eval_dataset=eval_set.eval,
+                             data_collator=data.collator, processing_class=tokenizer, loss_config=config.loss,
+                             callbacks=list(config.extra_callbacks) + evaluation_callbacks(config))
     result = trainer.train(resume_from_checkpoint=resume or None)
     history = trainer.state.log_history
     # Every rank: under FSDP and ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes the
@@ -396,6 +452,15 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         "loss_curve": str(out / "loss_curve.png"), "resumed_from": resume,
         "distributed": trainer.distributed_summary(),
     }
+    # --- issue 17 (artifacts): what the model card and the user need of the run ---
+    summary.update({
+        "student": config.student, "data": [str(d) for d in config.data],
+        "teacher": data.logit_metadata["teacher"] if data.logit_metadata else None,
+        "tokens": trainer.tokens_trained(), "examples": len(eval_set.train), "report_to": config.report_to,
+        "lora": lora_summary(model, config), "eval": evaluation_summary(trainer, config, eval_set, data.collator),
+    })
+    if config.lora_merge and trainer.is_world_process_zero():
+        summary["merged"] = save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out / "merged")
     if trainer.is_world_process_zero():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -1,5 +1,6 @@
-"""train.heldout.heldout_metrics: held-out KL to the teacher (top-k + tail buckets, from the logit shards) and the
-student's perplexity, checked against the same quantities computed from full logits."""
+"""train.heldout.heldout_teacher_kl (the shared held-out function, merged from the `artifacts` branch, used by
+`make distill-demo`): held-out KL to the teacher (top-k + tail buckets, from the logit shards) and the student's
+perplexity, checked against the same quantities computed independently from both models' full logits."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 import torch
 
-from train.heldout import heldout_metrics
+from train.heldout import heldout_teacher_kl
 
 
 def full_logit_metrics(teacher_dir, student_dir, logit_dir):
@@ -34,12 +35,14 @@ def full_logit_metrics(teacher_dir, student_dir, logit_dir):
     return float(kl[keep].mean()), math.exp(float(nll[keep].mean())), int(keep.sum())
 
 
-def test_heldout_metrics_match_full_logits(tiny_pair, logit_shards):
+def test_heldout_teacher_kl_matches_full_logits(tiny_pair, logit_shards):
+    from transformers import AutoModelForCausalLM
+
     _, teacher_dir, student_dir = tiny_pair
-    got = heldout_metrics(student_dir, [logit_shards], batch_size=5)
+    got = heldout_teacher_kl(AutoModelForCausalLM.from_pretrained(student_dir), logit_shards, batch_size=5)
     kl, ppl, tokens = full_logit_metrics(teacher_dir, student_dir, logit_shards)
     assert got["tokens"] == tokens and got["rows"] == 24
-    assert math.isclose(got["ppl"], ppl, rel_tol=1e-4)
-    assert math.isclose(got["kl"], kl, rel_tol=2e-2, abs_tol=1e-4)  # the shards hold fp16 teacher log-probs
-    own = heldout_metrics(teacher_dir, [logit_shards])
-    assert abs(own["kl"]) < 1e-3 < got["kl"]  # the teacher against its own captured distribution
+    assert math.isclose(got["perplexity"], ppl, rel_tol=1e-4)
+    assert math.isclose(got["teacher_kl"], kl, rel_tol=2e-2, abs_tol=1e-4)  # the shards hold fp16 teacher log-probs
+    own = heldout_teacher_kl(AutoModelForCausalLM.from_pretrained(teacher_dir), logit_shards)
+    assert abs(own["teacher_kl"]) < 1e-3 < got["teacher_kl"]  # the teacher against its own captured distribution

@@ -26,6 +26,13 @@ OLD_DEFAULTS = {
     "--logging-steps": 10, "--resume": None, "--bf16": "auto", "--kd-impl": "fused", "--chat-template": None,
     "--gradient-checkpointing": False, "--seed": 0,
 }
+# issue 17 (artifacts): LoRA, evaluation, trackers, Hub
+NEW_DEFAULTS = {
+    "--lora": None, "--lora-alpha": 16.0, "--lora-dropout": 0.0, "--lora-target": ("all-linear",),
+    "--lora-merge": False, "--qlora": False, "--eval-data": None, "--eval-fraction": 0.0, "--eval-steps": None,
+    "--early-stopping-patience": None, "--report-to": "none", "--push-to-hub": None, "--hub-private": False,
+    "--hub-eval": None,
+}
 FLOAT_FLAGS = ("--temperature", "--beta", "--alpha", "--kd-weight", "--epochs", "--lr", "--warmup", "--weight-decay")
 
 
@@ -57,8 +64,10 @@ def test_flags_keep_their_spelling_and_defaults_and_build_the_config():
     by_flag = {flag: action for action in p._actions for flag in action.option_strings}
     for flag, default in OLD_DEFAULTS.items():
         assert by_flag[flag].default == default, flag
-    assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, "--student", "--data", "--out",
-                                                                    "--help"}
+    for flag, default in NEW_DEFAULTS.items():
+        assert by_flag[flag].default == default, flag
+    assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, *NEW_DEFAULTS, "--student", "--data",
+                                                                    "--out", "--help"}
     assert by_flag["--loss"].choices == ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl")
     assert by_flag["--resume"].const == "latest" and by_flag["--data"].nargs == "+"
     args = p.parse_args(["--student", "s", "--data", "a", "b", "--out", "o", "--kd-impl", "naive", "--beta", "0.25",
