@@ -6,7 +6,7 @@ VLLM_VENV ?= .venv-vllm
 PIP_CPU = torch==2.13.0 -c .ci/constraints.txt
 TEST_ENV = HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-vllm system-deps demo lint test test-main test-vllm
+.PHONY: install install-vllm system-deps demo distill-demo lint test test-main test-vllm
 
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ system-deps:
 
 demo: install
 	$(VENV)/bin/gen evol --rounds 4 --out runs/demo
+
+# distill-demo (issue 14): the whole pipeline on the embedded teacher -- gen evol, dedup, filter, logits, student,
+# train -- and one summary; the steps and sizes are in bench/distill_demo.py.
+distill-demo: install
+	$(TEST_ENV) $(VENV)/bin/python bench/distill_demo.py --work runs/distill-demo
 
 # The layer contracts (import-linter, pyproject.toml) and ruff: part of `make test`.
 lint: install

@@ -11,8 +11,9 @@ Quality (the whole pipeline, as a user runs it):
      text, one top-k KD on the logit shards;
   6. held-out token-level KL(teacher || student) over the full vocabulary and the perplexity of the teacher's
      held-out text, per assistant token.
-Cost: one KD training step (forward + backward of a student with a 32K vocabulary over N tokens) with the fused op
-vs the same loss on materialized logits (`--kd-impl naive`), each in a fresh process after one warm-up step: median
+Cost: one KD training step (forward + backward of a student with a 32K vocabulary over N tokens, and of one with
+Gemma-3's real 262,144-token vocabulary and hidden size 640) with the fused op vs the same loss on materialized
+logits (`--kd-impl naive`), each in a fresh process after one warm-up step: median
 tokens/s and the peak memory a step adds on top of the model (CPU: peak RSS via /proc VmHWM reset, big allocations
 forced to mmap so RSS follows live tensors; CUDA: max_memory_allocated).
 
@@ -265,11 +266,12 @@ def step_worker(impl: str, tokens: int, vocab: int, hidden: int, reps: int) -> d
             "peak_mb": peak, "device": str(device)}
 
 
-def step_cost(args) -> list[dict]:
+def step_cost(args, tokens: int | None = None, vocab: int | None = None, hidden: int | None = None) -> list[dict]:
     results = []
+    tokens, vocab, hidden = tokens or args.step_tokens, vocab or args.step_vocab, hidden or args.step_hidden
     for impl in ("fused", "naive"):
-        cmd = [sys.executable, __file__, "--_step", impl, "--step-tokens", str(args.step_tokens), "--step-vocab",
-               str(args.step_vocab), "--step-hidden", str(args.step_hidden), "--step-reps", str(args.step_reps),
+        cmd = [sys.executable, __file__, "--_step", impl, "--step-tokens", str(tokens), "--step-vocab",
+               str(vocab), "--step-hidden", str(hidden), "--step-reps", str(args.step_reps),
                "--threads", str(args.threads)]
         # glibc: allocations >= 128 KiB come from (and go back to) mmap, so resident memory follows live tensors
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -294,6 +296,10 @@ def main() -> None:
     parser.add_argument("--step-hidden", type=int, default=128)
     parser.add_argument("--step-reps", type=int, default=3)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-real-vocab", action="store_true",
+                        help="skip the step-cost row at Gemma-3's 262,144-token vocabulary")
+    parser.add_argument("--real-vocab-tokens", type=int, default=1024,
+                        help="tokens per step of the real-vocabulary row")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: these tiny models gain nothing from more, and on a shared "
                              "machine extra OpenMP threads mostly spin)")
@@ -333,19 +339,24 @@ def main() -> None:
         print(f"\nKD / SFT held-out KL ratio: {kd['kl'] / sft['kl']:.3f} (goal < 1). Logit shards: "
               f"{info['captured']['bytes_per_token']:.0f} bytes/token at K={K}. Stage seconds: "
               + ", ".join(f"{k} {v:.1f}" for k, v in info["timings"].items()))
-    cost = step_cost(args)
-    fused, naive = cost
-    print(f"\n### KD training step (student forward + backward + loss), {args.step_tokens} tokens, vocab "
-          f"{args.step_vocab}, hidden {args.step_hidden}, K={K}, device {fused['device']}, median of "
-          f"{args.step_reps} steps\n")
-    print("| loss path | peak memory added by the step (MiB) | tokens/s | step (s) |")
-    print("| --- | ---: | ---: | ---: |")
-    for r, name in ((fused, "fused top-k KL op (`--kd-impl fused`)"), (naive, "same loss on full logits (`naive`)")):
-        print(f"| {name} | {r['peak_mb']:.0f} | {r['tokens_per_s']:.0f} | {r['step_s']:.3f} |")
-    print(f"\nfused / full-logits: memory {fused['peak_mb'] / max(naive['peak_mb'], 1e-9):.2f}x, speed "
-          f"{fused['tokens_per_s'] / naive['tokens_per_s']:.2f}x. Full logits alone would be "
-          f"{args.step_tokens * args.step_vocab * 4 / 2**20:.0f} MiB in fp32. Total bench time "
-          f"{time.perf_counter() - started:.0f} s.")
+    shapes = [(args.step_tokens, args.step_vocab, args.step_hidden, "")]
+    if not args.skip_real_vocab:
+        # Gemma-3-270M's shape (the bundled teacher, and `gen student`'s 2-layer student of it): vocabulary
+        # 262,144, hidden 640; a random 2-layer Llama of that shape stands in (the step's cost is the head's).
+        shapes.append((args.real_vocab_tokens, 262_144, 640, " (Gemma-3 vocabulary)"))
+    for tokens, vocab, hidden, label in shapes:
+        fused, naive = step_cost(args, tokens, vocab, hidden)
+        print(f"\n### KD training step{label} (student forward + backward + loss), {tokens} tokens, vocab "
+              f"{vocab}, hidden {hidden}, K={K}, device {fused['device']}, median of {args.step_reps} steps\n")
+        print("| loss path | peak memory added by the step (MiB) | tokens/s | step (s) |")
+        print("| --- | ---: | ---: | ---: |")
+        for r, name in ((fused, "fused top-k KL op (`--kd-impl fused`)"),
+                        (naive, "same loss on full logits (`naive`)")):
+            print(f"| {name} | {r['peak_mb']:.0f} | {r['tokens_per_s']:.0f} | {r['step_s']:.3f} |")
+        print(f"\nfused / full-logits: memory {fused['peak_mb'] / max(naive['peak_mb'], 1e-9):.2f}x, speed "
+              f"{fused['tokens_per_s'] / naive['tokens_per_s']:.2f}x. Full logits alone would be "
+              f"{tokens * vocab * 4 / 2**20:.0f} MiB in fp32.")
+    print(f"\nTotal bench time {time.perf_counter() - started:.0f} s.")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ person when it has nothing left to ask): the text before it is kept and the dial
 after `max_turns` assistant turns or once its completions have used `max_tokens_per_dialog` tokens. A dialogue always
 ends on an assistant turn (a trailing person turn is dropped). Rejected: `empty_reply` (the assistant said nothing
 in its first turn), and the degeneration reasons of `filters.repetition` (`repetition`, `stutter`,
-`enumeration_without_content`, `repeated_list_items`) when a generated turn (either side, after the seed) loops.
+`enumeration_without_content`, `repeated_list_items`) when a generated turn (either side, after the seed) loops:
+the dialogue stops at that turn (no more requests for it; `ended_by: degenerate_turn`) and the rejected row keeps the
+transcript up to and including the looping turn.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from filters.repetition import dialogue_degeneration_reasons
+from filters.repetition import degeneration_reasons, dialogue_degeneration_reasons
 from gen.errors import InvalidSetting
 from gen.methods.base import MethodRun
 from gen.methods.inputs import SeedItem
@@ -53,6 +55,7 @@ class SelfChatDialogue:
     transcript: list[tuple[str, str]] = field(default_factory=list)  # (speaker marker, text)
     completions: list[Completion] = field(default_factory=list)
     ended_by: str | None = None
+    degenerate: list[str] = field(default_factory=list)  # the reasons of the turn that stopped it, if one did
 
     @property
     def tokens(self) -> int:
@@ -134,9 +137,14 @@ class SelfChat:
                 text, ended = clean_turn(result.completion.text, speaker)
                 if text:
                     d.transcript.append((speaker, text))
+                    # A looping turn (either side) stops the dialogue here: nothing more is paid for it, and it is
+                    # rejected with the turn's reasons (`write`).
+                    d.degenerate = degeneration_reasons(text)
                 elif speaker == AI:
                     ended = True  # an assistant with nothing to say ends the dialogue
-                if ended:
+                if d.degenerate:
+                    d.ended_by = "degenerate_turn"
+                elif ended:
                     d.ended_by = "end_marker"
                 elif d.ai_turns >= self.config.max_turns:
                     d.ended_by = "max_turns"
@@ -158,6 +166,12 @@ class SelfChat:
             params = {"template_hash": self.template.hash, "turns": d.ai_turns, "dialog_tokens": d.tokens,
                       "ended_by": d.ended_by, "max_turns": self.config.max_turns,
                       "max_tokens_per_dialog": self.config.max_tokens_per_dialog}
+            if d.degenerate:  # the whole transcript, the looping turn included (even a person's last turn)
+                looped = [{"role": "user" if speaker == HUMAN else "assistant", "content": text}
+                          for speaker, text in d.transcript]
+                run.reject(run.row(messages=looped, operation=METHOD, parent_id=d.seed.id, root_id=d.seed.id,
+                                   params=params, completions=d.completions), d.degenerate)
+                continue
             if not messages:
                 row = run.row(messages=[{"role": "user", "content": d.seed.instruction}], operation=METHOD,
                               parent_id=d.seed.id, root_id=d.seed.id, params=params, completions=d.completions)

@@ -5,7 +5,9 @@ is the 175 tasks shipped in `gen/methods/data/`). Output: one row per generated 
 `[user: instruction (+ blank line + input), assistant: output]`, `method="self_instruct"`,
 `operation="classification"` (generated output-first) or `"generation"` (input-first), `round` = the bootstrap step
 that produced the instruction, `parent_id` = `root_id` = the instruction's id. Rejections (with reason) go to the
-`rejected` split: `unparseable`, `too_short`, `too_long`, `blacklisted`, `rouge_similar` for instructions;
+`rejected` split: `unparseable`, `too_short`, `too_long`, `blacklisted`, the degeneration reasons of
+`filters.repetition` (a looping instruction never enters the pool, so it is never shown as an example), and
+`rouge_similar` for instructions;
 `unparseable`, `duplicate_instance`, `conflicting_instance` and the degeneration reasons of `filters.repetition`
 (`repetition`, `stutter`, `enumeration_without_content`, `repeated_list_items`: a looping input or output) for
 instances.
@@ -79,6 +81,14 @@ def instruction_filter(text: str, blacklist: re.Pattern) -> str | None:
     if blacklist.search(text) or text.lower().startswith("write a program"):
         return BLACKLISTED  # images, audio, files, ...: not doable by a text model (and programs can't be checked)
     return None
+
+
+def first_degeneration_reason(text: str) -> str | None:
+    """The first reason of `filters.repetition` for a generated instruction (a small teacher's "Write a sentence
+    about X." x8 or "1. 2. 3. ..."), or None; checked before ROUGE-L, so a looping instruction is not in the pool."""
+    from filters.repetition import degeneration_reasons
+
+    return next(iter(degeneration_reasons(text)), None)
 
 
 @dataclass
@@ -268,7 +278,7 @@ class SelfInstruct:
                         run.funnel.add("not_needed", 1, step)  # target reached: not evaluated, not kept
                         continue
                     run.funnel.add("instructions_generated", 1, step)
-                    reason = instruction_filter(text, self.blacklist)
+                    reason = instruction_filter(text, self.blacklist) or first_degeneration_reason(text)
                     extra: dict[str, Any] = {}
                     if reason is None:
                         novel, score, match = novelty.check_and_add(text)

@@ -20,7 +20,9 @@ Rows: `messages` alternate user/assistant starting with the opening request, `me
 record the persona, the turn budget, the turns taken and why the dialogue ended. Rejections: `unparseable` (a
 sub-topic/question list that yields nothing), `duplicate_question` (an opening already used), `empty_reply` (the
 assistant returned nothing), and the degeneration reasons of `filters.repetition` (`repetition`, `stutter`,
-`enumeration_without_content`, `repeated_list_items`) when a generated turn (either side, after the opening) loops.
+`enumeration_without_content`, `repeated_list_items`) when a generated turn (either side, after the opening) loops:
+the dialogue stops at that turn (no further half-turn is requested; `ended_by: degenerate_turn`) and is rejected
+with the looping turn as its last message.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from filters.repetition import dialogue_degeneration_reasons
+from filters.repetition import degeneration_reasons, dialogue_degeneration_reasons
 from gen.data.records import content_id
 from gen.errors import InvalidSetting
 from gen.methods.base import MethodRun
@@ -96,7 +98,8 @@ class Dialogue:
     budget: int
     messages: list[dict[str, str]] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
-    ended_by: str | None = None  # "budget" | "user_done" | "empty_reply" | "failed"
+    ended_by: str | None = None  # "budget" | "user_done" | "empty_reply" | "degenerate_turn" | "failed"
+    degenerate: list[str] = field(default_factory=list)  # the reasons of the turn that stopped it, if one did
 
     @property
     def turns(self) -> int:
@@ -263,7 +266,10 @@ class UltraChat:
                     d.ended_by = EMPTY_REPLY
                     continue
                 d.messages.append({"role": "assistant", "content": text})
-                if d.turns >= d.budget:
+                d.degenerate = degeneration_reasons(text)
+                if d.degenerate:  # a looping answer: stop here, nothing more is paid for this dialogue
+                    d.ended_by = "degenerate_turn"
+                elif d.turns >= d.budget:
                     d.ended_by = "budget"
                 else:
                     still.append(d)
@@ -286,6 +292,10 @@ class UltraChat:
                     d.ended_by = "user_done"
                     continue
                 d.messages.append({"role": "user", "content": text})
+                d.degenerate = degeneration_reasons(text)
+                if d.degenerate:  # a looping follow-up: the assistant is not asked to answer it
+                    d.ended_by = "degenerate_turn"
+                    continue
                 active.append(d)
         return dialogues
 
@@ -299,7 +309,7 @@ class UltraChat:
             row = run.row(messages=d.messages, operation=d.opening.sector, parent_id=d.opening.id, system=run.system,
                           root_id=content_id("root", d.opening.sector, d.opening.root), params=params,
                           completions=d.completions)
-            degenerate = dialogue_degeneration_reasons(d.messages)
+            degenerate = d.degenerate or dialogue_degeneration_reasons(d.messages)
             if d.ended_by == EMPTY_REPLY or d.turns == 0:
                 run.reject(row, EMPTY_REPLY, round=d.opening.sector)
             elif degenerate:
