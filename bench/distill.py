@@ -294,6 +294,9 @@ def main() -> None:
     parser.add_argument("--step-hidden", type=int, default=128)
     parser.add_argument("--step-reps", type=int, default=3)
     parser.add_argument("--skip-quality", action="store_true")
+    # compact logit shards (issue 17): exact vs compact on real Gemma-3-270M output, bench/compact_logits.py
+    parser.add_argument("--compact-logits", action="store_true",
+                        help="also measure the compact logit format on the bundled Gemma GGUF (~2 min)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: these tiny models gain nothing from more, and on a shared "
                              "machine extra OpenMP threads mostly spin)")
@@ -346,6 +349,11 @@ def main() -> None:
           f"{fused['tokens_per_s'] / naive['tokens_per_s']:.2f}x. Full logits alone would be "
           f"{args.step_tokens * args.step_vocab * 4 / 2**20:.0f} MiB in fp32. Total bench time "
           f"{time.perf_counter() - started:.0f} s.")
+    if args.compact_logits:  # compact logit shards (issue 17)
+        from bench.compact_logits import measure, print_table
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print_table(measure(Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def run(args) -> int:
     from gen.commands.common import read_chat_template
     from gen.data.lock import run_lock
     from gen.errors import UserError
-    from gen.logits.compact import FORMAT_COMPACT, FORMAT_EXACT
     from gen.logits.capture import capture_logits, check_conversation_source, check_hf_model_path, open_logit_teacher
+    from gen.logits.compact import FORMAT_COMPACT, FORMAT_EXACT
 
     # Inputs that cannot work are refused before the lock creates --out and before the (slow) teacher load; the
     # flags' own files first, then the run and the model they point at.
