@@ -58,7 +58,8 @@ def test_flags_keep_their_spelling_and_defaults_and_build_the_config():
     for flag, default in OLD_DEFAULTS.items():
         assert by_flag[flag].default == default, flag
     assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, "--student", "--data", "--out",
-                                                                    "--help"}
+                                                                    "--help", "--force-temperature"}
+    assert by_flag["--force-temperature"].default is False  # issue 17: new flag, off by default
     assert by_flag["--loss"].choices == ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl")
     assert by_flag["--resume"].const == "latest" and by_flag["--data"].nargs == "+"
     args = p.parse_args(["--student", "s", "--data", "a", "b", "--out", "o", "--kd-impl", "naive", "--beta", "0.25",
