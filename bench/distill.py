@@ -300,6 +300,9 @@ def main() -> None:
                         help="skip the step-cost row at Gemma-3's 262,144-token vocabulary")
     parser.add_argument("--real-vocab-tokens", type=int, default=1024,
                         help="tokens per step of the real-vocabulary row")
+    # compact logit shards: exact vs compact on real Gemma-3-270M output, bench/compact_logits.py
+    parser.add_argument("--compact-logits", action="store_true",
+                        help="also measure the compact logit format on the bundled Gemma GGUF (~2 min)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: these tiny models gain nothing from more, and on a shared "
                              "machine extra OpenMP threads mostly spin)")
@@ -357,6 +360,11 @@ def main() -> None:
               f"{fused['tokens_per_s'] / naive['tokens_per_s']:.2f}x. Full logits alone would be "
               f"{tokens * vocab * 4 / 2**20:.0f} MiB in fp32.")
     print(f"\nTotal bench time {time.perf_counter() - started:.0f} s.")
+    if args.compact_logits:
+        from bench.compact_logits import measure, print_table
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print_table(measure(Path(tmp)))
 
 
 if __name__ == "__main__":

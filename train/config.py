@@ -85,6 +85,9 @@ class TrainConfig:
                                                    "(the config holds the template's text)")
     gradient_checkpointing: bool = setting(False, help="recompute activations in backward (less memory, slower)",
                                            training_args=("gradient_checkpointing",))
+    # logit-shard temperature check (issue 17): the shards' capture temperature must equal --temperature
+    force_temperature: bool = setting(False, help="train even when --temperature differs from the temperature the "
+                                                  "logit shards were captured at (gen logits --temperature)")
     split: str = setting("train", cli=False, help="split of conversational runs to read")
     extra_callbacks: list = setting(default_factory=list, cli=False, help="extra transformers TrainerCallbacks")
     # --- issue 17 (artifacts): LoRA / QLoRA, evaluation during training, trackers, the Hub (train/lora.py,

@@ -196,9 +196,10 @@ def load_training_data(paths: Sequence[str | os.PathLike], tokenizer, *, max_len
     for path in paths:
         if is_logit_dir(path, split):
             ds = LogitDataset(path, max_length, split)
-            if metadata is not None and (ds.metadata["tokenizer_hash"], ds.k) != (metadata["tokenizer_hash"],
-                                                                                   metadata["k"]):
-                raise UserError(f"--data {path}: logit shards disagree with the other --data dirs on tokenizer or K")
+            if metadata is not None and (ds.metadata["tokenizer_hash"], ds.k, ds.metadata["temperature"]) != (
+                    metadata["tokenizer_hash"], metadata["k"], metadata["temperature"]):
+                raise UserError(f"--data {path}: logit shards disagree with the other --data dirs on tokenizer, K or "
+                                f"capture temperature")
             metadata = metadata or ds.metadata
             n_logit += len(ds)
         else:

@@ -302,6 +302,19 @@ def check_tokenizers(student_tokenizer, student_vocab_rows: int, metadata: dict[
                         f"(tokenizer has {tokens} tokens): vocab size mismatch between teacher and student")
 
 
+def check_temperature(temperature: float, metadata: dict[str, Any] | None, data_dir: str = "logit shards", *,
+                      force: bool = False) -> None:
+    """The teacher's top-k is stored at its capture temperature and used as stored, while the student is softened by
+    `temperature`: the two must agree, or the loss compares distributions at different temperatures."""
+    if metadata is None or force:
+        return
+    captured = float(metadata.get("temperature", 1.0))
+    if abs(captured - temperature) > 1e-9 * max(1.0, temperature):
+        raise InvalidSetting("temperature", f"{data_dir}: logit shards captured at temperature {captured:g} but "
+                                            f"training temperature is {temperature:g} (capture the logits at "
+                                            f"temperature {temperature:g}, or force_temperature to train anyway)")
+
+
 def _use_bf16(choice: str) -> bool:
     if choice == "on":
         return True
@@ -427,6 +440,8 @@ def _train(config: TrainConfig) -> dict[str, Any]:
                               split=config.split)
     check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], data.logit_metadata,
                      ", ".join(map(str, config.data)))
+    check_temperature(config.loss.temperature, data.logit_metadata, ", ".join(map(str, config.data)),
+                      force=config.force_temperature)
     eval_set = evaluation_data(config, data, tokenizer)
     model = apply_lora(model, config)
     args = training_arguments(config)

@@ -22,18 +22,32 @@ def add_arguments(parser) -> None:
     parser.add_argument("--chat-template", help="Jinja chat template file, for teachers whose tokenizer has none")
     parser.add_argument("--device", help="torch device for hf: teachers (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="teacher weights dtype")
+    # temperature and compact shards (issue 17)
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="capture softmax(logits / T) (hf: teachers only: they see the full distribution; vLLM "
+                             "prompt logprobs are temperature 1). gen train checks its --temperature against it")
+    parser.add_argument("--format", dest="logit_format", choices=("compact", "exact"), default="compact",
+                        help="compact: Elias-Fano ids + 8-bit log-space log-probs, ~194 bytes/token at K=64 (KL "
+                             "error vs exact: see bench/distill.py); exact: int32 ids + fp16 log-probs (396)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     from gen.commands.common import read_chat_template
     from gen.data.lock import run_lock
+    from gen.errors import UserError
     from gen.logits.capture import capture_logits, check_conversation_source, check_hf_model_path, open_logit_teacher
+    from gen.logits.compact import FORMAT_COMPACT, FORMAT_EXACT
 
     # Inputs that cannot work are refused before the lock creates --out and before the (slow) teacher load; the
     # flags' own files first, then the run and the model they point at.
     template = read_chat_template(args.chat_template)
     check_conversation_source(args.shards, args.split)
+    if not args.temperature > 0:
+        raise UserError(f"--temperature {args.temperature}: must be > 0")
+    if args.temperature != 1.0 and not args.teacher.startswith("hf:"):
+        raise UserError(f"--temperature {args.temperature}: only hf: teachers can capture at a temperature other "
+                        f"than 1 (vLLM prompt logprobs are temperature 1)")
     if args.teacher.startswith("hf:"):
         check_hf_model_path(args.teacher[3:])
     options = {"chat_template": template, "dtype": args.dtype}
@@ -43,12 +57,14 @@ def run(args) -> int:
     with run_lock(args.out, "logits"):
         teacher = open_logit_teacher(args.teacher, **options)
         config = {"command": "logits", "shards": str(args.shards), "split": args.split, "teacher": args.teacher,
-                  "k": args.k, "max_length": args.max_length}
+                  "k": args.k, "max_length": args.max_length, "temperature": args.temperature,
+                  "format": args.logit_format}
         try:
             summary = capture_logits(args.shards, args.out, teacher, args.k, split=args.split,
                                      max_length=args.max_length, batch_size=args.batch_size,
                                      max_batch_tokens=args.max_batch_tokens, progress=not args.no_progress,
-                                     config=config)
+                                     config=config, temperature=args.temperature,
+                                     logit_format=FORMAT_COMPACT if args.logit_format == "compact" else FORMAT_EXACT)
         finally:
             teacher.close()
     print(json.dumps(summary, indent=2), file=sys.stdout)

@@ -23,7 +23,9 @@ import numpy as np
 from gen.data.lock import run_lock
 from gen.data.shards import read_table, shard_paths, write_manifest
 from gen.errors import MissingDependency, UserError
+from gen.logits.compact import FORMAT_COMPACT
 from gen.logits.records import (
+    TAIL_FULL,
     LogitShardWriter,
     conversation,
     logit_metadata,
@@ -43,13 +45,14 @@ class LogitTeacher(Protocol):
     vocab_size: int
     tail_source: str
 
-    def capture(self, sequences: Sequence[np.ndarray], k: int) -> list[TopK]: ...
+    def capture(self, sequences: Sequence[np.ndarray], k: int, temperature: float = 1.0) -> list[TopK]: ...
 
     def close(self) -> None: ...
 
 
-def topk_from_logits(logits, k: int, chunk_rows: int = 1024) -> TopK:
-    """Top-k log-probs and the exact tail log-mass from one sequence's logits [T, V] (any float dtype; math in fp32).
+def topk_from_logits(logits, k: int, chunk_rows: int = 1024, temperature: float = 1.0) -> TopK:
+    """Top-k log-probs and the exact tail log-mass from one sequence's logits [T, V] (any float dtype; math in fp32),
+    of the distribution softmax(logits / temperature).
 
     tail_logmass = logsumexp of the log-probs outside the top-k (the top-k set to -inf), which stays accurate when the
     top-k holds almost all the mass, where log(1 - sum p) would round to log(0). -inf when K == V."""
@@ -61,7 +64,7 @@ def topk_from_logits(logits, k: int, chunk_rows: int = 1024) -> TopK:
     logprobs = np.empty((T, k), dtype=np.float16)
     tail = np.empty(T, dtype=np.float32)
     for start in range(0, T, chunk_rows):
-        logp = torch.log_softmax(logits[start:start + chunk_rows].float(), dim=-1)
+        logp = torch.log_softmax(logits[start:start + chunk_rows].float() / temperature, dim=-1)
         top = logp.topk(k, dim=-1, sorted=True)
         rest = logp.scatter(-1, top.indices, float("-inf"))
         ids[start:start + chunk_rows] = top.indices.to(torch.int32).cpu().numpy()
@@ -123,8 +126,13 @@ class HFLogitTeacher:
         self.teacher_id = f"hf:{path}"
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def capture(self, sequences: Sequence[np.ndarray], k: int) -> list[TopK]:
-        """sequences: token ids [T_i] -> per sequence (topk_ids [T_i, K], topk_logprobs [T_i, K], tail [T_i])."""
+    def capture(self, sequences: Sequence[np.ndarray], k: int, temperature: float = 1.0) -> list[TopK]:
+        """sequences: token ids [T_i] -> per sequence (topk_ids [T_i, K], topk_logprobs [T_i, K], tail [T_i]) of
+        softmax(logits / temperature): the full distribution is here, so any temperature is exact."""
+        return [topk_from_logits(logits, k, temperature=temperature) for logits in self.forward_logits(sequences)]
+
+    def forward_logits(self, sequences: Sequence[np.ndarray]) -> list:
+        """One batched right-padded forward pass: per sequence its logits [T_i, V] (a torch view, model dtype)."""
         import torch
 
         width = max(len(s) for s in sequences)
@@ -135,7 +143,7 @@ class HFLogitTeacher:
             attention_mask[i, : len(seq)] = 1
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
-        return [topk_from_logits(logits[i, : len(seq)], k) for i, seq in enumerate(sequences)]
+        return [logits[i, : len(seq)] for i, seq in enumerate(sequences)]
 
     def close(self) -> None:
         self.model = None
@@ -181,22 +189,30 @@ def check_conversation_source(source: str | os.PathLike, split: str = "train") -
 
 def capture_logits(source: str | os.PathLike, out: str | os.PathLike, teacher: LogitTeacher, k: int, *,
                    split: str = "train", max_length: int | None = None, batch_size: int = 16,
-                   max_batch_tokens: int = 8192, progress: bool = True, config: dict | None = None) -> dict[str, Any]:
+                   max_batch_tokens: int = 8192, progress: bool = True, config: dict | None = None,
+                   temperature: float = 1.0, logit_format: int = FORMAT_COMPACT) -> dict[str, Any]:
     """Tokenize every row of `source` (a conversational run dir) with the teacher's chat template, capture the
-    teacher's top-k, and append logit rows to `out`/train. Returns the logit shard stats plus this run's counts."""
+    teacher's top-k of softmax(logits / temperature), and append logit rows to `out`/train (`logit_format` 1: exact
+    int32/fp16 columns, 2: compact, gen/logits/compact.py). Returns the logit shard stats plus this run's counts."""
     from tqdm import tqdm
 
     if k < 1:
         raise UserError(f"-k {k}: must be >= 1")
+    if not temperature > 0:
+        raise UserError(f"temperature {temperature}: must be > 0")
+    if temperature != 1.0 and teacher.tail_source != TAIL_FULL:
+        raise UserError(f"temperature {temperature}: {teacher.teacher_id} returns prompt log-probs at temperature 1 "
+                        f"only (a top-k cannot be re-tempered exactly); use an hf: teacher for other temperatures")
     check_conversation_source(source, split)
     tokenizer_hash = tokenizer_fingerprint(teacher.tokenizer)
     metadata = logit_metadata(teacher=teacher.teacher_id, tokenizer_hash=tokenizer_hash,
                               vocab_size=teacher.vocab_size, k=min(k, teacher.vocab_size),
                               tail_source=teacher.tail_source,
-                              chat_template_hash=text_hash(getattr(teacher.tokenizer, "chat_template", None)))
+                              chat_template_hash=text_hash(getattr(teacher.tokenizer, "chat_template", None)),
+                              temperature=temperature, logit_format=logit_format)
     existing = read_logit_metadata(out)
     if existing is not None:
-        for key in ("teacher", "tokenizer_hash", "k"):
+        for key in ("teacher", "tokenizer_hash", "k", "temperature", "logit_format"):
             if str(existing[key]) != metadata[key]:
                 raise UserError(f"{out}: existing logit shards have {key}={existing[key]}, this run has "
                                 f"{metadata[key]}; use a new --out")
@@ -218,7 +234,7 @@ def capture_logits(source: str | os.PathLike, out: str | os.PathLike, teacher: L
             else:
                 bar.update(1)  # nothing to distill (no assistant token left after truncation)
         for batch in _batches(items, batch_size, max_batch_tokens):
-            results = teacher.capture([input_ids for _, input_ids, _ in batch], k)
+            results = teacher.capture([input_ids for _, input_ids, _ in batch], k, temperature)
             for (row_id, input_ids, labels), (top_ids, top_logprobs, tail) in zip(batch, results):
                 writer.write({"id": row_id, "input_ids": input_ids, "labels": labels, "topk_ids": top_ids,
                               "topk_logprobs": top_logprobs.astype(np.float16), "tail_logmass": tail})

@@ -60,7 +60,11 @@ class VLLMLogitTeacher:
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self.teacher_id = f"vllm:{model}"
 
-    def capture(self, sequences: Sequence[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def capture(self, sequences: Sequence[np.ndarray], k: int,
+                temperature: float = 1.0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        # vLLM's prompt logprobs are always of the temperature-1 distribution; capture_logits refuses other values
+        if temperature != 1.0:
+            raise ValueError("vLLM prompt logprobs are temperature 1 only")
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

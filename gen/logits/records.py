@@ -16,8 +16,13 @@ Alignment ("next_token"): position t holds the teacher's distribution over token
 loss at position t is weighted by `labels[t + 1]` (the same shift as a causal LM's cross-entropy). The last
 position holds the distribution after the final token (kept so every column has T entries).
 
+Compact shards (`logit_format` "2", gen/logits/compact.py) replace `topk_ids` and `topk_logprobs` by one column
+`topk_packed` list<fixed_size_binary[W]> [T] (Elias-Fano ids + uint8 log-space codes); the reader decodes them back
+to the two arrays above, so consumers see one shape. Shards without `logit_format` are format 1.
+
 Schema metadata (bytes -> bytes in Arrow, strings here): `kdforge.kind` = "topk_logits", `teacher`,
-`tokenizer_hash` (see `tokenizer_fingerprint`), `vocab_size` (teacher logits width), `k`, `temperature` = "1.0",
+`tokenizer_hash` (see `tokenizer_fingerprint`), `vocab_size` (teacher logits width), `k`, `temperature` (the
+softmax temperature the top-k and tail were taken at; "1.0" unless `gen logits --temperature`), `logit_format`,
 `alignment`, `tail_source` ("full_distribution": logsumexp of the non-top-k log-probs of the full teacher
 distribution; "topk_complement": log(1 - sum top-k p), all a backend that only returns top-k can do).
 """
@@ -37,6 +42,7 @@ import pyarrow as pa
 
 from gen.data.shards import ShardWriter, open_shard, shard_paths
 from gen.errors import UserError
+from gen.logits.compact import FORMAT_COMPACT, FORMAT_EXACT, CompactLayout, decode, encode
 
 KIND = "topk_logits"
 ALIGNMENT = "next_token"
@@ -45,8 +51,19 @@ TAIL_FULL = "full_distribution"
 TAIL_FROM_TOPK = "topk_complement"
 
 
-def logit_schema(k: int) -> pa.Schema:
+def logit_schema(k: int, logit_format: int = FORMAT_EXACT, vocab_size: int | None = None) -> pa.Schema:
     """The Arrow schema of a logit shard with top-k width `k` (metadata is added by the writer)."""
+    if logit_format == FORMAT_COMPACT:
+        width = CompactLayout(int(vocab_size), k).width
+        return pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),
+                pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+                pa.field("labels", pa.list_(pa.int32()), nullable=False),
+                pa.field("topk_packed", pa.list_(pa.binary(width)), nullable=False),
+                pa.field("tail_logmass", pa.list_(pa.float32()), nullable=False),
+            ]
+        )
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -60,14 +77,16 @@ def logit_schema(k: int) -> pa.Schema:
 
 
 def logit_metadata(*, teacher: str, tokenizer_hash: str, vocab_size: int, k: int, tail_source: str,
-                   chat_template_hash: str | None = None) -> dict[str, str]:
+                   chat_template_hash: str | None = None, temperature: float = 1.0,
+                   logit_format: int = FORMAT_EXACT) -> dict[str, str]:
     return {
         "kdforge.kind": KIND,
         "teacher": teacher,
         "tokenizer_hash": tokenizer_hash,
         "vocab_size": str(int(vocab_size)),
         "k": str(int(k)),
-        "temperature": "1.0",
+        "temperature": repr(float(temperature)),
+        "logit_format": str(int(logit_format)),
         "alignment": ALIGNMENT,
         "alignment_doc": "position t holds the teacher distribution over token t+1; loss at t uses labels[t+1]",
         "tail_source": tail_source,
@@ -89,6 +108,10 @@ def read_logit_metadata(path: str | os.PathLike, split: str = "train") -> dict[s
         raise UserError(f"{paths[0]}: not a logit shard (no 'kdforge.kind: {KIND}' in its schema metadata)")
     meta["k"] = int(meta["k"])
     meta["vocab_size"] = int(meta["vocab_size"])
+    meta["logit_format"] = int(meta.get("logit_format", FORMAT_EXACT))  # shards from before formats: 1
+    meta["temperature"] = float(meta.get("temperature", "1.0"))
+    if meta["logit_format"] not in (FORMAT_EXACT, FORMAT_COMPACT):
+        raise UserError(f"{paths[0]}: logit_format {meta['logit_format']} is not one this kdforge reads (1, 2)")
     return meta
 
 
@@ -215,8 +238,11 @@ class LogitShardWriter(ShardWriter):
 
     def __init__(self, out_dir: str | os.PathLike, *, k: int, metadata: Mapping[str, str], split: str = "train",
                  max_bytes: int = 256 * 1024 * 1024):
-        super().__init__(out_dir, split, schema=logit_schema(k), key_column="id", max_bytes=max_bytes,
-                         metadata=metadata)
+        self.logit_format = int(metadata.get("logit_format", FORMAT_EXACT))
+        self.layout = (CompactLayout(int(metadata["vocab_size"]), k) if self.logit_format == FORMAT_COMPACT
+                       else None)
+        super().__init__(out_dir, split, schema=logit_schema(k, self.logit_format, metadata.get("vocab_size")),
+                         key_column="id", max_bytes=max_bytes, metadata=metadata)
         self.k = k
 
     def write(self, row: Mapping[str, Any]) -> bool:
@@ -231,6 +257,23 @@ class LogitShardWriter(ShardWriter):
 
     def _buffer_to_table(self) -> pa.Table:
         rows = self._buffer
+        if self.layout is not None:
+            # one vectorised encode over every buffered token, then one list<fixed_size_binary> column
+            ids = np.concatenate([r["topk_ids"] for r in rows])
+            logprobs = np.concatenate([r["topk_logprobs"] for r in rows])
+            packed = encode(self.layout, ids, logprobs)
+            offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+            np.cumsum([len(r["input_ids"]) for r in rows], out=offsets[1:])
+            binary = pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.layout.width), len(packed),
+                                                          [None, pa.py_buffer(packed.tobytes())])
+            columns = [
+                pa.array([r["id"] for r in rows], pa.string()),
+                _list_column([r["input_ids"] for r in rows]),
+                _list_column([r["labels"] for r in rows]),
+                pa.ListArray.from_arrays(pa.array(offsets), binary),
+                _list_column([r["tail_logmass"] for r in rows]),
+            ]
+            return pa.Table.from_arrays(columns, schema=self.schema)
         columns = [
             pa.array([r["id"] for r in rows], pa.string()),
             _list_column([r["input_ids"] for r in rows]),
@@ -257,9 +300,20 @@ class LogitSegment:
     offsets: np.ndarray
     input_ids: np.ndarray
     labels: np.ndarray
-    topk_ids: np.ndarray
-    topk_logprobs: np.ndarray
+    topk_ids: np.ndarray | None
+    topk_logprobs: np.ndarray | None
     tail_logmass: np.ndarray
+    topk_packed: np.ndarray | None = None  # [tokens, W] uint8 (compact format; ids/logprobs decoded per row)
+    layout: CompactLayout | None = None
+
+    def slice(self, a: int, b: int) -> dict[str, np.ndarray]:
+        """Tokens a:b as {column: array}: views for format 1, freshly decoded top-k for the compact format."""
+        row = {name: getattr(self, name)[a:b] for name in ("input_ids", "labels", "tail_logmass")}
+        if self.topk_packed is not None:
+            row["topk_ids"], row["topk_logprobs"] = decode(self.layout, self.topk_packed[a:b])
+        else:
+            row["topk_ids"], row["topk_logprobs"] = self.topk_ids[a:b], self.topk_logprobs[a:b]
+        return row
 
 
 @dataclass
@@ -284,7 +338,8 @@ class LogitColumns:
         segment = self.segments[self.row_segment[i]]
         r = self.row_local[i]
         a, b = int(segment.offsets[r]), int(segment.offsets[r + 1])
-        return {name: getattr(segment, name)[a:b] for name in COLUMNS}
+        row = segment.slice(a, b)
+        return {name: row[name] for name in COLUMNS}
 
 
 def _flat(chunk: pa.Array, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -302,12 +357,24 @@ def _flat(chunk: pa.Array, k: int | None = None) -> tuple[np.ndarray, np.ndarray
     return (offsets - first).astype(np.int64), flat
 
 
+def _flat_binary(chunk: pa.Array, width: int) -> np.ndarray:
+    """The [tokens, width] uint8 view of one list<fixed_size_binary[width]> chunk, zero-copy."""
+    offsets = chunk.offsets.to_numpy()
+    values = chunk.values
+    first, last = int(offsets[0]), int(offsets[-1])
+    data = values.buffers()[1]
+    start = (values.offset + first) * width
+    flat = np.frombuffer(data, dtype=np.uint8, count=(last - first) * width, offset=start)
+    return flat.reshape(-1, width)
+
+
 def load_logit_columns(path: str | os.PathLike, split: str = "train") -> LogitColumns:
     """Memory-map every logit shard under `path`; rows are served as views (see LogitColumns)."""
     meta = read_logit_metadata(path, split)
     if meta is None:
         raise UserError(f"{path}: no logit shards")
     k = meta["k"]
+    layout = CompactLayout(meta["vocab_size"], k) if meta["logit_format"] == FORMAT_COMPACT else None
     ids: list[str] = []
     segments: list[LogitSegment] = []
     row_segment: list[np.ndarray] = []
@@ -322,13 +389,20 @@ def load_logit_columns(path: str | os.PathLike, split: str = "train") -> LogitCo
             arrays = {"input_ids": input_ids}
             for name in ("labels", "tail_logmass"):
                 arrays[name] = _flat(batch.column(name))[1]
-            for name in ("topk_ids", "topk_logprobs"):
-                arrays[name] = _flat(batch.column(name), k)[1]
+            if layout is not None:
+                if "topk_packed" not in batch.schema.names:
+                    raise UserError(f"{shard}: no topk_packed column, but the shards say logit_format 2")
+                arrays["topk_packed"] = _flat_binary(batch.column("topk_packed"), layout.width)
+            else:
+                for name in ("topk_ids", "topk_logprobs"):
+                    arrays[name] = _flat(batch.column(name), k)[1]
             if any(len(array) != len(input_ids) for array in arrays.values()):
                 raise UserError(f"{shard}: logit shard columns disagree in length (corrupt shard?)")
             row_segment.append(np.full(batch.num_rows, len(segments), dtype=np.int64))
             row_local.append(np.arange(batch.num_rows, dtype=np.int64))
-            segments.append(LogitSegment(offsets=offsets, **arrays))
+            arrays.setdefault("topk_ids", None)
+            arrays.setdefault("topk_logprobs", None)
+            segments.append(LogitSegment(offsets=offsets, layout=layout, **arrays))
     return LogitColumns(ids, segments, np.concatenate(row_segment), np.concatenate(row_local), meta)
 
 
@@ -349,4 +423,5 @@ def logit_shard_stats(path: str | os.PathLike, split: str = "train") -> dict[str
     return {"shards": len(paths), "rows": rows, "tokens": tokens, "label_tokens": label_tokens, "bytes": size,
             "bytes_per_token": (size / tokens) if tokens else 0.0, "k": meta.get("k"),
             "teacher": meta.get("teacher"), "vocab_size": meta.get("vocab_size"),
-            "tail_source": meta.get("tail_source")}
+            "tail_source": meta.get("tail_source"), "logit_format": meta.get("logit_format"),
+            "temperature": meta.get("temperature")}

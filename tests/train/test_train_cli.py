@@ -31,7 +31,7 @@ NEW_DEFAULTS = {
     "--lora": None, "--lora-alpha": 16.0, "--lora-dropout": 0.0, "--lora-target": ("all-linear",),
     "--lora-merge": False, "--qlora": False, "--eval-data": None, "--eval-fraction": 0.0, "--eval-steps": None,
     "--early-stopping-patience": None, "--report-to": "none", "--push-to-hub": None, "--hub-private": False,
-    "--hub-eval": None,
+    "--hub-eval": None, "--force-temperature": False,
 }
 FLOAT_FLAGS = ("--temperature", "--beta", "--alpha", "--kd-weight", "--epochs", "--lr", "--warmup", "--weight-decay")
 
