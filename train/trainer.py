@@ -375,9 +375,18 @@ def _train(config: TrainConfig) -> dict[str, Any]:
                      ", ".join(map(str, config.data)))
     args = training_arguments(config)
     bf16 = args.bf16
-    trainer = DistillTrainer(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
-                             processing_class=tokenizer, loss_config=config.loss,
-                             callbacks=list(config.extra_callbacks))
+    # on-policy distillation (GKD; issue 14): a teacher scorer, and a trainer that mixes in the student's samples
+    trainer_class, on_policy = DistillTrainer, {}
+    if config.teacher:
+        from train.on_policy import OnPolicyMixin, on_policy_setup
+
+        on_policy = on_policy_setup(config, data.logit_metadata, args.device)
+        check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], on_policy.pop("metadata"),
+                         f"teacher {config.teacher}")
+        trainer_class = type("OnPolicyTrainer", (OnPolicyMixin, DistillTrainer), {})
+    trainer = trainer_class(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
+                            processing_class=tokenizer, loss_config=config.loss,
+                            callbacks=list(config.extra_callbacks), **on_policy)
     result = trainer.train(resume_from_checkpoint=resume or None)
     history = trainer.state.log_history
     # Every rank: under FSDP and ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes the
@@ -396,6 +405,8 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         "loss_curve": str(out / "loss_curve.png"), "resumed_from": resume,
         "distributed": trainer.distributed_summary(),
     }
+    if config.teacher:  # on-policy distillation (issue 14): teacher, tail source, tokens/s of gen/score/train
+        summary["on_policy"] = trainer.on_policy_summary()
     if trainer.is_world_process_zero():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
