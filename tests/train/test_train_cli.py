@@ -26,6 +26,9 @@ OLD_DEFAULTS = {
     "--logging-steps": 10, "--resume": None, "--bf16": "auto", "--kd-impl": "fused", "--chat-template": None,
     "--gradient-checkpointing": False, "--seed": 0,
 }
+# on-policy distillation (issue 14): new flags
+ON_POLICY_FLAGS = ("--on-policy", "--teacher", "--teacher-base-url", "--teacher-tokenizer", "--teacher-k",
+                   "--on-policy-loss", "--gen-temperature", "--gen-max-new-tokens")
 FLOAT_FLAGS = ("--temperature", "--beta", "--alpha", "--kd-weight", "--epochs", "--lr", "--warmup", "--weight-decay")
 
 
@@ -57,8 +60,8 @@ def test_flags_keep_their_spelling_and_defaults_and_build_the_config():
     by_flag = {flag: action for action in p._actions for flag in action.option_strings}
     for flag, default in OLD_DEFAULTS.items():
         assert by_flag[flag].default == default, flag
-    assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, "--student", "--data", "--out",
-                                                                    "--help"}
+    assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, *ON_POLICY_FLAGS, "--student",
+                                                                    "--data", "--out", "--help"}
     assert by_flag["--loss"].choices == ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl")
     assert by_flag["--resume"].const == "latest" and by_flag["--data"].nargs == "+"
     args = p.parse_args(["--student", "s", "--data", "a", "b", "--out", "o", "--kd-impl", "naive", "--beta", "0.25",
