@@ -108,5 +108,5 @@ def test_server_teacher_gives_the_in_process_teachers_loss_on_the_same_student_s
             assert stats["kd_tokens"] == sum(len(c) for c in completions) and stats["sft_tokens"] == 0
             values.append(float(total) / stats["kd_tokens"])
         print(f"{loss}: server {values[0]:.8f} in-process {values[1]:.8f}")  # shown with -s
-        assert values[0] == pytest.approx(values[1], rel=1e-2), (loss, values)
+        assert values[0] == pytest.approx(values[1], rel=1e-3), (loss, values)
         assert values[1] > 0
