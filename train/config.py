@@ -116,6 +116,24 @@ class TrainConfig:
     hub_private: bool = setting(False, help="create the --push-to-hub repo private")
     hub_eval: str | None = setting(None, metavar="DIR", help="a `gen eval` output dir whose eval.json the model card "
                                                              "shows (default: OUT/eval when it exists)")
+    # --- on-policy distillation (GKD; issue 14, train/on_policy.py) ---
+    on_policy: float = setting(0.0, metavar="LAMBDA",
+                               help="GKD's lambda: the probability, per micro-batch, that the student samples "
+                                    "completions for the batch's prompts and --teacher scores them (0: offline "
+                                    "rows only; 1: fully on-policy)")
+    teacher: str | None = setting(None, help="on-policy teacher: hf:PATH (in this process, exact tail) or "
+                                             "openai:MODEL (a server returning prompt log-probabilities, e.g. vLLM, "
+                                             "at --teacher-base-url; tail = complement of the top-k)")
+    teacher_base_url: str | None = setting(None, help="base URL of an openai: teacher (e.g. http://127.0.0.1:8000/v1)")
+    teacher_tokenizer: str | None = setting(None, help="local directory with an openai: teacher's tokenizer "
+                                                       "(default: MODEL, when it is a local directory)")
+    teacher_k: int | None = setting(None, help="teacher top-k on on-policy samples (default: the logit shards' K, "
+                                               "else 20, vLLM's default --max-logprobs)")
+    on_policy_loss: str = setting("jsd", choices=LOSSES,
+                                  help="divergence on on-policy samples (JSD(--beta) as in GKD; offline rows keep "
+                                       "--loss)")
+    gen_temperature: float = setting(1.0, help="student sampling temperature for on-policy samples (0: greedy)")
+    gen_max_new_tokens: int = setting(128, help="most tokens the student writes per on-policy sample")
 
 
 def check_settings(config: TrainConfig) -> None:
@@ -161,3 +179,21 @@ def check_settings(config: TrainConfig) -> None:
     if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
         raise InvalidSetting("early_stopping_patience",
                              f"early_stopping_patience {config.early_stopping_patience}: must be >= 1")
+    # on-policy distillation (issue 14)
+    if not 0.0 <= config.on_policy <= 1.0:
+        raise InvalidSetting("on_policy", f"on_policy {config.on_policy}: must be in [0, 1]")
+    if config.on_policy > 0 and not config.teacher:
+        raise InvalidSetting("on_policy", f"on_policy {config.on_policy}: on-policy samples need a teacher to score "
+                                          f"them (teacher)")
+    if config.teacher and config.packing:
+        raise InvalidSetting("packing", "packing: on-policy distillation samples one completion per row; packed rows "
+                                        "have no single prompt")
+    if config.on_policy_loss not in SPECS:
+        raise InvalidSetting("on_policy_loss", f"on_policy_loss {config.on_policy_loss!r}: unknown; one of "
+                                               f"{', '.join(LOSSES)}")
+    if not config.gen_temperature >= 0:
+        raise InvalidSetting("gen_temperature", f"gen_temperature {config.gen_temperature}: must be >= 0")
+    if config.gen_max_new_tokens < 1:
+        raise InvalidSetting("gen_max_new_tokens", f"gen_max_new_tokens {config.gen_max_new_tokens}: must be >= 1")
+    if config.teacher_k is not None and config.teacher_k < 1:
+        raise InvalidSetting("teacher_k", f"teacher_k {config.teacher_k}: must be >= 1")

@@ -446,9 +446,18 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     model = apply_lora(model, config)
     args = training_arguments(config)
     bf16 = args.bf16
-    trainer = DistillTrainer(model=model, args=args, train_dataset=eval_set.train, eval_dataset=eval_set.eval,
-                             data_collator=data.collator, processing_class=tokenizer, loss_config=config.loss,
-                             callbacks=list(config.extra_callbacks) + evaluation_callbacks(config))
+    # on-policy distillation (GKD; issue 14): a teacher scorer, and a trainer that mixes in the student's samples
+    trainer_class, on_policy = DistillTrainer, {}
+    if config.teacher:
+        from train.on_policy import OnPolicyMixin, on_policy_setup
+
+        on_policy = on_policy_setup(config, data.logit_metadata, args.device)
+        check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], on_policy.pop("metadata"),
+                         f"teacher {config.teacher}")
+        trainer_class = type("OnPolicyTrainer", (OnPolicyMixin, DistillTrainer), {})
+    trainer = trainer_class(model=model, args=args, train_dataset=eval_set.train, eval_dataset=eval_set.eval,
+                            data_collator=data.collator, processing_class=tokenizer, loss_config=config.loss,
+                            callbacks=list(config.extra_callbacks) + evaluation_callbacks(config), **on_policy)
     result = trainer.train(resume_from_checkpoint=resume or None)
     history = trainer.state.log_history
     # Every rank: under FSDP and ZeRO-3 saving gathers the sharded weights (a collective); the Trainer writes the
@@ -470,12 +479,14 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     # --- issue 17 (artifacts): what the model card and the user need of the run ---
     summary.update({
         "student": config.student, "data": [str(d) for d in config.data],
-        "teacher": data.logit_metadata["teacher"] if data.logit_metadata else None,
+        "teacher": data.logit_metadata["teacher"] if data.logit_metadata else config.teacher,
         "tokens": trainer.tokens_trained(), "examples": len(eval_set.train), "report_to": config.report_to,
         "lora": lora_summary(model, config), "eval": evaluation_summary(trainer, config, eval_set, data.collator),
     })
     if config.lora_merge and trainer.is_world_process_zero():
         summary["merged"] = save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out / "merged")
+    if config.teacher:  # on-policy distillation (issue 14): teacher, tail source, tokens/s of gen/score/train
+        summary["on_policy"] = trainer.on_policy_summary()
     if trainer.is_world_process_zero():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -33,6 +33,9 @@ NEW_DEFAULTS = {
     "--early-stopping-patience": None, "--report-to": "none", "--push-to-hub": None, "--hub-private": False,
     "--hub-eval": None, "--force-temperature": False,
 }
+# on-policy distillation (issue 14): new flags
+ON_POLICY_FLAGS = ("--on-policy", "--teacher", "--teacher-base-url", "--teacher-tokenizer", "--teacher-k",
+                   "--on-policy-loss", "--gen-temperature", "--gen-max-new-tokens")
 FLOAT_FLAGS = ("--temperature", "--beta", "--alpha", "--kd-weight", "--epochs", "--lr", "--warmup", "--weight-decay")
 
 
@@ -66,7 +69,7 @@ def test_flags_keep_their_spelling_and_defaults_and_build_the_config():
         assert by_flag[flag].default == default, flag
     for flag, default in NEW_DEFAULTS.items():
         assert by_flag[flag].default == default, flag
-    assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, *NEW_DEFAULTS, "--student", "--data",
+    assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, *NEW_DEFAULTS, *ON_POLICY_FLAGS, "--student", "--data",
                                                                     "--out", "--help"}
     assert by_flag["--loss"].choices == ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl")
     assert by_flag["--resume"].const == "latest" and by_flag["--data"].nargs == "+"
