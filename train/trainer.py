@@ -305,10 +305,13 @@ def load_student(student: str, chat_template: str | None = None):
 _TRAINING_ARGS_FORM = {"out": str, "bf16": _use_bf16}
 
 
-def training_arguments(config: TrainConfig):
-    """`transformers.TrainingArguments` from the TrainConfig fields that name a `training_args` target (see
-    train/config.py), plus the settings this trainer always uses."""
+def training_arguments(config: TrainConfig, arguments_class=None, **extra):
+    """`transformers.TrainingArguments` (or `arguments_class`, a subclass such as TRL's `DPOConfig`, with `extra`
+    fields) from the TrainConfig fields that name a `training_args` target (see train/config.py), plus the settings
+    this trainer always uses."""
     from transformers import TrainingArguments
+
+    arguments_class = arguments_class or TrainingArguments
 
     # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing
     renamed = {"gradient_checkpointing": "activation_checkpointing"} \
@@ -318,8 +321,8 @@ def training_arguments(config: TrainConfig):
         form = _TRAINING_ARGS_FORM.get(f.name, lambda value: value)
         for target in f.metadata.get("training_args", ()):
             values[renamed.get(target, target)] = form(getattr(config, f.name))
-    return TrainingArguments(
-        **values, save_strategy="steps", remove_unused_columns=False, dataloader_num_workers=0,
+    return arguments_class(
+        **values, **extra, save_strategy="steps", remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), average_tokens_across_devices=True, disable_tqdm=True,
         # without an accelerator, say so: then `torchrun --nproc_per_node N` gives multi-process CPU (gloo) DDP
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
@@ -353,7 +356,23 @@ def train(config: TrainConfig) -> dict[str, Any]:
     Returns a summary (steps, final loss, paths). A refused configuration writes nothing."""
     check_settings(config)
     with deepspeed_hidden_unless_used():
+        if config.preference.dpo:  # `gen train --dpo` (issue 13): preference rows through TRL's DPOTrainer
+            from train.dpo import train_dpo
+
+            return train_dpo(config)
         return _train(config)
+
+
+def resolve_resume(config: TrainConfig) -> str | None:
+    """The checkpoint directory `config.resume` names (`latest`/True: the newest in `out`), or None."""
+    out, resume = Path(config.out), config.resume
+    if resume is True or resume == "latest":
+        resume = _latest_checkpoint(out)
+        if resume is None:
+            raise InvalidSetting("resume", f"resume: no checkpoint-* directory in {out}")
+    elif resume and not Path(resume).is_dir():
+        raise InvalidSetting("resume", f"resume {resume}: no such checkpoint directory")
+    return resume or None
 
 
 def _train(config: TrainConfig) -> dict[str, Any]:
@@ -361,13 +380,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     from train.plot import plot_loss_curve
 
     out = Path(config.out)
-    resume = config.resume
-    if resume is True or resume == "latest":
-        resume = _latest_checkpoint(out)
-        if resume is None:
-            raise InvalidSetting("resume", f"resume: no checkpoint-* directory in {out}")
-    elif resume and not Path(resume).is_dir():
-        raise InvalidSetting("resume", f"resume {resume}: no such checkpoint directory")
+    resume = resolve_resume(config)
     model, tokenizer = load_student(config.student, config.chat_template)
     data = load_training_data(config.data, tokenizer, max_length=config.max_length, packing=config.packing,
                               split=config.split)

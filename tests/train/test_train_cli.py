@@ -26,6 +26,8 @@ OLD_DEFAULTS = {
     "--logging-steps": 10, "--resume": None, "--bf16": "auto", "--kd-impl": "fused", "--chat-template": None,
     "--gradient-checkpointing": False, "--seed": 0,
 }
+# `gen train --dpo` (issue 13): flags added after the ones above.
+DPO_DEFAULTS = {"--dpo": False, "--dpo-beta": 0.1, "--dpo-loss": "sigmoid"}
 FLOAT_FLAGS = ("--temperature", "--beta", "--alpha", "--kd-weight", "--epochs", "--lr", "--warmup", "--weight-decay")
 
 
@@ -58,7 +60,9 @@ def test_flags_keep_their_spelling_and_defaults_and_build_the_config():
     for flag, default in OLD_DEFAULTS.items():
         assert by_flag[flag].default == default, flag
     assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, "--student", "--data", "--out",
-                                                                    "--help"}
+                                                                    "--help", *DPO_DEFAULTS}
+    for flag, default in DPO_DEFAULTS.items():  # `gen train --dpo` (issue 13)
+        assert by_flag[flag].default == default, flag
     assert by_flag["--loss"].choices == ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl")
     assert by_flag["--resume"].const == "latest" and by_flag["--data"].nargs == "+"
     args = p.parse_args(["--student", "s", "--data", "a", "b", "--out", "o", "--kd-impl", "naive", "--beta", "0.25",
