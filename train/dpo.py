@@ -29,7 +29,7 @@ from typing import Any
 from gen.data.preferences import PREFERENCE_COLUMNS, is_preference_table
 from gen.data.shards import read_table
 from gen.errors import UserError
-from train.config import TrainConfig
+from train.config import TrainConfig, check_settings
 
 # TRL's metric names -> the names train_summary.json uses
 _MEASURES = {"loss": "loss", "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
@@ -78,7 +78,16 @@ def _last_logged(history: list[dict[str, Any]]) -> dict[str, float]:
 
 def train_dpo(config: TrainConfig) -> dict[str, Any]:
     """Train `config.student` with DPO on the preference runs of `config.data`; save the model, the loss curve,
-    `log_history.json` and `train_summary.json` in `config.out`. Returns the summary."""
+    `log_history.json` and `train_summary.json` in `config.out`. Returns the summary. A refused configuration
+    writes nothing."""
+    from train.trainer import deepspeed_hidden_unless_used
+
+    check_settings(config)
+    with deepspeed_hidden_unless_used():
+        return _train_dpo(config)
+
+
+def _train_dpo(config: TrainConfig) -> dict[str, Any]:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 

@@ -355,11 +355,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Build data, model and trainer from `config`, train, save the final model, the loss curve and the log.
     Returns a summary (steps, final loss, paths). A refused configuration writes nothing."""
     check_settings(config)
+    if config.preference.dpo:  # `gen train --dpo` (issue 13): preference rows go through TRL's DPOTrainer
+        raise InvalidSetting("dpo", "dpo: preference training is train.dpo.train_dpo, not train.trainer.train")
     with deepspeed_hidden_unless_used():
-        if config.preference.dpo:  # `gen train --dpo` (issue 13): preference rows through TRL's DPOTrainer
-            from train.dpo import train_dpo
-
-            return train_dpo(config)
         return _train(config)
 
 

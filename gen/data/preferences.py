@@ -62,8 +62,7 @@ PREFERENCE_SCHEMA = pa.schema(
         pa.field("finish_reason", pa.string()),
         pa.field("filters", pa.list_(pa.string())),
         pa.field("duplicate_of", pa.string()),
-    ],
-    metadata={"kdforge_rows": "preferences"},
+    ]
 )
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -167,3 +166,12 @@ def preference_rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     columns = {name: [row.get(name) for row in rows] for name in PREFERENCE_SCHEMA.names}
     columns["filters"] = [list(v or []) for v in columns["filters"]]
     return pa.Table.from_pydict(columns, schema=PREFERENCE_SCHEMA)
+
+
+def chosen_conversations(table: pa.Table) -> pa.Table:
+    """A conversational view of preference rows: `messages` = prompt + chosen answer (what an SFT pass on the
+    preferred answers would read; the card's length plot counts it). Other columns are kept."""
+    prompts = table.column("prompt").to_pylist()
+    chosen = table.column("chosen").to_pylist()
+    messages = pa.array([(p or []) + (c or []) for p, c in zip(prompts, chosen)], pa.list_(MESSAGE))
+    return table.append_column("messages", messages)
