@@ -292,3 +292,74 @@ def read_chat_template(path: str | None) -> str | None:
         raise UserError(f"--chat-template {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise UserError(f"--chat-template {path}: not UTF-8 text (byte {exc.start})") from None
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Judge flags (issue 13, the teacher as judge: `gen score`, and the commands built on the judge). The judge is a
+# teacher spec like --teacher, with its own endpoint flags; the engine flags (--concurrency, budgets, --timeout, ...)
+# are shared: every engine a command opens gets the same settings.
+
+
+def add_judge_arguments(parser: argparse.ArgumentParser, *, rubric_default: str | None = None) -> None:
+    """--judge SPEC, --judge-base-url, --judge-transport, --judge-tensor-parallel-size, --judge-max-new-tokens,
+    --judge-temperature, --judge-free-text; with `rubric_default`, also --rubric NAME|FILE."""
+    group = parser.add_argument_group("judge")
+    group.add_argument("--judge", default="llamacpp", metavar="SPEC",
+                       help="the judge, any teacher spec: openai:<model> | anthropic:<model> | vllm:<model> | "
+                            "llamacpp[:<file.gguf>] (default: the embedded llama.cpp teacher); keys from the "
+                            "environment (OPENAI_API_KEY, ANTHROPIC_API_KEY)")
+    group.add_argument("--judge-base-url", default=None, metavar="URL",
+                       help="the judge's OpenAI-compatible or Anthropic endpoint (URL1,URL2,...: replicas)")
+    group.add_argument("--judge-transport", default=None, choices=("aiohttp", "sdk"),
+                       help="HTTP client of an openai/anthropic/llamacpp judge (default aiohttp)")
+    group.add_argument("--judge-tensor-parallel-size", type=int, default=None, metavar="N",
+                       help="vllm judge: GPUs one in-process engine spans")
+    group.add_argument("--judge-max-new-tokens", type=int, default=384, metavar="N",
+                       help="tokens per verdict (rationale + scores; default 384)")
+    group.add_argument("--judge-temperature", type=finite_float, default=0.0,
+                       help="judge sampling temperature (default 0: the same verdict on every rerun)")
+    group.add_argument("--judge-free-text", action="store_true",
+                       help="do not ask for structured output (the verdict's JSON schema); the reply is parsed "
+                            "from free text")
+    if rubric_default is not None:
+        group.add_argument("--rubric", default=rubric_default, metavar="NAME|FILE",
+                           help="quality (1-10), ultrafeedback (4 aspects, 1-5), complexity (the instruction, 1-10), "
+                                f"or a rubric file .yaml/.json (default {rubric_default})")
+
+
+def judge_spec_from_args(args: argparse.Namespace) -> TeacherSpec:
+    """The judge named by --judge, --judge-base-url, --judge-transport and --judge-tensor-parallel-size."""
+    tensor_parallel = getattr(args, "judge_tensor_parallel_size", None)
+    if tensor_parallel is not None and tensor_parallel < 1:
+        raise UserError(f"--judge-tensor-parallel-size {tensor_parallel}: must be at least 1")
+    return TeacherSpec(name=args.judge, base_url=getattr(args, "judge_base_url", None) or None,
+                       transport=getattr(args, "judge_transport", None) or None, tensor_parallel_size=tensor_parallel)
+
+
+def judge_sampling_from_args(args: argparse.Namespace, rubric) -> SamplingParams:
+    """The judge's sampling params for `rubric` (a `gen.methods.judge.Rubric`): --judge-max-new-tokens,
+    --judge-temperature, and its verdict schema as structured output unless --judge-free-text."""
+    from gen.methods.judge import judge_params
+
+    if args.judge_max_new_tokens < 1:
+        raise UserError(f"--judge-max-new-tokens {args.judge_max_new_tokens}: must be at least 1")
+    if not 0.0 <= args.judge_temperature <= 2.0:
+        raise UserError(f"--judge-temperature {args.judge_temperature}: must be within [0, 2]")
+    base = SamplingParams(max_tokens=args.judge_max_new_tokens, temperature=args.judge_temperature)
+    return judge_params(rubric, base, structured=not getattr(args, "judge_free_text", False))
+
+
+def open_judge_engine(args: argparse.Namespace, out_dir: str | os.PathLike | None):
+    """The judge's engine (as `open_engine`, for --judge): its requests cached in `OUT/.cache/requests.sqlite`
+    beside the run's own (the judge's id is part of every cache key); on Ray with --ray."""
+    from gen.engine.engine import build_engine, default_cache_path
+
+    judge_spec = judge_spec_from_args(args)
+    engine_spec = engine_spec_from_args(args)
+    scale_spec = scale_spec_from_args(args)
+    cache_path = default_cache_path(out_dir) if out_dir is not None else None
+    if scale_spec is not None:
+        from gen.scale.distributed import build_distributed_engine
+
+        return build_distributed_engine(judge_spec, engine_spec, scale_spec, cache_path)
+    return build_engine(judge_spec, engine_spec, cache_path)

@@ -48,8 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="embedding: sentence-transformers model name or path (default: packaged all-MiniLM-L6-v2)")
     parser.add_argument("--batch-size", type=int, default=64, help="embedding: encode batch size")
     parser.add_argument("--keep", choices=("longest", "first", "score"), default="longest",
-                        help="which row of a cluster is kept: longest answer (default), first row, highest score")
-    parser.add_argument("--score-column", default="score", help="column read by --keep score (default 'score')")
+                        help="which row of a cluster is kept: longest answer (default), first row, highest score "
+                             "(rows without a score rank lowest)")
+    parser.add_argument("--score-column", default=None,
+                        help="numeric column read by --keep score (default: 'score' when the run has one, else the "
+                             "`scores` column of `gen score`, see --score-name)")
+    parser.add_argument("--score-name", default=None, metavar="NAME[.ASPECT]",
+                        help="--keep score: the scorer (or scorer.aspect) of the `scores` column to rank by "
+                             "(default: the only scorer in the run)")
     parser.add_argument("--out", default=None, metavar="OUT", help="write here instead of rewriting DIR in place")
 
 
@@ -64,6 +70,30 @@ def default_ngram(shingle: str, on: str) -> int:
 
 def answer_length(messages: Sequence[dict] | None) -> int:
     return sum(len(m["content"] or "") for m in (messages or []) if m["role"] == "assistant")
+
+
+def _keep_scores(run_dir: Path, table, score_column: str | None, score_name: str | None) -> list[float]:
+    """The number `--keep score` ranks a cluster's rows by (NaN: no score, ranks lowest): a numeric column
+    (`--score-column`, or `score` when the run has one), else a scorer of the `scores` column (`--score-name`)."""
+    from gen.data.scores import SCORES_COLUMN, resolve_score_name, scores_texts, values_of
+    from gen.errors import UserError
+
+    if score_column is None and "score" in table.column_names:
+        score_column = "score"
+    if score_column is not None:
+        if score_name is not None:
+            raise UserError("--score-name: reads the `scores` column; not with --score-column")
+        if score_column not in table.column_names:
+            raise UserError(f"--keep score: {run_dir}/train has no column '{score_column}' (see --score-column)")
+        try:
+            return [float("nan") if v is None else float(v) for v in table.column(score_column).to_pylist()]
+        except (TypeError, ValueError):
+            raise UserError(f"--score-column {score_column}: not a numeric column") from None
+    if SCORES_COLUMN not in table.column_names:
+        raise UserError(f"--keep score: {run_dir}/train has no scores (run `gen score` first, or see --score-column)")
+    texts = scores_texts(table)
+    name, aspect = resolve_score_name(texts, score_name, where=f"--keep score: {run_dir}/train")
+    return [float("nan") if v is None else v for v in values_of(texts, name, aspect)]
 
 
 # ------------------------------------------------------------------------------------------------------- command
@@ -93,12 +123,7 @@ def _dedup(args: argparse.Namespace) -> int:
     texts = [row_text(m, args.on) for m in messages]
     scores = None
     if args.keep == "score":
-        if args.score_column not in table.column_names:
-            raise UserError(f"--keep score: {run_dir}/train has no column '{args.score_column}' (see --score-column)")
-        try:
-            scores = [float("nan") if v is None else float(v) for v in table.column(args.score_column).to_pylist()]
-        except (TypeError, ValueError):
-            raise UserError(f"--score-column {args.score_column}: not a numeric column") from None
+        scores = _keep_scores(run_dir, table, args.score_column, args.score_name)
     minhash = None
     if args.minhash:
         if not 0.0 < args.threshold < 1.0:

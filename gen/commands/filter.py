@@ -19,6 +19,7 @@ from gen.commands.common import finite_float
 HELP = "move low-quality rows (empty, truncated, refusals, echoes, length bounds, non-text tasks, repetition) to `rejected`"
 
 ROUGE_DUPLICATE = "rouge_l_duplicate"
+SCORE_BELOW_MIN = "score_below_min"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multiply every degeneration threshold by S (< 1 stricter, > 1 looser; default 1)")
     parser.add_argument("--rouge-l", type=finite_float, default=None, metavar="T",
                         help="also reject instructions with ROUGE-L >= T against an earlier kept one (Self-Instruct: 0.7)")
+    # Scores (issue 13): the `scores` column written by `gen score`.
+    parser.add_argument("--min-score", type=finite_float, default=None, metavar="X",
+                        help="also reject rows whose score is below X (reason `score_below_min`; rows the scorer "
+                             "gave no score are kept and counted)")
+    parser.add_argument("--score-name", default=None, metavar="NAME[.ASPECT]",
+                        help="which score --min-score reads: a scorer (quality, ultrafeedback, ifd, ...) or one "
+                             "aspect of it (ultrafeedback.honesty); default: the only scorer in the run")
     parser.add_argument("--out", default=None, metavar="OUT", help="write here instead of rewriting DIR in place")
 
 
@@ -64,6 +72,8 @@ def _filter(args: argparse.Namespace) -> int:
         raise UserError(f"--repetition-scale {args.repetition_scale}: must be positive")
     if args.rouge_l is not None and not 0.0 < args.rouge_l <= 1.0:
         raise UserError(f"--rouge-l {args.rouge_l}: must be in (0, 1]")
+    if args.score_name is not None and args.min_score is None:
+        raise UserError("--score-name: only read with --min-score X")
     config = QualityConfig(
         min_chars=args.min_chars,
         max_chars=args.max_chars,
@@ -88,11 +98,32 @@ def _filter(args: argparse.Namespace) -> int:
         instructions = [row_text(row["messages"], "instruction") for row in rows]
         for position, match in novelty_duplicates(instructions, args.rouge_l, skip=set(rejected.by_position)):
             rejected.add(position, [ROUGE_DUPLICATE], rows[match]["id"])
-    funnel = rejected.funnel_entry(len(rows))
+    score_settings: dict = {}
+    if args.min_score is not None:  # scores: rows below the threshold (issue 13)
+        score_settings = _reject_below_min_score(run_dir, table, args.min_score, args.score_name, rejected)
+    funnel = rejected.funnel_entry(len(rows), **({"unscored_kept": score_settings["unscored_kept"]}
+                                                 if score_settings else {}))
     reasons = funnel["by_reason"]
-    settings = {**config.as_dict(), "rouge_l": args.rouge_l}
+    settings = {**config.as_dict(), "rouge_l": args.rouge_l,
+                **({"min_score": args.min_score, "score_name": score_settings["score_name"]} if score_settings else {})}
     destination = rewrite_run(run_dir, Path(args.out) if args.out else None, table, rejected, step="filter",
                               settings=settings, funnel_entry=funnel)
     by = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
     print(f"gen filter: {len(rows)} rows -> {funnel['kept']} kept, {len(rejected)} rejected ({by}) in {destination}")
     return 0
+
+
+def _reject_below_min_score(run_dir: Path, table, min_score: float, score_name: str | None, rejected) -> dict:
+    """Reject the rows whose score (`--score-name`, default the run's only scorer) is below `min_score`; rows the
+    scorer gave no value are kept. Returns the settings for the manifest (the scorer chosen, rows kept unscored)."""
+    from gen.data.scores import resolve_score_name, scores_texts, values_of
+
+    texts = scores_texts(table)
+    name, aspect = resolve_score_name(texts, score_name, where=f"--min-score: {run_dir}/train")
+    unscored = 0
+    for position, value in enumerate(values_of(texts, name, aspect)):
+        if value is None:
+            unscored += 1
+        elif value < min_score:
+            rejected.add(position, [SCORE_BELOW_MIN])
+    return {"score_name": f"{name}.{aspect}" if aspect else name, "unscored_kept": unscored}

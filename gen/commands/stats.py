@@ -55,6 +55,12 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
                 label = f"{method}" if rnd is None else f"{method} / round {rnd}"
                 counts = out["by_method_round"].setdefault(label, {})
                 counts[split] = counts.get(split, 0) + 1
+        if split == "train" and "scores" in names:  # `gen score`: the distribution of each scorer (issue 13)
+            from gen.data.scores import distribution
+
+            scores = distribution(table.column("scores").to_pylist())
+            if scores:
+                out["scores"] = scores
         if "filters" in names and split != "train":
             for reasons in table.column("filters").to_pylist():
                 for reason in reasons or ["(none)"]:
@@ -95,6 +101,10 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, dict):
         items = []
@@ -125,6 +135,11 @@ def render(stats: dict[str, Any]) -> str:
         parts.append(_table(["logit shards", "rows", "tokens", "loss tokens", "K", "bytes", "bytes/token"],
                             [[ls["teacher"], ls["rows"], ls["tokens"], ls["label_tokens"], ls["k"], ls["bytes"],
                               f"{ls['bytes_per_token']:.1f}"]]))
+    if stats.get("scores"):  # issue 13: score distributions (kept rows)
+        parts.append(_table(["score", "rows", "no value", "mean", "min", "median", "max", "histogram (value: rows)"],
+                            [[name, d["rows"], d["no_value"], _num(d["mean"]), _num(d["min"]), _num(d["median"]),
+                              _num(d["max"]), " ".join(f"{k}:{v}" for k, v in d["histogram"].items()) or "-"]
+                             for name, d in stats["scores"].items()]))
     if "verified_shards" in stats:
         parts.append(f"verified: all {stats['verified_shards']} shards match the sha256 in manifest.json")
     return "\n\n".join(parts)

@@ -34,6 +34,9 @@ ROW_SCHEMA = pa.schema(
         pa.field("filters", pa.list_(pa.string())),
         # For a row rejected as a duplicate: the id of the row that was kept in its place.
         pa.field("duplicate_of", pa.string()),
+        # Scores of the row, JSON text {scorer: {"value": float, ...details}} (`gen.data.scores`): a judge's rubric
+        # (`gen score --judge`), IFD, ... Null when nothing scored it; shards written before it existed read as null.
+        pa.field("scores", pa.string()),
     ]
 )
 
@@ -62,6 +65,7 @@ def make_row(
     filters: Iterable[str] = (),
     duplicate_of: str | None = None,
     id: str | None = None,
+    scores: Mapping[str, Any] | str | None = None,
 ) -> dict[str, Any]:
     """Build a row in ROW_SCHEMA's shape. The id, unless given, hashes what makes the row what it is:
     method, operation, round, lineage, system and messages (not cost or teacher timing)."""
@@ -70,6 +74,8 @@ def make_row(
         id = content_id(method, operation, round, parent_id, system, messages)
     if params is not None and not isinstance(params, str):
         params = json.dumps(params, sort_keys=True, ensure_ascii=False)
+    if scores is not None and not isinstance(scores, str):
+        scores = json.dumps(scores, sort_keys=True, ensure_ascii=False) if scores else None
     usage = usage or {}
     return {
         "id": id,
@@ -89,6 +95,7 @@ def make_row(
         "finish_reason": finish_reason,
         "filters": list(filters),
         "duplicate_of": duplicate_of,
+        "scores": scores,
     }
 
 

@@ -27,7 +27,7 @@ import yaml
 from gen.data.preferences import TIE, is_preference_table
 from gen.data.secrets import redact
 from gen.errors import UserError
-from gen.publish.plots import LENGTH_PLOT, ROWS_PLOT
+from gen.publish.plots import LENGTH_PLOT, ROWS_PLOT, SCORES_PLOT
 from gen.publish.repo_id import check_repo_id
 from gen.teachers import registry
 from gen.teachers.terms import terms_for
@@ -433,6 +433,7 @@ def _body_context(plan: ExportPlan, *, repo_id: str, terms: list[TeacherTerms], 
             "example": _example(first) if first is not None and not cfg.aggregate else None,
         })
     known = {"kdforge_version", "updated", "config", "splits", "stats", "funnel", "engine"}
+    scores = _score_rows(train)
     other = {k: v for k, v in manifest.items() if k not in known}
 
     return {
@@ -468,7 +469,9 @@ def _body_context(plan: ExportPlan, *, repo_id: str, terms: list[TeacherTerms], 
         "published_rows": published,
         "include_rejected": plan.include_rejected,
         "config_by": plan.config_by,
-        "plots": {"length": LENGTH_PLOT, "rows": ROWS_PLOT} if train.num_rows else {},
+        "plots": ({"length": LENGTH_PLOT, "rows": ROWS_PLOT, **({"scores": SCORES_PLOT} if scores else {})}
+                  if train.num_rows else {}),
+        "scores": scores,
         "preference": preference_facts(train, rejected) if is_preference_table(train) else None,
         "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100).strip() if config else "",
         "other_yaml": yaml.safe_dump(redact(other), sort_keys=False, allow_unicode=True, width=100).strip() if other else "",
@@ -496,6 +499,25 @@ def preference_facts(train: pa.Table, rejected: pa.Table) -> dict[str, Any]:
         "ties": sum(1 for reasons in (rejected.column("filters").to_pylist() if rejected.num_rows else [])
                     if TIE in (reasons or [])),
     }
+
+
+def _score_rows(train: pa.Table) -> list[dict[str, Any]]:
+    """One line per scorer of the kept rows (`gen score`): rows with a value, mean, median, min, max, and the judge
+    and rubric the scores came from."""
+    from gen.data.scores import distribution, parse_scores, scores_texts
+
+    texts = scores_texts(train)
+    rows = []
+    for name, d in distribution(texts).items():
+        if not d["rows"]:
+            continue
+        scorer = name.split(".")[0]
+        sources = sorted({str(entry.get("judge") or entry.get("model") or "") for text in texts
+                          for key, entry in parse_scores(text).items() if key == scorer and isinstance(entry, Mapping)}
+                         - {""})
+        rows.append({"name": name, "rows": d["rows"], "mean": f"{d['mean']:.2f}", "median": f"{d['median']:g}",
+                     "min": f"{d['min']:g}", "max": f"{d['max']:g}", "by": ", ".join(sources) or "–"})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------- render

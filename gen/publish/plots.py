@@ -1,4 +1,5 @@
-"""The dataset card's two plots (PNG under assets/): length distribution of kept rows, rows per method and round.
+"""The dataset card's plots (PNG under assets/): length distribution of kept rows, rows per method and round, and
+the score distribution of kept rows when `gen score` scored them.
 
 Deterministic bytes for the same rows (no timestamp or version in the PNG), so republishing sends nothing new.
 """
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
 LENGTH_PLOT = "assets/length_distribution.png"
 ROWS_PLOT = "assets/rows_per_method_round.png"
+SCORES_PLOT = "assets/score_distribution.png"  # issue 13: only when the kept rows have scores
+# Scorers plotted side by side at most (the others are in the card's table).
+_MAX_SCORE_PANELS = 4
 # Messages per slice when counting words for the length plot (bounds the memory of the split words).
 _WORD_COUNT_SLICE = 65_536
 
@@ -110,4 +114,39 @@ def write_plots(plan: ExportPlan, out_dir: str | Path) -> dict[str, Path]:
     fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)  # below the axes: never over a bar
     fig.savefig(paths["rows"], dpi=100, metadata=png_metadata)
     plt.close(fig)
+
+    scores = score_values(train)
+    if scores:
+        paths["scores"] = out_dir / SCORES_PLOT
+        _plot_scores(plt, scores, paths["scores"], png_metadata)
     return paths
+
+
+def score_values(table: pa.Table) -> dict[str, list[float]]:
+    """Each scorer's values over the kept rows (`gen.data.scores`; rows without a value left out), by name."""
+    from gen.data.scores import distribution, scores_texts, values_of
+
+    texts = scores_texts(table)
+    names = [name for name in distribution(texts) if "." not in name]
+    values = {name: [v for v in values_of(texts, name) if v is not None] for name in names}
+    return {name: v for name, v in values.items() if v}
+
+
+def _plot_scores(plt, scores: dict[str, list[float]], path: Path, png_metadata: dict) -> None:
+    """One histogram per scorer (the first `_MAX_SCORE_PANELS` by name): integer scores get one bar per value."""
+    names = sorted(scores)[:_MAX_SCORE_PANELS]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names) + 0.8, 3.4), squeeze=False)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.78, wspace=0.3)
+    for ax, name in zip(axes[0], names):
+        values = np.asarray(scores[name], dtype=float)
+        if np.all(values == np.round(values)) and values.max() - values.min() <= 40:
+            bins = np.arange(values.min() - 0.5, values.max() + 1.5)
+        else:
+            bins = 20
+        ax.hist(values, bins=bins, color="#8172b3", edgecolor="white")
+        ax.set_title(f"{name}\nmean {values.mean():.2f}, median {np.median(values):g}, n={values.size:,}", fontsize=10)
+        ax.set_xlabel("score")
+        ax.set_ylabel("rows")
+    fig.suptitle("Score distribution of kept rows", fontsize=11)
+    fig.savefig(path, dpi=100, metadata=png_metadata)
+    plt.close(fig)
