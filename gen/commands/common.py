@@ -51,7 +51,7 @@ def finite_float(text: str) -> float:
 def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("teacher")
     group.add_argument("--teacher", default="llamacpp", metavar="SPEC",
-                       help="openai:<model> | anthropic:<model> | vllm:<model> | llamacpp[:<file.gguf>] "
+                       help="openai:<model> | anthropic:<model> | vllm:<model> | llamacpp[:<file.gguf>] | hf:<path> "
                             "(default: the embedded llama.cpp teacher). Keys come from OPENAI_API_KEY / "
                             "ANTHROPIC_API_KEY only.")
     group.add_argument("--base-url", default=None, metavar="URL",

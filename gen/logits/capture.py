@@ -82,6 +82,33 @@ def check_hf_model_path(path: str) -> Path:
     return location
 
 
+def load_hf_causal_lm(path: str, *, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any, Any]:
+    """What `hf:PATH` means everywhere (logit capture here, generation in `gen.teachers.hf_local`): a local
+    transformers causal LM (a directory with config.json, or a .gguf file transformers converts), loaded offline on
+    `device` (default cuda when available, else cpu) in `dtype` (default bf16 on cuda, fp32 on cpu).
+    Returns (tokenizer, model in eval mode on the device, torch.device)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location = check_hf_model_path(path)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if location.is_file() and location.suffix == ".gguf":
+        try:
+            import gguf  # noqa: F401  (transformers' GGUF conversion needs it)
+        except ImportError:
+            raise MissingDependency("gguf", "gguf") from None
+        kwargs["gguf_file"] = location.name
+        location = location.parent
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if torch_device.type == "cuda" else torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"hf:{path}: cannot load ({str(exc).strip().splitlines()[0]})") from None
+    return tokenizer, model.to(torch_device).eval(), torch_device
+
+
 class HFLogitTeacher:
     """A local transformers causal LM as a logit teacher: batched right-padded forward passes, full log-softmax."""
 
@@ -89,28 +116,9 @@ class HFLogitTeacher:
 
     def __init__(self, path: str, *, device: str | None = None, dtype: str | None = None,
                  chat_template: str | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        location = check_hf_model_path(path)
-        kwargs: dict[str, Any] = {"local_files_only": True}
-        if location.is_file() and location.suffix == ".gguf":
-            try:
-                import gguf  # noqa: F401  (transformers' GGUF conversion needs it)
-            except ImportError:
-                raise MissingDependency("gguf", "gguf") from None
-            kwargs["gguf_file"] = location.name
-            location = location.parent
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"hf:{path}: cannot load ({str(exc).strip().splitlines()[0]})") from None
+        self.tokenizer, self.model, self.device = load_hf_causal_lm(path, device=device, dtype=dtype)
         if chat_template:
             self.tokenizer.chat_template = chat_template
-        self.model = model.to(self.device).eval()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.teacher_id = f"hf:{path}"
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

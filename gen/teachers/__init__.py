@@ -6,6 +6,7 @@
 | `anthropic:<model>`       | Anthropic's native Messages API                                | `anthropic_api` |
 | `vllm:<model-or-path>`    | in-process vLLM; a whole round goes to one `chat` call         | `vllm_engine`   |
 | `llamacpp[:<file.gguf>]`  | embedded default: llama.cpp server in-process (xllamacpp), Gemma-3-270M from PyPI | `llamacpp` |
+| `hf:<path>`               | a local transformers model (dir or .gguf), batched `generate`, per-request sampling | `hf_local` |
 
 Each backend module declares itself once (`BACKEND = gen.teachers.backend.Backend(...)`: prefix, key variables,
 prices, terms) and builds its teacher in `from_spec`; `gen.teachers.registry` lists the modules. The HTTP backends

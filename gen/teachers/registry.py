@@ -18,6 +18,7 @@ BACKEND_MODULES = (
     "gen.teachers.anthropic_api",
     "gen.teachers.vllm_engine",
     "gen.teachers.llamacpp",
+    "gen.teachers.hf_local",
 )
 
 

@@ -24,7 +24,7 @@ from tests.servers import llamacpp_server  # noqa: F401
 
 def test_every_backend_module_declares_its_prefix_keys_prices_and_terms():
     backends = registry.backends()
-    assert list(backends) == ["openai", "anthropic", "vllm", "llamacpp"]
+    assert list(backends) == ["openai", "anthropic", "vllm", "llamacpp", "hf"]
     for prefix, backend in backends.items():
         assert backend.prefix == prefix and registry.module(prefix).BACKEND is backend
     assert backends["openai"].key_env == ("OPENAI_API_KEY",)
@@ -82,7 +82,7 @@ def test_a_new_backend_is_its_module_plus_one_registry_line(echo_backend, monkey
     # Its key variable matches no generic pattern, yet it is redacted because the backend declared it.
     monkeypatch.setenv("ECHO_SERVICE_CREDENTIAL", "echo-credential-123456")
     assert secrets.redact({"note": "echo-credential-123456"}) == {"note": "<redacted>"}
-    with pytest.raises(UserError, match="expected one of: openai, anthropic, vllm, llamacpp, echo"):
+    with pytest.raises(UserError, match="expected one of: openai, anthropic, vllm, llamacpp, hf, echo"):
         load_teacher("nope:x")
 
 
