@@ -35,24 +35,12 @@ from gen.data.preferences import (
 )
 from gen.data.records import content_id
 from gen.methods.base import Funnel, derive_seed, total_usage
+from gen.methods.judge import JUDGE_UNPARSEABLE, JudgeItem, Judgement, Rubric, judge_pointwise
 from gen.teachers.base import ChatRequest, Completion, SamplingParams
 
 # Prompts rated and committed at a time: finished groups are on disk early in a long run.
 DEFAULT_CHUNK = 256
-UNPARSEABLE = "judge_unparseable"
-
-
-@dataclass(frozen=True)
-class Rating:
-    """The judge's verdict on one answer: `score` (None: the verdict could not be parsed, even after the retry),
-    per-aspect `scores` (with the rationale), the raw `verdict` text; `error` when the request itself failed
-    (the group is left for a rerun) and the completions it cost."""
-
-    score: float | None
-    scores: Mapping[str, Any] | None = None
-    verdict: str | None = None
-    error: str | None = None
-    completions: Sequence[Completion] = ()
+UNPARSEABLE = JUDGE_UNPARSEABLE
 
 
 @dataclass(frozen=True)
@@ -64,8 +52,24 @@ class Answer:
     error: str | None = None
 
 
-# rate(prompts, answers) -> one Rating per (prompt messages incl. system, answer text) pair, in order.
-Rater = Callable[[Sequence[Sequence[Mapping[str, str]]], Sequence[str]], Sequence[Rating]]
+@dataclass(frozen=True)
+class Judge:
+    """The judge of a run: its engine (opened by the caller), a pointwise rubric whose target is the answer, and
+    the verdicts' sampling params (`gen.methods.judge.judge_params`)."""
+
+    engine: Any
+    rubric: Rubric
+    params: SamplingParams
+
+    def rate(self, prompts: Sequence[Sequence[Mapping[str, str]]], answers: Sequence[str]) -> list[Judgement]:
+        """One Judgement per (prompt, answer), in order, through the engine (one retry of unparseable verdicts)."""
+        items = [JudgeItem.from_messages(list(prompt) + [{"role": "assistant", "content": answer}])
+                 for prompt, answer in zip(prompts, answers)]
+        return judge_pointwise(self.engine, items, self.rubric, self.params, desc="rate")
+
+    @property
+    def teacher_id(self) -> str:
+        return str(getattr(self.engine, "teacher_id", "unknown"))
 
 
 @dataclass
@@ -127,9 +131,8 @@ def sample_candidates(engines: Sequence[tuple[str, Callable[[], Any]]], inputs: 
     return groups, teacher_ids
 
 
-def rate_and_pair(inputs: Sequence[InputRow], groups: Sequence[Sequence[Answer]], rate: Rater, writers: tuple,
-                  outcome: PrefsOutcome, *, judge_id: str, rubric: str, rubric_hash: str | None,
-                  asked: Mapping[str, Any], chunk_size: int = DEFAULT_CHUNK) -> None:
+def rate_and_pair(inputs: Sequence[InputRow], groups: Sequence[Sequence[Answer]], judge: Judge, writers: tuple,
+                  outcome: PrefsOutcome, *, asked: Mapping[str, Any], chunk_size: int = DEFAULT_CHUNK) -> None:
     """Phase 2: rate each complete group's answers, pick the pair, write one row per group to `writers` (train,
     rejected), chunk by chunk (each chunk's rows are flushed before the next is rated)."""
     train, rejected = writers
@@ -139,41 +142,43 @@ def rate_and_pair(inputs: Sequence[InputRow], groups: Sequence[Sequence[Answer]]
                     if all(a.completion is not None for a in answers)]
         prompts = [prompt_messages(row) for row, answers in complete for _ in answers]
         texts = [a.completion.text for _, answers in complete for a in answers]
-        ratings = list(rate(prompts, texts)) if texts else []
+        ratings = judge.rate(prompts, texts) if texts else []
+        outcome.exhausted = outcome.exhausted or bool(getattr(judge.engine, "exhausted", False))
         position = 0
         for row, answers in complete:
             group_ratings = ratings[position:position + len(answers)]
             position += len(answers)
-            _write_group(row, answers, group_ratings, writers, outcome, judge_id=judge_id, rubric=rubric,
-                         rubric_hash=rubric_hash, asked=asked)
+            _write_group(row, answers, group_ratings, writers, outcome, judge=judge, asked=asked)
         train.flush()
         rejected.flush()
 
 
-def _write_group(row: InputRow, answers: Sequence[Answer], ratings: Sequence[Rating], writers: tuple,
-                 outcome: PrefsOutcome, *, judge_id: str, rubric: str, rubric_hash: str | None,
-                 asked: Mapping[str, Any]) -> None:
+def _write_group(row: InputRow, answers: Sequence[Answer], ratings: Sequence[Judgement], writers: tuple,
+                 outcome: PrefsOutcome, *, judge: Judge, asked: Mapping[str, Any]) -> None:
     train, rejected = writers
-    failed = [r for r in ratings if r.error is not None]
+    failed = [r for r in ratings if r.status == "failed"]
     outcome.funnel.add("judged", len(ratings) - len(failed))
-    if failed:  # the judge's request failed after retries: no row, a rerun rates the group again
+    if failed:  # the judge's request failed after retries (or the budget stopped it): no row, a rerun rates again
         outcome.funnel.add("requests_failed", len(failed))
         outcome.first_error = outcome.first_error or failed[0].error
         return
-    unparseable = sum(1 for r in ratings if r.score is None)
+    scores = [r.value if r.ok else None for r in ratings]
+    unparseable = sum(1 for r in ratings if r.unparseable)
     if unparseable:
         outcome.funnel.add(UNPARSEABLE, unparseable)
     prompt = prompt_messages(row)
-    candidates = [{"model": a.model, "content": a.completion.text, "score": r.score, "scores": r.scores,
-                   "verdict": r.verdict, "finish_reason": a.completion.finish_reason}
-                  for a, r in zip(answers, ratings)]
-    spent = [a.completion for a in answers] + [c for r in ratings for c in r.completions]
+    candidates = [{"model": a.model, "content": a.completion.text, "score": score, "scores": r.entry(),
+                   "verdict": r.raw, "finish_reason": a.completion.finish_reason}
+                  for a, r, score in zip(answers, ratings, scores)]
+    usage = total_usage(a.completion for a in answers)
+    usage["prompt_tokens"] += sum(r.prompt_tokens for r in ratings)
+    usage["completion_tokens"] += sum(r.completion_tokens for r in ratings)
     row_id = content_id(METHOD, prompt, dict(asked))  # what was asked, not what came back
-    picked = pick_pair([r.score for r in ratings])
-    common = dict(prompt=prompt, candidates=candidates, judge=judge_id, rubric=rubric, rubric_hash=rubric_hash,
-                  parent_id=row.parent_id, root_id=row.root_id,
+    picked = pick_pair(scores)
+    common = dict(prompt=prompt, candidates=candidates, judge=judge.teacher_id, rubric=judge.rubric.name,
+                  rubric_hash=judge.rubric.template_hash, parent_id=row.parent_id, root_id=row.root_id,
                   teacher=",".join(dict.fromkeys(a.model for a in answers)), params=dict(asked),
-                  usage=total_usage(spent), id=row_id)
+                  usage=usage, id=row_id)
     if isinstance(picked, tuple):
         outcome.funnel.add("kept")
         train.write(make_preference_row(pair=picked, **common))
@@ -183,7 +188,7 @@ def _write_group(row: InputRow, answers: Sequence[Answer], ratings: Sequence[Rat
         outcome.funnel.reject(reason)
     pair = None
     if picked == TIE:  # show the tie as it is: the first and last rated answers
-        rated = [i for i, r in enumerate(ratings) if r.score is not None]
+        rated = [i for i, score in enumerate(scores) if score is not None]
         pair = (rated[0], rated[-1])
     rejected.write(make_preference_row(pair=pair, filters=reasons, **common))
 
