@@ -48,6 +48,26 @@ class LossConfig:
                                               help="the fused op's chunk budget in bytes (None: its default)")
 
 
+# --- `gen train --dpo` (issue 13: preference data from `gen prefs`) ---------------------------------------------
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """Direct Preference Optimization (Rafailov et al. 2023) on preference rows, through TRL's `DPOTrainer`; the
+    reference model is the student as it starts. --lr, --max-length, --batch-size, ... apply as for SFT/KD."""
+
+    dpo: bool = setting(False, help="train on preference rows (`gen prefs` runs: prompt/chosen/rejected) with DPO "
+                                    "(TRL's DPOTrainer; reference model = the student as it starts); DPO usually "
+                                    "wants a much lower --lr than SFT, e.g. 5e-7 to 5e-6 for a real model")
+    dpo_beta: float = setting(0.1, help="DPO beta: the strength of the pull back to the reference model (the "
+                                        "rewards are beta x log-ratio to the reference)")
+    dpo_loss: str = setting("sigmoid", choices=DPO_LOSSES,
+                            help="sigmoid = DPO; ipo = IPO (Azar et al.); hinge = SLiC; robust = robust DPO "
+                                 "(TRL's loss_type names)")
+# --- end `gen train --dpo` ---------------------------------------------------------------------------------------
+
+
 @dataclass
 class TrainConfig:
     """Everything `gen train` needs."""
@@ -134,6 +154,8 @@ class TrainConfig:
                                        "--loss)")
     gen_temperature: float = setting(1.0, help="student sampling temperature for on-policy samples (0: greedy)")
     gen_max_new_tokens: int = setting(128, help="most tokens the student writes per on-policy sample")
+    # `gen train --dpo` (issue 13): its settings are flags of their own
+    preference: DPOSettings = setting(default_factory=DPOSettings, help="DPO on preference rows (--dpo ...)")
 
 
 def check_settings(config: TrainConfig) -> None:
@@ -197,3 +219,5 @@ def check_settings(config: TrainConfig) -> None:
         raise InvalidSetting("gen_max_new_tokens", f"gen_max_new_tokens {config.gen_max_new_tokens}: must be >= 1")
     if config.teacher_k is not None and config.teacher_k < 1:
         raise InvalidSetting("teacher_k", f"teacher_k {config.teacher_k}: must be >= 1")
+    if not config.preference.dpo_beta > 0:  # `gen train --dpo` (issue 13)
+        raise InvalidSetting("dpo_beta", f"dpo_beta {config.preference.dpo_beta}: must be > 0")

@@ -363,12 +363,14 @@ def load_student(student: str, chat_template: str | None = None, quantization_co
 _TRAINING_ARGS_FORM = {"out": str, "bf16": _use_bf16}
 
 
-def training_arguments(config: TrainConfig):
-    """`transformers.TrainingArguments` from the TrainConfig fields that name a `training_args` target (see
-    train/config.py), plus the settings this trainer always uses."""
+def training_arguments(config: TrainConfig, arguments_class=None, **extra):
+    """`transformers.TrainingArguments` (or `arguments_class`, a subclass such as TRL's `DPOConfig`, with `extra`
+    fields) from the TrainConfig fields that name a `training_args` target (see train/config.py), plus the settings
+    this trainer always uses."""
     from transformers import TrainingArguments
 
     from train.evaluation import evaluation_arguments  # issue 17 (artifacts)
+    arguments_class = arguments_class or TrainingArguments
 
     # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing
     renamed = {"gradient_checkpointing": "activation_checkpointing"} \
@@ -378,8 +380,8 @@ def training_arguments(config: TrainConfig):
         form = _TRAINING_ARGS_FORM.get(f.name, lambda value: value)
         for target in f.metadata.get("training_args", ()):
             values[renamed.get(target, target)] = form(getattr(config, f.name))
-    return TrainingArguments(
-        **values, **evaluation_arguments(config), save_strategy="steps", remove_unused_columns=False,
+    return arguments_class(
+        **values, **evaluation_arguments(config), **extra, save_strategy="steps", remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), average_tokens_across_devices=True, disable_tqdm=True,
         # without an accelerator, say so: then `torchrun --nproc_per_node N` gives multi-process CPU (gloo) DDP
@@ -413,8 +415,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Build data, model and trainer from `config`, train, save the final model, the loss curve and the log.
     Returns a summary (steps, final loss, paths). A refused configuration writes nothing."""
     check_settings(config)
+    if config.preference.dpo:  # `gen train --dpo` (issue 13): preference rows go through TRL's DPOTrainer
+        raise InvalidSetting("dpo", "dpo: preference training is train.dpo.train_dpo, not train.trainer.train")
     with deepspeed_hidden_unless_used():
         return _train(config)
+
+
+def resolve_resume(config: TrainConfig) -> str | None:
+    """The checkpoint directory `config.resume` names (`latest`/True: the newest in `out`), or None."""
+    out, resume = Path(config.out), config.resume
+    if resume is True or resume == "latest":
+        resume = _latest_checkpoint(out)
+        if resume is None:
+            raise InvalidSetting("resume", f"resume: no checkpoint-* directory in {out}")
+    elif resume and not Path(resume).is_dir():
+        raise InvalidSetting("resume", f"resume {resume}: no such checkpoint directory")
+    return resume or None
 
 
 def _train(config: TrainConfig) -> dict[str, Any]:
@@ -422,13 +438,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     from train.plot import plot_loss_curve
 
     out = Path(config.out)
-    resume = config.resume
-    if resume is True or resume == "latest":
-        resume = _latest_checkpoint(out)
-        if resume is None:
-            raise InvalidSetting("resume", f"resume: no checkpoint-* directory in {out}")
-    elif resume and not Path(resume).is_dir():
-        raise InvalidSetting("resume", f"resume {resume}: no such checkpoint directory")
+    resume = resolve_resume(config)
     # --- issue 17 (artifacts): tracker check, QLoRA load, LoRA, evaluation set ---
     from train.evaluation import evaluation_callbacks, evaluation_data, evaluation_summary
     from train.lora import apply_lora, lora_summary, quantization_config, save_merged

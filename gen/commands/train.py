@@ -12,7 +12,8 @@ from gen.commands.config_flags import add_dataclass_arguments, dataclass_from_ar
 from gen.errors import InvalidSetting, UserError
 from train.config import TrainConfig
 
-HELP = "fine-tune a causal LM from shards: SFT on messages, top-k KD on logit shards, or both (--kd-weight)"
+HELP = ("fine-tune a causal LM from shards: SFT on messages, top-k KD on logit shards, or both (--kd-weight); "
+        "DPO on preference rows (--dpo)")
 
 
 def add_arguments(parser) -> None:
@@ -22,6 +23,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from gen.commands.common import read_chat_template
     from gen.data.outdir import check_out_dir
+    from train.dpo import train_dpo
     from train.trainer import train
 
     try:
@@ -39,7 +41,7 @@ def run(args) -> int:
         except UserError as exc:
             raise UserError(f"--push-to-hub {exc}") from None
     try:
-        summary = train(config)
+        summary = (train_dpo if config.preference.dpo else train)(config)  # --dpo: issue 13
     except InvalidSetting as exc:  # the library names the setting; the user set it with a flag
         raise with_flag(TrainConfig, exc.setting, str(exc)) from None
     print(json.dumps(summary, indent=2))

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from gen.data.preferences import TIE, is_preference_table
 from gen.data.secrets import redact
 from gen.errors import UserError
 from gen.publish.plots import LENGTH_PLOT, ROWS_PLOT, SCORES_PLOT
@@ -265,13 +266,22 @@ def _example(table: pa.Table) -> dict[str, Any] | None:
     if table.num_rows == 0:
         return None
     row = table.slice(0, 1).to_pylist()[0]
-    messages = []
-    for message in row["messages"] or []:
-        content = message["content"] or ""
-        if len(content) > EXAMPLE_CHARS:
-            content = content[:EXAMPLE_CHARS] + f" [... {len(message['content']) - EXAMPLE_CHARS} more characters]"
-        messages.append({"role": message["role"], "content": content})
-    body = json.dumps(messages, indent=2, ensure_ascii=False)
+
+    def cut(messages):
+        out = []
+        for message in messages or []:
+            content = message["content"] or ""
+            if len(content) > EXAMPLE_CHARS:
+                content = content[:EXAMPLE_CHARS] + f" [... {len(message['content']) - EXAMPLE_CHARS} more characters]"
+            out.append({"role": message["role"], "content": content})
+        return out
+
+    if "messages" in row:
+        body = json.dumps(cut(row["messages"]), indent=2, ensure_ascii=False)
+    else:  # a preference row (`gen prefs`): the pair as DPO reads it, with its ratings
+        body = json.dumps({"prompt": cut(row["prompt"]), "chosen": cut(row["chosen"]), "rejected": cut(row["rejected"]),
+                           "score_chosen": row.get("score_chosen"), "score_rejected": row.get("score_rejected")},
+                          indent=2, ensure_ascii=False)
     fields = {k: row.get(k) for k in ("id", "method", "operation", "round", "teacher") if row.get(k) is not None}
     return {"json": body, "fence": _fence(body), "fields": fields}
 
@@ -329,7 +339,9 @@ def card_facts(
         license_id, license_name, license_link = default_license(terms)
 
     methods = [m for m, _ in _count_by(everything, "method")]
-    tags = ["synthetic", "distillation", "kdforge"] + [hub_tag(m) for m in sorted(methods)]
+    preference = is_preference_table(train)  # `gen prefs` run: preference pairs for DPO (issue 13)
+    tags = ["synthetic", "distillation", "kdforge"] + (["dpo", "preference"] if preference else []) + \
+        [hub_tag(m) for m in sorted(methods)]
     tags = list(dict.fromkeys(t for t in tags if t))
     published = sum(part.rows for cfg in plan.configs if not cfg.aggregate for part in cfg.parts)
     languages = [str(lang) for lang in languages] or ["en"]
@@ -460,9 +472,32 @@ def _body_context(plan: ExportPlan, *, repo_id: str, terms: list[TeacherTerms], 
         "plots": ({"length": LENGTH_PLOT, "rows": ROWS_PLOT, **({"scores": SCORES_PLOT} if scores else {})}
                   if train.num_rows else {}),
         "scores": scores,
+        "preference": preference_facts(train, rejected) if is_preference_table(train) else None,
         "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100).strip() if config else "",
         "other_yaml": yaml.safe_dump(redact(other), sort_keys=False, allow_unicode=True, width=100).strip() if other else "",
         "default_config": next((c.name for c in plan.configs if c.default), plan.configs[0].name if plan.configs else ""),
+    }
+
+
+def preference_facts(train: pa.Table, rejected: pa.Table) -> dict[str, Any]:
+    """What the card says about a preference run (`gen prefs`): the judge and rubric, the candidate models, the
+    pairs' score margins (chosen minus rejected rating)."""
+    rows = train.select(["score_chosen", "score_rejected", "judge", "rubric", "candidates"]).to_pylist()
+    margins = [r["score_chosen"] - r["score_rejected"] for r in rows
+               if r["score_chosen"] is not None and r["score_rejected"] is not None]
+    models: dict[str, int] = defaultdict(int)
+    for r in rows:
+        for candidate in r["candidates"] or []:
+            models[candidate["model"]] += 1
+    judges = sorted({f"{r['judge']} ({r['rubric']})" for r in rows if r["judge"]})
+    return {
+        "pairs": train.num_rows,
+        "judges": judges,
+        "candidates": sorted(models.items(), key=lambda kv: (-kv[1], kv[0])),
+        "mean_margin": f"{sum(margins) / len(margins):.3g}" if margins else "n/a",
+        "min_margin": f"{min(margins):.3g}" if margins else "n/a",
+        "ties": sum(1 for reasons in (rejected.column("filters").to_pylist() if rejected.num_rows else [])
+                    if TIE in (reasons or [])),
     }
 
 

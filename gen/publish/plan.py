@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gen.data.preferences import PREFERENCE_SCHEMA, is_preference_table
 from gen.data.records import ROW_SCHEMA
 from gen.data.shards import read_manifest, read_table
 from gen.data.verify import check_run
@@ -110,20 +111,33 @@ def config_name(name: str) -> str:
     return cleaned or "default"
 
 
-def _as_row_schema(table: pa.Table, where: str) -> pa.Table:
-    """The run's rows in exactly ROW_SCHEMA (column order, types, no shard metadata): every Parquet file of the repo
-    then has one schema, which `datasets` needs to read configs that glob several methods' files."""
-    missing = [name for name in ("id", "messages", "method") if name not in table.column_names]
-    if missing:
-        raise UserError(f"{where}: shards lack the column(s) {', '.join(missing)}; not a kdforge conversation run")
+def _as_row_schema(table: pa.Table, where: str, schema: pa.Schema = ROW_SCHEMA) -> pa.Table:
+    """The run's rows in exactly `schema` (ROW_SCHEMA, or PREFERENCE_SCHEMA for a `gen prefs` run; column order,
+    types, no shard metadata): every Parquet file of the repo then has one schema, which `datasets` needs to read
+    configs that glob several methods' files."""
+    required = ("id", "prompt", "chosen", "rejected", "method") if schema is PREFERENCE_SCHEMA else \
+        ("id", "messages", "method")
+    missing = [name for name in required if name not in table.column_names]
+    if missing and table.num_rows:
+        kind = "preference" if schema is PREFERENCE_SCHEMA else "conversation"
+        raise UserError(f"{where}: shards lack the column(s) {', '.join(missing)}; not a kdforge {kind} run")
     columns = []
-    for fld in ROW_SCHEMA:
+    for fld in schema:
         if fld.name in table.column_names:
             column = table.column(fld.name)
             columns.append(column if column.type == fld.type else column.cast(fld.type))
         else:
             columns.append(pa.nulls(table.num_rows, fld.type))
-    return pa.Table.from_arrays(columns, schema=ROW_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _run_schema(run_dir: Path) -> pa.Schema:
+    """PREFERENCE_SCHEMA for a preference run (`gen prefs`: prompt/chosen/rejected in any split), else ROW_SCHEMA."""
+    for split in SPLITS:
+        table = read_table(run_dir, split)
+        if table.num_rows:
+            return PREFERENCE_SCHEMA if is_preference_table(table) else ROW_SCHEMA
+    return ROW_SCHEMA
 
 
 def _group_keys(table: pa.Table, config_by: str) -> list[str]:
@@ -161,7 +175,8 @@ def plan_export(
         raise UserError(f"{run_dir}: no such run directory")
     manifest = read_manifest(run_dir)
     check_run(run_dir)
-    tables = {split: _as_row_schema(read_table(run_dir, split), f"{run_dir}/{split}") for split in SPLITS}
+    schema = _run_schema(run_dir)
+    tables = {split: _as_row_schema(read_table(run_dir, split), f"{run_dir}/{split}", schema) for split in SPLITS}
     for split, table in tables.items():
         recorded = (manifest.get("splits") or {}).get(split, {}).get("rows")
         if recorded is not None and int(recorded) != table.num_rows:

@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gen.data.preferences import chosen_conversations, is_preference_table
+
 if TYPE_CHECKING:
     from gen.publish.plan import ExportPlan
 
@@ -72,7 +74,8 @@ def write_plots(plan: ExportPlan, out_dir: str | Path) -> dict[str, Path]:
     paths = {"length": out_dir / LENGTH_PLOT, "rows": out_dir / ROWS_PLOT}
     png_metadata = {"Software": None}
 
-    instruction, response = _word_counts(train)
+    # a preference run (`gen prefs`): the prompt and the chosen answer
+    instruction, response = _word_counts(chosen_conversations(train) if is_preference_table(train) else train)
     # Fixed margins instead of constrained/tight layout: those redraw the figure to measure it, tripling the cost.
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.78, wspace=0.25)
