@@ -9,6 +9,7 @@ the model's chat template (llama.cpp's server renders it; in-process vLLM with i
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 
 from gen.commands.common import add_engine_arguments, add_sampling_arguments, add_teacher_arguments, finite_float
 from gen.commands.method_common import add_out_argument
@@ -74,6 +75,22 @@ def pre_query_template(args: argparse.Namespace, teacher):
     return template
 
 
+@contextmanager
+def _driver_teacher(args: argparse.Namespace, teacher):
+    """The teacher the driver asks for its chat template and raw-completion support. One process: the engine's. On
+    Ray the workers hold the teachers, so an HTTP teacher (a client, no model) is opened here for those two questions
+    and closed; an in-process one (vllm:, embedded llamacpp) is not loaded twice: the template then comes from
+    --pre-query or the tokenizer, and the workers' teachers answer for raw completion."""
+    if teacher is not None or not getattr(args, "base_url", None):
+        yield teacher
+        return
+    from gen.commands.common import teacher_spec_from_args
+    from gen.teachers import load_teacher
+
+    with load_teacher(teacher_spec_from_args(args)) as driver_teacher:
+        yield driver_teacher
+
+
 def run(args: argparse.Namespace) -> int:
     from gen.commands.common import sampling_from_args
     from gen.commands.method_common import finish, method_run
@@ -90,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     with method_run(args, METHOD, sampling) as run:
         teacher = getattr(run.engine, "teacher", None)  # None on Ray: the workers hold the teachers
-        if teacher is not None and not teacher.raw_completion:
-            raise UserError(f"gen magpie: {teacher.why_no_raw_completion()}")
-        template = pre_query_template(args, teacher)
+        with _driver_teacher(args, teacher) as teacher:
+            if teacher is not None and not teacher.raw_completion:
+                raise UserError(f"gen magpie: {teacher.why_no_raw_completion()}")
+            template = pre_query_template(args, teacher)
         run.log(f"magpie: pre-query template {template.hash} ({template.source}): {template.prefix!r}")
         Magpie(run, template, config).generate()
         return finish(run, "magpie")
