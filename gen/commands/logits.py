@@ -9,6 +9,8 @@ HELP = "capture teacher top-k logprobs (+ exact tail mass) over conversational s
 
 
 def add_arguments(parser) -> None:
+    from gen.commands.common import finite_float
+
     parser.add_argument("--shards", required=True, help="conversational run directory (or split dir / .arrow file)")
     parser.add_argument("--split", default="train", help="split of --shards to read (default: train)")
     parser.add_argument("--teacher", required=True,
@@ -22,8 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--chat-template", help="Jinja chat template file, for teachers whose tokenizer has none")
     parser.add_argument("--device", help="torch device for hf: teachers (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="teacher weights dtype")
-    # temperature and compact shards (issue 17)
-    parser.add_argument("--temperature", type=float, default=1.0,
+    # temperature and compact shards
+    parser.add_argument("--temperature", type=finite_float, default=1.0,
                         help="capture softmax(logits / T) (hf: teachers only: they see the full distribution; vLLM "
                              "prompt logprobs are temperature 1). gen train checks its --temperature against it")
     parser.add_argument("--format", dest="logit_format", choices=("compact", "exact"), default="compact",

@@ -20,12 +20,14 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gen.data.inputs import InputRow
 from gen.engine.budget import BUDGET_EXHAUSTED
-from gen.methods.structured import AnswerCheck, ask_checked
 from gen.teachers.base import ChatRequest, SamplingParams
+
+if TYPE_CHECKING:  # gen.methods.structured pulls pyarrow in (gen.methods.base); `gen --help` must not
+    from gen.methods.structured import AnswerCheck
 
 METHOD = "label"
 # Requests handed to the engine at a time: shards are committed per chunk, so a long run has rows on disk early.
@@ -154,6 +156,8 @@ def label_to_shards(engine: Any, inputs: Sequence[InputRow], out_dir: str | Path
             chunk = inputs[start:start + chunk_size]
             requests = build_requests(chunk, params, system, system_for=system_for)
             if check is not None:
+                from gen.methods.structured import ask_checked
+
                 answers = ask_checked(lambda batch: engine.run(batch, desc=METHOD), requests, check)
                 results = [a.result for a in answers]
                 kept, rejected = checked_rows(chunk, requests, answers, engine.teacher_id,

@@ -42,7 +42,7 @@ def test_push_to_hub_sends_the_student_and_a_card_written_from_the_run(tiny_pair
     publish(conv, DATASET, endpoint=hub.url)
     assert json.loads((conv / "published.json").read_text())["repo_id"] == DATASET
     assert main(["logits", "--shards", str(conv), "--teacher", f"hf:{teacher_dir}", "-k", "8", "--out", str(logits),
-                 "--max-length", "128", "--no-progress"]) == 0
+                 "--max-length", "128", "--temperature", "2.0", "--no-progress"]) == 0
     evaluated.mkdir()
     (evaluated / "eval.json").write_text(json.dumps({"n": 8, "wins": 5, "ties": 1, "losses": 2, "win_rate": 0.6875,
                                                      "win_rate_ci": [0.41, 0.9], "judge": "llamacpp"}))
