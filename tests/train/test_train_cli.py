@@ -49,6 +49,23 @@ def gen(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+def gen_here(*args: str) -> subprocess.CompletedProcess:
+    """The same command run in this process, for error cases (no interpreter and torch start per call; `gen` above
+    keeps the real CLI process for the --help and training cases): exit status and stderr."""
+    import contextlib
+    import io
+
+    from gen.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = main([*map(str, args)])
+        except SystemExit as exc:  # argparse's own errors exit
+            rc = exc.code
+    return subprocess.CompletedProcess(args, rc, "", err.getvalue())
+
+
 def error_line(proc: subprocess.CompletedProcess, command: str) -> str:
     """The last stderr line, which must be the command's one-line error (no traceback anywhere)."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
@@ -126,9 +143,9 @@ def test_train_without_deepspeed_prints_no_deepspeed_warning(tiny_pair, conversa
 
 def test_student_or_teacher_dir_that_is_not_a_model_is_one_line_error(conversations, tmp_path):
     for not_a_model in (conversations, tmp_path):  # a run directory; an empty directory
-        proc = gen("train", "--student", not_a_model, "--data", conversations, "--out", tmp_path / "o")
+        proc = gen_here("train", "--student", not_a_model, "--data", conversations, "--out", tmp_path / "o")
         assert f"--student {not_a_model}: not a Hugging Face model" in error_line(proc, "train")
-        proc = gen("logits", "--shards", conversations, "--teacher", f"hf:{not_a_model}", "--out", tmp_path / "l")
+        proc = gen_here("logits", "--shards", conversations, "--teacher", f"hf:{not_a_model}", "--out", tmp_path / "l")
         assert f"hf:{not_a_model}: not a Hugging Face model" in error_line(proc, "logits")
     assert not (tmp_path / "o").exists() and not (tmp_path / "l").exists()
 
@@ -144,7 +161,7 @@ def test_student_vocabulary_smaller_than_its_tokenizer_is_refused_for_sft_and_kd
     model.save_pretrained(small)
     tokenizer.save_pretrained(small)
     for name, data in (("sft", conversations), ("kd", logit_shards)):
-        proc = gen("train", "--student", small, "--data", data, "--out", tmp_path / name, "--max-steps", "2",
+        proc = gen_here("train", "--student", small, "--data", data, "--out", tmp_path / name, "--max-steps", "2",
                    "--batch-size", "4", "--max-length", "256")
         line = error_line(proc, "train")
         assert f"--student {small}:" in line and f"{len(tokenizer) - 16} rows" in line and f"{len(tokenizer)} tokens" in line
@@ -155,7 +172,7 @@ def test_logits_on_a_directory_that_is_not_a_run_writes_nothing(tiny_pair, tmp_p
     _, teacher, _ = tiny_pair
     (tmp_path / "not_a_run").mkdir()
     (tmp_path / "not_a_run" / "notes.txt").write_text("hello\n")
-    proc = gen("logits", "--shards", tmp_path / "not_a_run", "--teacher", f"hf:{teacher}", "--out", tmp_path / "l")
+    proc = gen_here("logits", "--shards", tmp_path / "not_a_run", "--teacher", f"hf:{teacher}", "--out", tmp_path / "l")
     assert str(tmp_path / "not_a_run") in error_line(proc, "logits")
     assert not (tmp_path / "l").exists()
 
@@ -163,8 +180,8 @@ def test_logits_on_a_directory_that_is_not_a_run_writes_nothing(tiny_pair, tmp_p
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_float_flags_are_refused_naming_the_flag(conversations, tmp_path, value):
     for flag in FLOAT_FLAGS:
-        proc = gen("train", "--student", tmp_path, "--data", conversations, "--out", tmp_path / "o", f"{flag}={value}",
-                   timeout=60)
+        proc = gen_here("train", "--student", tmp_path, "--data", conversations, "--out", tmp_path / "o",
+                        f"{flag}={value}")
         line = error_line(proc, "train")
         assert f"argument {flag}:" in line and value in line, line
     assert not (tmp_path / "o").exists()
@@ -175,7 +192,7 @@ def test_out_of_range_loss_settings_are_refused_before_anything_is_loaded(conver
                                ("--alpha", "1", "--alpha 1.0: must be in [0, 1)"),
                                ("--kd-weight", "-0.1", "--kd-weight -0.1: must be in [0, 1]"),
                                ("--temperature", "0", "--temperature 0.0: must be > 0")):
-        proc = gen("train", "--student", tmp_path / "missing", "--data", conversations, "--out", tmp_path / "o", flag,
-                   value, timeout=120)
+        proc = gen_here("train", "--student", tmp_path / "missing", "--data", conversations, "--out", tmp_path / "o", flag,
+                        value)
         assert words in error_line(proc, "train")
     assert not (tmp_path / "o").exists()
