@@ -87,7 +87,11 @@ def candidate_specs(args: argparse.Namespace) -> list:
     specs = []
     for name in names:
         try:
-            backend, _ = parse_spec(name)
+            backend, model = parse_spec(name)
+            if backend == "hf":  # a missing student directory fails now, not after the other candidates ran
+                from gen.logits.capture import check_hf_model_path
+
+                check_hf_model_path(model)
         except UserError as exc:
             raise UserError(str(exc).replace("--teacher", "--candidates")) from None
         specs.append(TeacherSpec(

@@ -6,10 +6,13 @@ Two phases over the request engine:
 1. *sample*: each candidate model (any teacher spec) answers every prompt `n` times, one engine per candidate;
    sample k of prompt p carries its own seed (derived from the run seed, the prompt and k), so the n requests are
    n distinct requests (n distinct cache keys) and a rerun sends exactly the same ones;
-2. *rate*: the judge (`gen.methods.judging`, pointwise) rates every answer; chunk by chunk of prompts, each group
+2. *rate*: the judge (`gen.methods.judge`, pointwise) rates every answer; chunk by chunk of prompts, each group
    (all answers to one prompt) becomes one row -- a preference pair in `train`, or in `rejected` with its reason:
    `preference_tie` when every rated answer got the same score, `too_few_rated` when fewer than two answers were
    rated (the judge's verdict could not be parsed: `judge_unparseable` is added).
+
+`build_preferences(candidates, open_judge, inputs, out_dir, PrefsSpec(...))` runs both and writes the manifest (the
+funnel, each engine's counters); `gen prefs` is its flags.
 
 Resuming after a kill: both phases go through the request cache (OUT/.cache/requests.sqlite: one file, keyed by
 teacher), so a rerun sends only what never completed; a row's id hashes what was asked (prompt, candidates, n,

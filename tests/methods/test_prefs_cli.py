@@ -132,7 +132,8 @@ def test_prefs_flag_errors_are_one_line_naming_the_flag(server, tmp_path, capsys
              (["--judge", "nope:x"], "--judge 'nope:x'"),
              (["--candidates", "openai:a,openai:a"], "--candidates: openai:a named twice"),
              (["--candidates", "openai:a,,openai:b"], "an empty spec"),
-             (["--candidates", "bogus:m"], "--candidates 'bogus:m'")]
+             (["--candidates", "bogus:m"], "--candidates 'bogus:m'"),
+             (["--candidates", f"openai:a,hf:{tmp_path / 'no-student'}"], "--candidates hf:")]
     for extra, words in cases:
         assert main(prefs_args(srv, prompts, out, *extra)) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
