@@ -85,6 +85,9 @@ _KD_ONLY = [f.name for f in fields(LossConfig) if f.metadata.get("cli", True)]
 _NOT_FOR_DPO = {
     "on_policy": "on-policy distillation samples the student and scores it with a teacher; DPO trains on fixed pairs",
     "teacher": "DPO's reference model is the student as it starts; there is no teacher to score with",
+    "teacher_base_url": "there is no teacher in DPO training",
+    "teacher_tokenizer": "there is no teacher in DPO training",
+    "teacher_k": "there is no teacher in DPO training",
     "packing": "DPO scores each prompt's chosen and rejected answers as separate sequences; rows cannot be packed",
     "force_temperature": "preference rows have no logit shards",
     "qlora": "not wired for DPO here; use lora R (LoRA over full-precision weights)",

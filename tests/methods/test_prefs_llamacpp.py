@@ -23,7 +23,7 @@ def test_gen_prefs_on_llamacpp(llamacpp_server, tmp_path, capsys):  # noqa: F811
     model = f"openai:{llamacpp_server.model}"
     argv = ["prefs", "--input", str(prompts), "--candidates", model, "-n", "2", "--base-url",
             llamacpp_server.openai_base_url, "--judge", model, "--judge-base-url", llamacpp_server.openai_base_url,
-            "--max-new-tokens", "8", "--judge-max-new-tokens", "40", "--out", str(out), "--no-progress"]
+            "--max-new-tokens", "8", "--judge-max-new-tokens", "24", "--out", str(out), "--no-progress"]
     assert main(argv) == 0, capsys.readouterr().err
     train, rejected = read_table(out, "train").to_pylist(), read_table(out, "rejected").to_pylist()
     assert len(train) + len(rejected) == len(PROMPTS)
