@@ -37,11 +37,11 @@ EXIT_FAILURES = 4
 _BASE_URL_BACKENDS = ("openai", "anthropic")
 _TRANSPORT_BACKENDS = ("openai", "anthropic", "llamacpp")
 _TENSOR_PARALLEL_BACKENDS = ("vllm",)
+# gen.methods.prefs.DEFAULT_CHUNK, written out: importing the method (pyarrow) would slow down `gen --help`.
+DEFAULT_CHUNK = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from gen.methods.prefs import DEFAULT_CHUNK
-
     parser.add_argument("--input", required=True, metavar="PROMPTS",
                         help=".jsonl/.json/.txt/.arrow/.parquet with `instruction` or `messages` per row, or a run dir")
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory (created; reruns resume)")

@@ -123,6 +123,10 @@ def test_prefs_pairs_ties_unparseable_funnel_and_rerun_from_cache(server, tmp_pa
 
 
 def test_prefs_flag_errors_are_one_line_naming_the_flag(server, tmp_path, capsys):
+    from gen.commands import prefs as command
+    from gen.methods import prefs as method
+
+    assert command.DEFAULT_CHUNK == method.DEFAULT_CHUNK
     srv = server()
     prompts = write_prompts(tmp_path / "prompts.jsonl", SCRIPTS[:1])
     out = tmp_path / "prefs"
