@@ -3,7 +3,10 @@
 Preference runs (`gen prefs`, schema `gen.data.preferences.PREFERENCE_SCHEMA`) already hold the columns TRL's
 `DPOTrainer` reads -- `prompt`, `chosen`, `rejected` as conversations -- so the rows go to it as they are, tokenized
 with the student's chat template. The reference model is a second copy of the student as it starts (loaded from
-the same files before any step), as in the paper; TRL keeps it frozen.
+the same files before any step), as in the paper; TRL keeps it frozen. With `--lora R` only a PEFT adapter trains
+and the reference is the same model with the adapter switched off (no second copy); `--lora-merge` also saves the
+merged student. Settings DPO would silently ignore (the KD loss's knobs, `--on-policy`, `--packing`, `--qlora`,
+`--eval-data`/`--eval-fraction`) are refused before anything loads (`check_dpo_settings`).
 
 Everything else is `gen train`'s: the same settings (train/config.py; `--lr`, `--batch-size`, `--grad-accum`,
 `--max-length`, `--save-steps`, `--resume`, `--bf16`, ...) fill TRL's `DPOConfig` (a `TrainingArguments`) through
@@ -22,14 +25,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from gen.data.preferences import PREFERENCE_COLUMNS, is_preference_table
 from gen.data.shards import read_table
-from gen.errors import UserError
-from train.config import TrainConfig, check_settings
+from gen.errors import InvalidSetting, UserError
+from train.config import LossConfig, TrainConfig, check_settings
 
 # TRL's metric names -> the names train_summary.json uses
 _MEASURES = {"loss": "loss", "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
@@ -76,6 +79,41 @@ def _last_logged(history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
+# gen train's settings that have no meaning for DPO on preference rows (refused before anything loads): the KD loss
+# and its knobs, on-policy distillation, packing, QLoRA and held-out evaluation (not wired to DPOTrainer here).
+_KD_ONLY = [f.name for f in fields(LossConfig) if f.metadata.get("cli", True)]
+_NOT_FOR_DPO = {
+    "on_policy": "on-policy distillation samples the student and scores it with a teacher; DPO trains on fixed pairs",
+    "teacher": "DPO's reference model is the student as it starts; there is no teacher to score with",
+    "teacher_base_url": "there is no teacher in DPO training",
+    "teacher_tokenizer": "there is no teacher in DPO training",
+    "teacher_k": "there is no teacher in DPO training",
+    "packing": "DPO scores each prompt's chosen and rejected answers as separate sequences; rows cannot be packed",
+    "force_temperature": "preference rows have no logit shards",
+    "qlora": "not wired for DPO here; use lora R (LoRA over full-precision weights)",
+    "eval_data": "held-out evaluation is not wired for DPO; the summary measures margin and accuracy at start and end",
+    "eval_fraction": "held-out evaluation is not wired for DPO; the summary measures margin and accuracy at start and "
+                     "end",
+    "eval_steps": "held-out evaluation is not wired for DPO",
+    "early_stopping_patience": "held-out evaluation is not wired for DPO",
+}
+
+
+def check_dpo_settings(config: TrainConfig) -> None:
+    """Refuse, with the setting's name, every setting DPO would silently ignore (a KD loss knob, on-policy, ...)."""
+    defaults = LossConfig()
+    for name in _KD_ONLY:
+        value = getattr(config.loss, name)
+        if value != getattr(defaults, name):
+            raise InvalidSetting(name, f"{name} {value}: a KD loss setting; DPO training (dpo) uses the DPO loss "
+                                       f"(dpo_loss, dpo_beta) on preference pairs")
+    for name, why in _NOT_FOR_DPO.items():
+        value = getattr(config, name)
+        if value:
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            raise InvalidSetting(name, f"{name} {shown}: not with DPO training (dpo): {why}")
+
+
 def train_dpo(config: TrainConfig) -> dict[str, Any]:
     """Train `config.student` with DPO on the preference runs of `config.data`; save the model, the loss curve,
     `log_history.json` and `train_summary.json` in `config.out`. Returns the summary. A refused configuration
@@ -83,6 +121,7 @@ def train_dpo(config: TrainConfig) -> dict[str, Any]:
     from train.trainer import deepspeed_hidden_unless_used
 
     check_settings(config)
+    check_dpo_settings(config)
     with deepspeed_hidden_unless_used():
         return _train_dpo(config)
 
@@ -91,6 +130,7 @@ def _train_dpo(config: TrainConfig) -> dict[str, Any]:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    from train.lora import apply_lora, lora_summary, save_merged
     from train.plot import plot_loss_curve
     from train.trainer import load_student, resolve_resume, training_arguments
 
@@ -103,7 +143,12 @@ def _train_dpo(config: TrainConfig) -> dict[str, Any]:
                         f"--chat-template FILE (preference rows are conversations)")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    reference, _ = load_student(config.student, config.chat_template)  # the student as it starts, kept frozen
+    if config.lora is None:
+        reference, _ = load_student(config.student, config.chat_template)  # the student as it starts, kept frozen
+    else:
+        # LoRA: only the adapter trains, and TRL scores the reference with the adapter switched off -- the student
+        # as it starts, without a second copy in memory.
+        model, reference = apply_lora(model, config), None
     dataset = Dataset.from_list(rows)
     settings = config.preference
     args = training_arguments(config, DPOConfig, beta=settings.dpo_beta, loss_type=[settings.dpo_loss],
@@ -128,7 +173,10 @@ def _train_dpo(config: TrainConfig) -> dict[str, Any]:
         "dpo": asdict(settings), "reference_model": config.student,
         "start": start, "end": end, "last_logged": _last_logged(history),
         "loss_curve": str(out / "loss_curve.png"), "resumed_from": resume,
+        "lora": lora_summary(trainer.accelerator.unwrap_model(trainer.model), config),
     }
+    if config.lora_merge and trainer.is_world_process_zero():
+        summary["merged"] = save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out / "merged")
     if trainer.is_world_process_zero():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -6,10 +6,13 @@ Two phases over the request engine:
 1. *sample*: each candidate model (any teacher spec) answers every prompt `n` times, one engine per candidate;
    sample k of prompt p carries its own seed (derived from the run seed, the prompt and k), so the n requests are
    n distinct requests (n distinct cache keys) and a rerun sends exactly the same ones;
-2. *rate*: the judge (`gen.methods.judging`, pointwise) rates every answer; chunk by chunk of prompts, each group
+2. *rate*: the judge (`gen.methods.judge`, pointwise) rates every answer; chunk by chunk of prompts, each group
    (all answers to one prompt) becomes one row -- a preference pair in `train`, or in `rejected` with its reason:
    `preference_tie` when every rated answer got the same score, `too_few_rated` when fewer than two answers were
    rated (the judge's verdict could not be parsed: `judge_unparseable` is added).
+
+`build_preferences(candidates, open_judge, inputs, out_dir, PrefsSpec(...))` runs both and writes the manifest (the
+funnel, each engine's counters); `gen prefs` is its flags.
 
 Resuming after a kill: both phases go through the request cache (OUT/.cache/requests.sqlite: one file, keyed by
 teacher), so a rerun sends only what never completed; a row's id hashes what was asked (prompt, candidates, n,
@@ -79,6 +82,8 @@ class PrefsOutcome:
     funnel: Funnel = field(default_factory=Funnel)
     first_error: str | None = None
     exhausted: bool = False
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)  # each engine's counters, by name
+    rows_on_disk: dict[str, int] = field(default_factory=dict)  # rows in each split after the run
 
     @property
     def failed(self) -> int:
@@ -105,11 +110,11 @@ def sample_requests(inputs: Sequence[InputRow], params: SamplingParams, n: int, 
 
 
 def sample_candidates(engines: Sequence[tuple[str, Callable[[], Any]]], inputs: Sequence[InputRow],
-                      params: SamplingParams, n: int, run_seed: int, outcome: PrefsOutcome
-                      ) -> tuple[list[list[Answer]], list[str]]:
+                      params: SamplingParams, n: int, run_seed: int, outcome: PrefsOutcome,
+                      stats: dict[str, dict[str, Any]] | None = None) -> tuple[list[list[Answer]], list[str]]:
     """Phase 1. `engines`: (candidate spec, a function that opens its engine), opened and closed one at a time (two
     local models need not be loaded together). Returns the answers per prompt (candidate-major, n each) and the
-    candidates' teacher ids."""
+    candidates' teacher ids. `stats`, if given, receives each candidate engine's counters."""
     groups: list[list[Answer]] = [[] for _ in inputs]
     teacher_ids = []
     for spec, open_engine in engines:
@@ -119,6 +124,8 @@ def sample_candidates(engines: Sequence[tuple[str, Callable[[], Any]]], inputs: 
             teacher_ids.append(teacher_id)
             results = engine.run(sample_requests(inputs, params, n, run_seed, teacher_id), desc=f"sample {spec}")
             outcome.exhausted = outcome.exhausted or bool(getattr(engine, "exhausted", False))
+            if stats is not None:
+                stats[f"candidate {teacher_id}"] = _engine_stats(engine)
         finally:
             engine.close()
         outcome.funnel.add("requests", len(results))
@@ -191,6 +198,76 @@ def _write_group(row: InputRow, answers: Sequence[Answer], ratings: Sequence[Jud
         rated = [i for i, score in enumerate(scores) if score is not None]
         pair = (rated[0], rated[-1])
     rejected.write(make_preference_row(pair=pair, filters=reasons, **common))
+
+
+@dataclass(frozen=True)
+class PrefsSpec:
+    """What a preference run asks: `n` samples per prompt and candidate with `params` (their seeds are derived per
+    sample from `seed`), rated with `rubric` under `judge_params`; `chunk_size` prompts rated and committed at a
+    time."""
+
+    n: int
+    params: SamplingParams
+    rubric: Rubric
+    judge_params: SamplingParams
+    seed: int = 0
+    chunk_size: int = DEFAULT_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n {self.n}: must be at least 1")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk size {self.chunk_size}: must be at least 1")
+        if self.rubric.pairwise or self.rubric.target != "answer":
+            raise ValueError(f"rubric {self.rubric.name}: preference pairs need a rubric that scores one answer")
+
+
+def asked_params(spec: PrefsSpec, candidates: Sequence[str], judge: str) -> dict[str, Any]:
+    """What a row's id hashes (and its `params` column records): everything that decides its content, nothing that
+    came back."""
+    return {"candidates": list(candidates), "n": spec.n, "run_seed": spec.seed,
+            "sampling": {k: v for k, v in spec.params.to_dict().items() if k != "seed"}, "sampling_seed": spec.params.seed,
+            "judge": judge, "rubric": spec.rubric.name, "rubric_hash": spec.rubric.template_hash,
+            "judge_sampling": spec.judge_params.to_dict()}
+
+
+def build_preferences(candidates: Sequence[tuple[str, Callable[[], Any]]], open_judge: Callable[[], Any],
+                      inputs: Sequence[InputRow], out_dir: str | Path, spec: PrefsSpec, *,
+                      config: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = None
+                      ) -> PrefsOutcome:
+    """The whole run: sample every candidate (one engine at a time), then open the judge, rate and pair chunk by
+    chunk into `OUT/train` / `OUT/rejected`, and write the manifest (the funnel, each engine's counters, `config`).
+    `candidates`: (spec, a function opening its engine); `open_judge` opens the judge's engine. Both phases go
+    through the engines' request cache, so a rerun resumes (see the module doc)."""
+    from gen.data.shards import write_manifest
+
+    outcome = PrefsOutcome()
+    outcome.funnel.add("prompts", len(inputs))
+    engines: dict[str, dict[str, Any]] = {}
+    groups, teacher_ids = sample_candidates(candidates, inputs, spec.params, spec.n, spec.seed, outcome,
+                                            stats=engines)
+    judge_engine = open_judge()
+    try:
+        judge = Judge(judge_engine, spec.rubric, spec.judge_params)
+        asked = asked_params(spec, teacher_ids, judge.teacher_id)
+        train, rejected = preference_writers(out_dir)
+        rate_and_pair(inputs, groups, judge, (train, rejected), outcome, asked=asked, chunk_size=spec.chunk_size)
+        engines[f"judge {judge.teacher_id}"] = _engine_stats(judge_engine)
+        outcome.rows_on_disk = {"train": len(train.keys), "rejected": len(rejected.keys)}
+    finally:
+        judge_engine.close()
+    outcome.engines = engines
+    write_manifest(out_dir, config=dict(config or {}), funnel=outcome.funnel.to_dict(),
+                   extra={"method": METHOD, "candidates": teacher_ids, "judge": asked["judge"],
+                          "rubric": {"name": spec.rubric.name, "template_hash": spec.rubric.template_hash},
+                          "engines": engines})
+    return outcome
+
+
+def _engine_stats(engine: Any) -> dict[str, Any]:
+    stats = dict(getattr(engine, "stats", {}) or {})
+    return {k: stats.get(k, 0) for k in ("requests", "sent", "cache_hits", "failures", "prompt_tokens",
+                                         "completion_tokens")}
 
 
 def preference_writers(out_dir: str | Path):
