@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "judge runs only when --judge is given")
     group.add_argument("--ifd-max-length", type=int, default=1024, metavar="N",
                        help="IFD: tokens per sequence (the answer keeps its head, the context its tail)")
+    group.add_argument("--ifd-chat-template", default=None, metavar="FILE",
+                       help="IFD: Jinja chat template for the model (default: its own; for a model without one, the "
+                            "plain User:/Assistant: transcript the bundled teacher is prompted with)")
     group.add_argument("--ifd-batch-rows", type=int, default=8, metavar="N", help="IFD: rows per forward pass")
     parser.set_defaults(judge=None)  # None: the default judge (llamacpp), unless only --ifd is asked for
 
@@ -80,6 +83,7 @@ def _ifd_scorer(args: argparse.Namespace) -> Scorer:
     """IFD as a scorer (gen.logits.ifd). Rows already holding an `ifd` entry from the same model files, max length
     and row text are reused, so a rerun loads no model when nothing changed; rows with no answer tokens move to
     `rejected` with reason `ifd_no_answer`."""
+    from gen.commands.common import read_chat_template
     from gen.data.scores import ScoreOutcome, parse_scores
     from gen.logits.capture import check_hf_model_path
     from gen.logits.ifd import NO_ANSWER, IFDScorer, model_fingerprint, row_fingerprint
@@ -94,7 +98,11 @@ def _ifd_scorer(args: argparse.Namespace) -> Scorer:
         raise UserError(f"--ifd-max-length {args.ifd_max_length}: must be at least 2")
     if args.ifd_batch_rows < 1:
         raise UserError(f"--ifd-batch-rows {args.ifd_batch_rows}: must be at least 1")
-    model_id = model_fingerprint(path, args.ifd_max_length)
+    try:
+        template = read_chat_template(args.ifd_chat_template)
+    except UserError as exc:
+        raise UserError(str(exc).replace("--chat-template", "--ifd-chat-template")) from None
+    model_id = model_fingerprint(path, args.ifd_max_length, template)
 
     def score(run_dir: Path, rows: list[dict[str, Any]]):
         outcome = ScoreOutcome("ifd", settings={"model": f"hf:{path}", "model_fingerprint": model_id,
@@ -107,7 +115,10 @@ def _ifd_scorer(args: argparse.Namespace) -> Scorer:
                 todo.append(position)
         values = []
         if todo:
-            scorer = IFDScorer(path, max_length=args.ifd_max_length, batch_rows=args.ifd_batch_rows)
+            from gen.teachers.llamacpp import TRANSCRIPT_TEMPLATE
+
+            scorer = IFDScorer(path, max_length=args.ifd_max_length, batch_rows=args.ifd_batch_rows,
+                               chat_template=template, default_chat_template=TRANSCRIPT_TEMPLATE)
             try:
                 values = scorer.score([rows[i] for i in todo])
             finally:

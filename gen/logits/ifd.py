@@ -54,12 +54,13 @@ class IFDValue:
     answer_tokens: int
 
 
-def model_fingerprint(path: str, max_length: int) -> str:
-    """A cheap identity of a local model (its files' names, sizes and mtimes) and the truncation: a rerun with the
-    same fingerprint and the same row text reuses the stored IFD without loading the model."""
+def model_fingerprint(path: str, max_length: int, chat_template: str | None = None) -> str:
+    """A cheap identity of a local model (its files' names, sizes and mtimes), the truncation and the chat template
+    given (if any): a rerun with the same fingerprint and the same row text reuses the stored IFD without loading
+    the model."""
     location = Path(path).resolve()
     files = [location] if location.is_file() else sorted(p for p in location.iterdir() if p.is_file())
-    blob = json.dumps([str(location), max_length] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    blob = json.dumps([str(location), max_length, chat_template] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -106,14 +107,19 @@ def answer_cross_entropy(logits, sequence: np.ndarray, answer_len: int) -> float
 
 
 class IFDScorer:
-    """IFD with a local causal LM: `score(rows)` -> per row an IFDValue or None (no answer tokens)."""
+    """IFD with a local causal LM: `score(rows)` -> per row an IFDValue or None (no answer tokens).
+    `chat_template` replaces the tokenizer's; `default_chat_template` is used only when the tokenizer has none (a
+    base model such as the bundled Gemma GGUF)."""
 
     def __init__(self, path: str, *, max_length: int = 1024, batch_rows: int = 8, device: str | None = None,
-                 dtype: str | None = None):
+                 dtype: str | None = None, chat_template: str | None = None,
+                 default_chat_template: str | None = None):
         from gen.logits.capture import HFLogitTeacher
 
-        self.teacher = HFLogitTeacher(path, device=device, dtype=dtype)
+        self.teacher = HFLogitTeacher(path, device=device, dtype=dtype, chat_template=chat_template)
         self.tokenizer = self.teacher.tokenizer
+        if not getattr(self.tokenizer, "chat_template", None) and default_chat_template:
+            self.tokenizer.chat_template = default_chat_template
         self.max_length = max_length
         self.batch_rows = batch_rows
         bos = self.tokenizer.bos_token_id
