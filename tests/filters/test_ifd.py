@@ -135,6 +135,15 @@ def test_score_ifd_then_filter_cli(tmp_path, tiny_llama_dir, scorer, capsys):  #
     assert main(["score", str(run), "--ifd", str(tiny_llama_dir)]) == 0
     assert "0 scored, 4 reused" in capsys.readouterr().out
     assert read_table(run, "train").column("scores").to_pylist() == before
+    # A chat template given explicitly is part of the model's identity: rescored (same template, same values).
+    template = tmp_path / "template.jinja"
+    template.write_text(scorer.tokenizer.chat_template)
+    assert main(["score", str(run), "--ifd", str(tiny_llama_dir), "--ifd-chat-template", str(template)]) == 0
+    assert "4 scored, 0 reused" in capsys.readouterr().out
+    rescored = [parse_scores(t)["ifd"] for t in read_table(run, "train").column("scores").to_pylist()]
+    assert [e["value"] for e in rescored] == [parse_scores(t)["ifd"]["value"] for t in before]
+    assert main(["score", str(run), "--ifd", str(tiny_llama_dir), "--ifd-chat-template", str(tmp_path / "no")]) == 2
+    assert "--ifd-chat-template" in capsys.readouterr().err
     # Bad values: one line each, nothing changed.
     for flags, message in [(["--ifd-max", "0"], "--ifd-max 0.0: must be positive"),
                            (["--top-fraction", "1.5"], "--top-fraction 1.5: must be in (0, 1]")]:
