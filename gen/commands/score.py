@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="IFD: Jinja chat template for the model (default: its own; for a model without one, the "
                             "plain User:/Assistant: transcript the bundled teacher is prompted with)")
     group.add_argument("--ifd-batch-rows", type=int, default=8, metavar="N", help="IFD: rows per forward pass")
+    group.add_argument("--ifd-max-batch-tokens", type=int, default=2048, metavar="N",
+                       help="IFD: padded tokens per forward pass (bounds the [tokens, vocab] logits memory)")
     parser.set_defaults(judge=None)  # None: the default judge (llamacpp), unless only --ifd is asked for
 
 
@@ -98,6 +100,8 @@ def _ifd_scorer(args: argparse.Namespace) -> Scorer:
         raise UserError(f"--ifd-max-length {args.ifd_max_length}: must be at least 2")
     if args.ifd_batch_rows < 1:
         raise UserError(f"--ifd-batch-rows {args.ifd_batch_rows}: must be at least 1")
+    if args.ifd_max_batch_tokens < 1:
+        raise UserError(f"--ifd-max-batch-tokens {args.ifd_max_batch_tokens}: must be at least 1")
     try:
         template = read_chat_template(args.ifd_chat_template)
     except UserError as exc:
@@ -118,6 +122,7 @@ def _ifd_scorer(args: argparse.Namespace) -> Scorer:
             from gen.teachers.llamacpp import TRANSCRIPT_TEMPLATE
 
             scorer = IFDScorer(path, max_length=args.ifd_max_length, batch_rows=args.ifd_batch_rows,
+                               max_batch_tokens=args.ifd_max_batch_tokens,
                                chat_template=template, default_chat_template=TRANSCRIPT_TEMPLATE)
             try:
                 values = scorer.score([rows[i] for i in todo])

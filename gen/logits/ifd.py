@@ -111,7 +111,8 @@ class IFDScorer:
     `chat_template` replaces the tokenizer's; `default_chat_template` is used only when the tokenizer has none (a
     base model such as the bundled Gemma GGUF)."""
 
-    def __init__(self, path: str, *, max_length: int = 1024, batch_rows: int = 8, device: str | None = None,
+    def __init__(self, path: str, *, max_length: int = 1024, batch_rows: int = 8, max_batch_tokens: int = 2048,
+                 device: str | None = None,
                  dtype: str | None = None, chat_template: str | None = None,
                  default_chat_template: str | None = None):
         from gen.logits.capture import HFLogitTeacher
@@ -122,6 +123,7 @@ class IFDScorer:
             self.tokenizer.chat_template = default_chat_template
         self.max_length = max_length
         self.batch_rows = batch_rows
+        self.max_batch_tokens = max_batch_tokens
         bos = self.tokenizer.bos_token_id
         self.start_id = int(bos if bos is not None else self.tokenizer.eos_token_id)
 
@@ -134,8 +136,7 @@ class IFDScorer:
         todo = [i for i, p in enumerate(pairs) if p is not None]
         # Longest first, so each batch pads little.
         todo.sort(key=lambda i: -len(pairs[i].conditioned))
-        for b in range(0, len(todo), self.batch_rows):
-            batch = todo[b: b + self.batch_rows]
+        for batch in self._batches(todo, pairs):
             sequences = [pairs[i].conditioned for i in batch] + [pairs[i].unconditioned for i in batch]
             logits = self.teacher.forward_logits(sequences)
             for j, i in enumerate(batch):
@@ -144,6 +145,19 @@ class IFDScorer:
                 ce_uncond = answer_cross_entropy(logits[len(batch) + j], p.unconditioned, p.answer_len)
                 out[i] = IFDValue(math.exp(ce_cond - ce_uncond), math.exp(ce_cond), math.exp(ce_uncond), p.answer_len)
         return out
+
+    def _batches(self, todo: list[int], pairs: list[IFDPair | None]):
+        """Groups of rows (longest first) under `batch_rows` and a padded-token cap: both sequences of each row,
+        padded to the longest, at most `max_batch_tokens` tokens (the [tokens, vocab] logits are the memory)."""
+        batch: list[int] = []
+        for i in todo:
+            longest = len(pairs[batch[0]].conditioned) if batch else len(pairs[i].conditioned)
+            if batch and (len(batch) >= self.batch_rows or 2 * (len(batch) + 1) * longest > self.max_batch_tokens):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
 
     def close(self) -> None:
         self.teacher.close()

@@ -74,7 +74,12 @@ def test_batched_equals_unbatched(scorer, tiny_llama_dir):  # noqa: F811
     from gen.logits.ifd import IFDScorer
 
     one = IFDScorer(str(tiny_llama_dir), batch_rows=1).score(ROWS)
-    for batched, single in zip(scorer.score(ROWS), one):
+    capped = IFDScorer(str(tiny_llama_dir), batch_rows=8, max_batch_tokens=250)
+    sizes = [len(b) for b in capped._batches([0, 1, 2, 3], capped.pairs(ROWS))]
+    assert sizes == [1, 1, 2]  # 204, 68, 55, 54 tokens: 2 rows x 2 sequences x 68 > 250; 2 x 2 x 55 <= 250
+    for rows in (scorer.score(ROWS), capped.score(ROWS)):
+        assert [v is None for v in rows] == [v is None for v in one]
+    for batched, single in list(zip(scorer.score(ROWS), one)) + list(zip(capped.score(ROWS), one)):
         if single is None:
             assert batched is None
             continue
