@@ -20,6 +20,8 @@ HELP = "move low-quality rows (empty, truncated, refusals, echoes, length bounds
 
 ROUGE_DUPLICATE = "rouge_l_duplicate"
 SCORE_BELOW_MIN = "score_below_min"
+IFD_ABOVE_MAX = "ifd_above_max"
+IFD_BELOW_TOP_FRACTION = "ifd_below_top_fraction"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-name", default=None, metavar="NAME[.ASPECT]",
                         help="which score --min-score reads: a scorer (quality, ultrafeedback, ifd, ...) or one "
                              "aspect of it (ultrafeedback.honesty); default: the only scorer in the run")
+    # IFD selection (the `ifd` score from `gen score --ifd MODEL`).
+    parser.add_argument("--ifd-max", type=finite_float, default=None, metavar="X",
+                        help="reject rows whose IFD is X or more (reason `ifd_above_max`; 1.0: the instruction does "
+                             "not help predict the answer)")
+    parser.add_argument("--top-fraction", type=finite_float, default=None, metavar="F",
+                        help="keep only the highest-IFD fraction F in (0, 1] of the IFD-scored rows (below --ifd-max "
+                             "when given; reason `ifd_below_top_fraction`)")
     parser.add_argument("--out", default=None, metavar="OUT", help="write here instead of rewriting DIR in place")
 
 
@@ -72,6 +81,10 @@ def _filter(args: argparse.Namespace) -> int:
         raise UserError(f"--repetition-scale {args.repetition_scale}: must be positive")
     if args.rouge_l is not None and not 0.0 < args.rouge_l <= 1.0:
         raise UserError(f"--rouge-l {args.rouge_l}: must be in (0, 1]")
+    if args.ifd_max is not None and not args.ifd_max > 0:
+        raise UserError(f"--ifd-max {args.ifd_max}: must be positive")
+    if args.top_fraction is not None and not 0.0 < args.top_fraction <= 1.0:
+        raise UserError(f"--top-fraction {args.top_fraction}: must be in (0, 1]")
     if args.score_name is not None and args.min_score is None:
         raise UserError("--score-name: only read with --min-score X")
     config = QualityConfig(
@@ -101,11 +114,16 @@ def _filter(args: argparse.Namespace) -> int:
     score_settings: dict = {}
     if args.min_score is not None:  # scores: rows below the threshold (issue 13)
         score_settings = _reject_below_min_score(run_dir, table, args.min_score, args.score_name, rejected)
+    if args.ifd_max is not None or args.top_fraction is not None:  # IFD selection
+        score_settings = {**score_settings, **_select_by_ifd(run_dir, table, args.ifd_max, args.top_fraction, rejected)}
     funnel = rejected.funnel_entry(len(rows), **({"unscored_kept": score_settings["unscored_kept"]}
-                                                 if score_settings else {}))
+                                                 if "unscored_kept" in score_settings else {}))
     reasons = funnel["by_reason"]
     settings = {**config.as_dict(), "rouge_l": args.rouge_l,
-                **({"min_score": args.min_score, "score_name": score_settings["score_name"]} if score_settings else {})}
+                **({"min_score": args.min_score, "score_name": score_settings["score_name"]}
+                   if "score_name" in score_settings else {}),
+                **({"ifd_max": args.ifd_max, "top_fraction": args.top_fraction}
+                   if args.ifd_max is not None or args.top_fraction is not None else {})}
     destination = rewrite_run(run_dir, Path(args.out) if args.out else None, table, rejected, step="filter",
                               settings=settings, funnel_entry=funnel)
     by = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
@@ -127,3 +145,34 @@ def _reject_below_min_score(run_dir: Path, table, min_score: float, score_name: 
         elif value < min_score:
             rejected.add(position, [SCORE_BELOW_MIN])
     return {"score_name": f"{name}.{aspect}" if aspect else name, "unscored_kept": unscored}
+
+
+def _select_by_ifd(run_dir: Path, table, ifd_max: float | None, top_fraction: float | None, rejected) -> dict:
+    """IFD selection (Cherry LLM / Superfiltering): reject rows with IFD >= `ifd_max`, then keep the highest-IFD
+    `top_fraction` of the rest (ties broken by row order; rows already rejected by an earlier reason still count as
+    candidates so the fraction is of the scored rows). Rows without an IFD are kept and counted."""
+    import math
+
+    from gen.data.scores import scorer_names, scores_texts, values_of
+    from gen.errors import UserError
+
+    texts = scores_texts(table)
+    if "ifd" not in scorer_names(texts):
+        raise UserError(f"--ifd-max/--top-fraction: {run_dir}/train has no IFD scores (run `gen score DIR --ifd MODEL` "
+                        "first)")
+    values = values_of(texts, "ifd")
+    candidates = []
+    unscored = 0
+    for position, value in enumerate(values):
+        if value is None:
+            unscored += 1
+        elif ifd_max is not None and value >= ifd_max:
+            rejected.add(position, [IFD_ABOVE_MAX])
+        else:
+            candidates.append(position)
+    if top_fraction is not None:
+        keep = math.ceil(top_fraction * len(candidates))
+        ranked = sorted(candidates, key=lambda p: (-values[p], p))
+        for position in ranked[keep:]:
+            rejected.add(position, [IFD_BELOW_TOP_FRACTION])
+    return {"ifd_unscored_kept": unscored}

@@ -35,6 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="DIR", help="a kdforge run directory (rewritten in place)")
     add_judge_arguments(parser, rubric_default="quality")
     add_engine_arguments(parser)
+    # IFD selection: instruction-following difficulty with a local causal LM (gen.logits.ifd).
+    group = parser.add_argument_group("ifd")
+    group.add_argument("--ifd", default=None, metavar="MODEL",
+                       help="score IFD = PPL(answer | instruction) / PPL(answer) with a local causal LM (hf:PATH or "
+                            "PATH: a transformers directory or .gguf); stored as the `ifd` score. With --ifd the "
+                            "judge runs only when --judge is given")
+    group.add_argument("--ifd-max-length", type=int, default=1024, metavar="N",
+                       help="IFD: tokens per sequence (the answer keeps its head, the context its tail)")
+    group.add_argument("--ifd-chat-template", default=None, metavar="FILE",
+                       help="IFD: Jinja chat template for the model (default: its own; for a model without one, the "
+                            "plain User:/Assistant: transcript the bundled teacher is prompted with)")
+    group.add_argument("--ifd-batch-rows", type=int, default=8, metavar="N", help="IFD: rows per forward pass")
+    group.add_argument("--ifd-max-batch-tokens", type=int, default=2048, metavar="N",
+                       help="IFD: padded tokens per forward pass (bounds the [tokens, vocab] logits memory)")
+    parser.set_defaults(judge=None)  # None: the default judge (llamacpp), unless only --ifd is asked for
 
 
 Scorer = Callable[[Path, list[dict[str, Any]]], Any]  # (run dir, rows) -> gen.data.scores.ScoreOutcome
@@ -66,9 +81,78 @@ def _judge_scorer(args: argparse.Namespace) -> Scorer:
     return score
 
 
+def _ifd_scorer(args: argparse.Namespace) -> Scorer:
+    """IFD as a scorer (gen.logits.ifd). Rows already holding an `ifd` entry from the same model files, max length
+    and row text are reused, so a rerun loads no model when nothing changed; rows with no answer tokens move to
+    `rejected` with reason `ifd_no_answer`."""
+    from gen.commands.common import read_chat_template
+    from gen.data.scores import ScoreOutcome, parse_scores
+    from gen.logits.capture import check_hf_model_path
+    from gen.logits.ifd import NO_ANSWER, IFDScorer, model_fingerprint, row_fingerprint
+
+    spec = args.ifd
+    path = spec[3:] if spec.startswith("hf:") else spec
+    try:
+        check_hf_model_path(path)
+    except UserError as exc:
+        raise UserError(str(exc).replace("--teacher", "--ifd")) from None
+    if args.ifd_max_length < 2:
+        raise UserError(f"--ifd-max-length {args.ifd_max_length}: must be at least 2")
+    if args.ifd_batch_rows < 1:
+        raise UserError(f"--ifd-batch-rows {args.ifd_batch_rows}: must be at least 1")
+    if args.ifd_max_batch_tokens < 1:
+        raise UserError(f"--ifd-max-batch-tokens {args.ifd_max_batch_tokens}: must be at least 1")
+    try:
+        template = read_chat_template(args.ifd_chat_template)
+    except UserError as exc:
+        raise UserError(str(exc).replace("--chat-template", "--ifd-chat-template")) from None
+    model_id = model_fingerprint(path, args.ifd_max_length, template)
+
+    def score(run_dir: Path, rows: list[dict[str, Any]]):
+        outcome = ScoreOutcome("ifd", settings={"model": f"hf:{path}", "model_fingerprint": model_id,
+                                               "max_length": args.ifd_max_length})
+        todo = []
+        for position, row in enumerate(rows):
+            old = parse_scores(row.get("scores")).get("ifd")
+            if not (isinstance(old, dict) and old.get("model_fingerprint") == model_id
+                    and old.get("row_fingerprint") == row_fingerprint(row)):
+                todo.append(position)
+        values = []
+        if todo:
+            from gen.teachers.llamacpp import TRANSCRIPT_TEMPLATE
+
+            scorer = IFDScorer(path, max_length=args.ifd_max_length, batch_rows=args.ifd_batch_rows,
+                               max_batch_tokens=args.ifd_max_batch_tokens,
+                               chat_template=template, default_chat_template=TRANSCRIPT_TEMPLATE)
+            try:
+                values = scorer.score([rows[i] for i in todo])
+            finally:
+                scorer.close()
+        for position, value in zip(todo, values):
+            if value is None:
+                outcome.rejected[position] = NO_ANSWER
+                continue
+            outcome.entries[position] = {
+                "value": value.ifd, "ppl_conditioned": value.ppl_conditioned,
+                "ppl_unconditioned": value.ppl_unconditioned, "answer_tokens": value.answer_tokens,
+                "model": f"hf:{path}", "model_fingerprint": model_id, "row_fingerprint": row_fingerprint(rows[position])}
+        outcome.counts = {"rows": len(rows), "scored": len(outcome.entries), "reused": len(rows) - len(todo),
+                          "no_answer": len(outcome.rejected)}
+        return outcome
+
+    return score
+
+
 def _scorers(args: argparse.Namespace) -> list[Scorer]:
-    """The scorers the flags ask for, in the order they run (the judge; IFD plugs in here)."""
-    return [_judge_scorer(args)]
+    """The scorers the flags ask for, in the order they run: the judge (unless only --ifd is given), then IFD."""
+    scorers = []
+    if args.judge is not None or not args.ifd:
+        if args.judge is None:
+            args.judge = "llamacpp"
+        scorers.append(_judge_scorer(args))
+    if args.ifd:
+        scorers.append(_ifd_scorer(args))
+    return scorers
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +177,8 @@ def _score(run_dir: Path, scorers: list[Scorer]) -> int:
     table = load_train(run_dir)
     columns = [c for c in ("id", "messages", "system") if c in table.column_names]
     rows = table.select(columns).to_pylist()
+    for row, scores in zip(rows, scores_texts(table)):  # the scores already there (IFD reuses its own)
+        row["scores"] = scores
     outcomes = [scorer(run_dir, rows) for scorer in scorers]
     table = with_scores(table, apply_scores(scores_texts(table), outcomes))
     rejected = Rejections()
@@ -104,6 +190,10 @@ def _score(run_dir: Path, scorers: list[Scorer]) -> int:
     destination = rewrite_run(run_dir, None, table, rejected, step="score", settings=settings, funnel_entry=funnel)
     for outcome in outcomes:
         c = outcome.counts
+        if outcome.scorer == "ifd":
+            print(f"gen score: ifd: {c['rows']} rows -> {c['scored']} scored, {c['reused']} reused, "
+                  f"{c['no_answer']} without answer tokens (moved to rejected: ifd_no_answer) in {destination}")
+            continue
         print(f"gen score: {outcome.scorer}: {c.get('rows', len(rows))} rows -> {c.get('scored', 0)} scored, "
               f"{c.get('unparseable', 0)} unparseable (moved to rejected: judge_unparseable), "
               f"{c.get('failed', 0)} failed, {c.get('not_sent_budget', 0)} not sent (budget) in {destination}")
