@@ -41,7 +41,7 @@ system-deps:
 demo: install
 	$(VENV)/bin/gen evol --rounds 4 --out runs/demo
 
-# distill-demo (issue 14): the whole pipeline on the embedded teacher -- gen evol, dedup, filter, logits, student,
+# distill-demo: the whole pipeline on the embedded teacher -- gen evol, dedup, filter, logits, student,
 # train -- and one summary; the steps and sizes are in bench/distill_demo.py.
 distill-demo: install
 	$(TEST_ENV) $(VENV)/bin/python bench/distill_demo.py --work runs/distill-demo

@@ -1,4 +1,4 @@
-"""Benchmark (issue 8): requests/s of `gen --ray` with 1, 2 and 4 workers when the endpoints' latency is the limit,
+"""Benchmark: requests/s of `gen --ray` with 1, 2 and 4 workers when the endpoints' latency is the limit,
 and what a killed worker costs.
 
 Setup

@@ -17,7 +17,7 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path, title: 
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    # eval_loss: logged every --eval-steps when the run has evaluation data (issue 17)
+    # eval_loss: logged every --eval-steps when the run has evaluation data
     for key, style in (("loss", "-"), ("kd_loss", "--"), ("sft_loss", ":"), ("eval_loss", "-.")):
         points = [(entry["step"], entry[key]) for entry in history if key in entry and "step" in entry]
         if points:

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multiply every degeneration threshold by S (< 1 stricter, > 1 looser; default 1)")
     parser.add_argument("--rouge-l", type=finite_float, default=None, metavar="T",
                         help="also reject instructions with ROUGE-L >= T against an earlier kept one (Self-Instruct: 0.7)")
-    # Scores (issue 13): the `scores` column written by `gen score`.
+    # Scores: the `scores` column written by `gen score`.
     parser.add_argument("--min-score", type=finite_float, default=None, metavar="X",
                         help="also reject rows whose score is below X (reason `score_below_min`; rows the scorer "
                              "gave no score are kept and counted)")
@@ -112,7 +112,7 @@ def _filter(args: argparse.Namespace) -> int:
         for position, match in novelty_duplicates(instructions, args.rouge_l, skip=set(rejected.by_position)):
             rejected.add(position, [ROUGE_DUPLICATE], rows[match]["id"])
     score_settings: dict = {}
-    if args.min_score is not None:  # scores: rows below the threshold (issue 13)
+    if args.min_score is not None:  # scores: rows below the threshold
         score_settings = _reject_below_min_score(run_dir, table, args.min_score, args.score_name, rejected)
     if args.ifd_max is not None or args.top_fraction is not None:  # IFD selection
         score_settings = {**score_settings, **_select_by_ifd(run_dir, table, args.ifd_max, args.top_fraction, rejected)}

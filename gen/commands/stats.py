@@ -55,7 +55,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
                 label = f"{method}" if rnd is None else f"{method} / round {rnd}"
                 counts = out["by_method_round"].setdefault(label, {})
                 counts[split] = counts.get(split, 0) + 1
-        if split == "train" and "scores" in names:  # `gen score`: the distribution of each scorer (issue 13)
+        if split == "train" and "scores" in names:  # `gen score`: the distribution of each scorer
             from gen.data.scores import distribution
 
             scores = distribution(table.column("scores").to_pylist())
@@ -135,7 +135,7 @@ def render(stats: dict[str, Any]) -> str:
         parts.append(_table(["logit shards", "rows", "tokens", "loss tokens", "K", "bytes", "bytes/token"],
                             [[ls["teacher"], ls["rows"], ls["tokens"], ls["label_tokens"], ls["k"], ls["bytes"],
                               f"{ls['bytes_per_token']:.1f}"]]))
-    if stats.get("scores"):  # issue 13: score distributions (kept rows)
+    if stats.get("scores"):  # score distributions (kept rows)
         parts.append(_table(["score", "rows", "no value", "mean", "min", "median", "max", "histogram (value: rows)"],
                             [[name, d["rows"], d["no_value"], _num(d["mean"]), _num(d["min"]), _num(d["median"]),
                               _num(d["max"]), " ".join(f"{k}:{v}" for k, v in d["histogram"].items()) or "-"]

@@ -33,7 +33,7 @@ def run(args) -> int:
 
     config = dataclass_from_args(TrainConfig, args)
     config = replace(config, chat_template=read_chat_template(config.chat_template))  # the flag names a file
-    if config.push_to_hub:  # issue 17 (artifacts): a bad repo id, HF_HUB_OFFLINE or no token must not cost a run
+    if config.push_to_hub:  # a bad repo id, HF_HUB_OFFLINE or no token must not cost a run
         from gen.publish.model_card import check_push
 
         try:
@@ -41,7 +41,7 @@ def run(args) -> int:
         except UserError as exc:
             raise UserError(f"--push-to-hub {exc}") from None
     try:
-        summary = (train_dpo if config.preference.dpo else train)(config)  # --dpo: issue 13
+        summary = (train_dpo if config.preference.dpo else train)(config)  # --dpo: preference rows
     except InvalidSetting as exc:  # the library names the setting; the user set it with a flag
         raise with_flag(TrainConfig, exc.setting, str(exc)) from None
     print(json.dumps(summary, indent=2))

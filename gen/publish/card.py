@@ -339,7 +339,7 @@ def card_facts(
         license_id, license_name, license_link = default_license(terms)
 
     methods = [m for m, _ in _count_by(everything, "method")]
-    preference = is_preference_table(train)  # `gen prefs` run: preference pairs for DPO (issue 13)
+    preference = is_preference_table(train)  # `gen prefs` run: preference pairs for DPO
     tags = ["synthetic", "distillation", "kdforge"] + (["dpo", "preference"] if preference else []) + \
         [hub_tag(m) for m in sorted(methods)]
     tags = list(dict.fromkeys(t for t in tags if t))

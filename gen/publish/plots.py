@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 LENGTH_PLOT = "assets/length_distribution.png"
 ROWS_PLOT = "assets/rows_per_method_round.png"
-SCORES_PLOT = "assets/score_distribution.png"  # issue 13: only when the kept rows have scores
+SCORES_PLOT = "assets/score_distribution.png"  # only when the kept rows have scores
 # Scorers plotted side by side at most (the others are in the card's table).
 _MAX_SCORE_PANELS = 4
 # Messages per slice when counting words for the length plot (bounds the memory of the split words).
