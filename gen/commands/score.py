@@ -58,6 +58,8 @@ def _judge_scorer(args: argparse.Namespace) -> Scorer:
             outcome = judge_scores(engine, rows, rubric, params)
             outcome.counts["engine"] = {k: engine.stats.get(k, 0) for k in ("requests", "sent", "cache_hits", "failures",
                                                                               "prompt_tokens", "completion_tokens")}
+            # On Ray (`gen.scale.DistributedEngine`) also the workers and the units they ran.
+            outcome.counts["engine"].update({k: engine.stats[k] for k in ("workers", "units") if k in engine.stats})
             print_summary(engine)
         finally:
             engine.close()
