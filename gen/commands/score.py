@@ -58,21 +58,32 @@ Scorer = Callable[[Path, list[dict[str, Any]]], Any]  # (run dir, rows) -> gen.d
 def _judge_scorer(args: argparse.Namespace) -> Scorer:
     """The judge as a scorer: its rubric and params are checked now (before the run is touched), its engine is
     opened when it scores and closed before the run is rewritten."""
-    from gen.commands.common import judge_sampling_from_args, open_judge_engine, print_summary
-    from gen.methods.judge import judge_scores, load_rubric
+    from gen.commands.common import judge_sampling_from_args, open_judge_engine
+    from gen.methods.judge import load_rubric
 
     rubric = load_rubric(args.rubric)
     if rubric.pairwise:
         raise UserError(f"--rubric {args.rubric}: compares two answers (target: pair); gen score needs a rubric "
                           "that scores one answer or instruction")
     params = judge_sampling_from_args(args, rubric)
+    return judge_scorer(rubric, params, lambda run_dir: open_judge_engine(args, run_dir))
+
+
+def judge_scorer(rubric, params, open_engine: Callable[[Path], Any]) -> Scorer:
+    """A scorer applying `rubric` (a pointwise `gen.methods.judge.Rubric`) with sampling `params` through the engine
+    `open_engine(run_dir)` opens (closed once the rows are judged). `gen score --judge` builds it from its flags;
+    a caller holding an open teacher (the vLLM tests) passes an opener of an engine over it."""
+    from gen.commands.common import print_summary
+    from gen.methods.judge import judge_scores
 
     def score(run_dir: Path, rows: list[dict[str, Any]]):
-        engine = open_judge_engine(args, run_dir)
+        engine = open_engine(run_dir)
         try:
             outcome = judge_scores(engine, rows, rubric, params)
             outcome.counts["engine"] = {k: engine.stats.get(k, 0) for k in ("requests", "sent", "cache_hits", "failures",
                                                                               "prompt_tokens", "completion_tokens")}
+            # On Ray (`gen.scale.DistributedEngine`) also the workers and the units they ran.
+            outcome.counts["engine"].update({k: engine.stats[k] for k in ("workers", "units") if k in engine.stats})
             print_summary(engine)
         finally:
             engine.close()
@@ -156,12 +167,17 @@ def _scorers(args: argparse.Namespace) -> list[Scorer]:
 
 
 def run(args: argparse.Namespace) -> int:
+    scorers = _scorers(args)  # flags and rubric files are checked before the run is locked or read
+    return score_run(Path(args.run_dir), scorers)
+
+
+def score_run(run_dir: Path, scorers: list[Scorer]) -> int:
+    """Score the run at `run_dir` in place with `scorers`; the exit status as `gen score` returns it."""
     from gen.data.rewrite import rewriting
 
-    scorers = _scorers(args)  # flags and rubric files are checked before the run is locked or read
     # The run's lock from before its rows are read until the scored run is in place (gen.data.rewrite).
-    with rewriting(Path(args.run_dir), None, "score"):
-        return _score(Path(args.run_dir), scorers)
+    with rewriting(run_dir, None, "score"):
+        return _score(run_dir, scorers)
 
 
 def _score(run_dir: Path, scorers: list[Scorer]) -> int:

@@ -266,8 +266,11 @@ def build_preferences(candidates: Sequence[tuple[str, Callable[[], Any]]], open_
 
 def _engine_stats(engine: Any) -> dict[str, Any]:
     stats = dict(getattr(engine, "stats", {}) or {})
-    return {k: stats.get(k, 0) for k in ("requests", "sent", "cache_hits", "failures", "prompt_tokens",
-                                         "completion_tokens")}
+    counters = {k: stats.get(k, 0) for k in ("requests", "sent", "cache_hits", "failures", "prompt_tokens",
+                                             "completion_tokens")}
+    # On Ray (`gen.scale.DistributedEngine`) also the workers and the units they ran.
+    counters.update({k: stats[k] for k in ("workers", "units") if k in stats})
+    return counters
 
 
 def preference_writers(out_dir: str | Path):

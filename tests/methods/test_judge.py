@@ -165,7 +165,10 @@ def test_structured_output_schema_is_set_on_the_request(judge_engine):
     from gen.methods.judge import judge_params, rubric_request
 
     params = judge_params(rubric)
-    assert params.json_schema == canonical_schema(rubric.verdict_schema()) and params.temperature == 0.0
+    assert json.loads(params.json_schema) == json.loads(canonical_schema(rubric.verdict_schema()))
+    assert params.temperature == 0.0
+    # the properties in the rubric's order: a backend that constrains decoding writes the rationale first
+    assert list(json.loads(params.json_schema)["properties"]) == ["rationale", "quality"]
     assert judge_params(rubric, structured=False).json_schema is None
     request = rubric_request(rubric, JudgeItem("Q?", "score 3").variables(), params)
     assert request.messages[0] == ("system", rubric.system)

@@ -10,6 +10,7 @@ the parsed aspect scores and rationale, or why there is no score.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,16 +18,25 @@ from typing import Any
 from gen.methods.judge.retry import Parsed, ask_parsed
 from gen.methods.judge.rubric import Rubric
 from gen.methods.judge.verdict import JUDGE_UNPARSEABLE, Verdict, VerdictError, parse_verdict
-from gen.teachers.base import ChatRequest, SamplingParams, canonical_schema
+from gen.teachers.base import ChatRequest, SamplingParams
 
 DEFAULT_JUDGE_MAX_TOKENS = 384
+
+
+def verdict_schema_text(rubric: Rubric) -> str:
+    """The rubric's verdict schema as `SamplingParams.json_schema` text, its properties in the rubric's order
+    (`rationale` first, then the aspects). Not `canonical_schema`, which sorts keys: backends that constrain
+    decoding (vLLM's structured outputs, llama.cpp's grammar) emit the properties in the schema's order, and sorted
+    keys would make the judge give its scores before the reasoning the prompt asks for first. The text is the same
+    for the same rubric, so cache keys stay stable."""
+    return json.dumps(rubric.verdict_schema(), ensure_ascii=False, separators=(",", ":"))
 
 
 def judge_params(rubric: Rubric, base: SamplingParams | None = None, *, structured: bool = True) -> SamplingParams:
     """The sampling params of a rubric's requests: `base` (default: temperature 0, 384 tokens) with the rubric's
     verdict schema as structured output (none when `structured` is False)."""
     base = base or SamplingParams(max_tokens=DEFAULT_JUDGE_MAX_TOKENS, temperature=0.0)
-    return base.replace(json_schema=canonical_schema(rubric.verdict_schema()) if structured else None)
+    return base.replace(json_schema=verdict_schema_text(rubric) if structured else None)
 
 
 @dataclass(frozen=True)
