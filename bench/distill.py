@@ -22,7 +22,7 @@ logits (`--kd-impl naive`), each in a fresh process after one warm-up step: medi
 tokens/s and the peak memory a step adds on top of the model (CPU: peak RSS via /proc VmHWM reset, big allocations
 forced to mmap so RSS follows live tensors; CUDA: max_memory_allocated).
 
-    .venv/bin/python bench/distill.py            # ~5-6 min on 2 shared CPU cores (the real-vocabulary row ~2)
+    .venv/bin/python bench/distill.py            # ~7 min on 2 shared CPU cores (--skip-real-vocab: ~3.5)
     .venv/bin/python bench/distill.py --quick    # smaller, ~1 min
 """
 
@@ -157,6 +157,7 @@ def own_sample_metrics(teacher_dir: Path, student_dir: Path, topics: list[str], 
     KL(teacher || student) and reverse KL(student || teacher) over the full vocabulary (nats), and the teacher's
     perplexity of the student's tokens. This is the prefix distribution offline KD never trains on and on-policy KD
     does (GKD's train/inference mismatch). Same seed for every student."""
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -188,7 +189,14 @@ def own_sample_metrics(teacher_dir: Path, student_dir: Path, topics: list[str], 
         logp = torch.log_softmax(teacher(**kwargs).logits[:, :-1].double(), -1)[keep]
         logq = torch.log_softmax(student(**kwargs).logits[:, :-1].double(), -1)[keep]
     y = input_ids[:, 1:][keep]
-    return {"own_kl": float((logp.exp() * (logp - logq)).sum(-1).mean()),
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    # standard error of the per-token mean by a bootstrap over whole samples (tokens of one sample are correlated)
+    row_of = keep.nonzero()[:, 0]
+    kl_sums = torch.zeros(n, dtype=torch.float64).index_add_(0, row_of, kl).numpy()
+    counts = keep.sum(1).double().numpy()
+    picks = np.random.default_rng(0).integers(0, n, size=(200, n))
+    boot = kl_sums[picks].sum(1) / counts[picks].sum(1)
+    return {"own_kl": float(kl.mean()), "own_kl_se": float(boot.std()),
             "own_reverse_kl": float((logq.exp() * (logq - logp)).sum(-1).mean()),
             "own_teacher_ppl": float((-logp.gather(-1, y[:, None])).mean().exp()),
             "own_tokens": int(keep.sum()), "own_length": float(keep.sum()) / n}
@@ -239,7 +247,7 @@ def quality(args, work: Path) -> tuple[list[tuple], dict]:
 
     def evaluate(student_dir: Path) -> dict[str, float]:
         return {**heldout_metrics(work / "teacher", student_dir, work / "heldout"),
-                **own_sample_metrics(work / "teacher", student_dir, topics, args.heldout_rows)}
+                **own_sample_metrics(work / "teacher", student_dir, topics, args.own_samples)}
 
     rows = [("student before training", evaluate(student_init))]
     # Every student: same init, steps, batch, LR schedule and prompts. The on-policy runs read the KD run's logit
@@ -375,12 +383,16 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=200)
     parser.add_argument("--train-rows", type=int, default=512)
     parser.add_argument("--heldout-rows", type=int, default=128)
-    parser.add_argument("--student-steps", type=int, default=150)
+    parser.add_argument("--student-steps", type=int, default=400,
+                        help="optimizer steps of every student (at 150, before offline KD has converged, on-policy "
+                             "KD did not win here; at 400 it did on the student's own samples: docs/training.md)")
     parser.add_argument("--step-tokens", type=int, default=1024)
     parser.add_argument("--step-vocab", type=int, default=32768)
     parser.add_argument("--step-hidden", type=int, default=128)
     parser.add_argument("--step-reps", type=int, default=3)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--own-samples", type=int, default=512,
+                        help="samples each student writes for the own-sample metrics (the topic prompts in turn)")
     parser.add_argument("--no-on-policy", dest="on_policy", action="store_false",
                         help="skip the on-policy KD rows of the quality table (gen train --on-policy)")
     parser.add_argument("--skip-real-vocab", action="store_true",
@@ -404,7 +416,7 @@ def main() -> None:
         return
     if args.quick:
         args.teacher_rows, args.teacher_steps, args.train_rows = 1200, 150, 256
-        args.heldout_rows, args.student_steps, args.step_reps = 64, 60, 3
+        args.heldout_rows, args.student_steps, args.step_reps, args.own_samples = 64, 60, 3, 128
 
     import transformers
 
@@ -421,14 +433,16 @@ def main() -> None:
               f"{args.train_rows} teacher-generated conversations; held-out: {args.heldout_rows} more "
               f"({rows[0][1]['tokens']} assistant tokens)\n")
         print("On the teacher's held-out text: KL(teacher ‖ student) and the student's perplexity. On the student's "
-              f"own samples ({args.heldout_rows} held-out prompts, temperature 1, same seed for every student): "
-              "forward KL(teacher ‖ student), reverse KL(student ‖ teacher), and the teacher's perplexity of the "
-              "student's tokens. KL in nats/token over the full vocabulary.\n")
+              f"own samples ({args.own_samples} samples of the topic prompts in turn -- the language has no other "
+              "prompts, so what is held out is the samples --, temperature 1, same seed for every student): "
+              "forward KL(teacher ‖ student) ± its standard error (bootstrap over samples), reverse KL(student ‖ "
+              "teacher), and the teacher's perplexity of the student's tokens. KL in nats/token over the full "
+              "vocabulary.\n")
         print("| student | teacher text: KL | teacher text: perplexity | own samples: KL | own samples: reverse KL "
               "| own samples: teacher perplexity | own sample length (tokens) |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, m in rows:
-            print(f"| {name} | {m['kl']:.4f} | {m['ppl']:.3f} | {m['own_kl']:.4f} | {m['own_reverse_kl']:.4f} | "
+            print(f"| {name} | {m['kl']:.4f} | {m['ppl']:.3f} | {m['own_kl']:.4f} ± {m['own_kl_se']:.4f} | {m['own_reverse_kl']:.4f} | "
                   f"{m['own_teacher_ppl']:.3f} | {m['own_length']:.1f} |")
         sft, kd = rows[1][1], rows[2][1]
         if len(rows) > 4:  # the on-policy rows (before the teacher's own)
