@@ -7,17 +7,22 @@ Quality (the whole pipeline, as a user runs it):
   2. a tiny Llama teacher trained (SFT, `train.trainer.train`) on it, so it is distinctive;
   3. the teacher *generates* the training and held-out conversations (sampling at temperature 1);
   4. `gen logits`' capture (HF backend, K=32) over the training conversations;
-  5. two identical students (same architecture, same init, same steps, batch and LR): one SFT on the teacher's
-     text, one top-k KD on the logit shards;
+  5. identical students (same architecture, same init, same steps, batch and LR): one SFT on the teacher's
+     text, one top-k KD on the logit shards, and on-policy KD (`gen train --on-policy`, GKD) at lambda 0.5 and 1
+     on the same shards' prompts, scored by the teacher in process -- with the offline run's forward KL + tail, and
+     at lambda 1 also with GKD's default JSD(0.5) -- plus GKD's recipe at the same total steps: half the steps
+     top-k KD, then half fully on-policy (`--no-on-policy` skips these rows);
   6. held-out token-level KL(teacher || student) over the full vocabulary and the perplexity of the teacher's
-     held-out text, per assistant token.
+     held-out text, per assistant token; and on the student's *own* samples of held-out prompts (temperature 1,
+     one seed for all), forward KL(teacher || student), reverse KL(student || teacher) and the teacher's
+     perplexity of the student's tokens -- the prefixes offline KD never trains on.
 Cost: one KD training step (forward + backward of a student with a 32K vocabulary over N tokens, and of one with
 Gemma-3's real 262,144-token vocabulary and hidden size 640) with the fused op vs the same loss on materialized
 logits (`--kd-impl naive`), each in a fresh process after one warm-up step: median
 tokens/s and the peak memory a step adds on top of the model (CPU: peak RSS via /proc VmHWM reset, big allocations
 forced to mmap so RSS follows live tensors; CUDA: max_memory_allocated).
 
-    .venv/bin/python bench/distill.py            # ~3-4 min on 2 CPU cores
+    .venv/bin/python bench/distill.py            # ~7 min on 2 shared CPU cores (--skip-real-vocab: ~3.5)
     .venv/bin/python bench/distill.py --quick    # smaller, ~1 min
 """
 
@@ -145,6 +150,58 @@ def heldout_metrics(teacher_dir: Path, student_dir: Path, heldout: Path) -> dict
             "tokens": int(keep.sum())}
 
 
+def own_sample_metrics(teacher_dir: Path, student_dir: Path, topics: list[str], n: int, *, seed: int = 5,
+                       max_new_tokens: int = 48) -> dict[str, float]:
+    """Per token the student writes itself: it samples (temperature 1, as at inference) one answer to each of `n`
+    held-out prompts, and the teacher scores every completion position (its EOS included) -- forward
+    KL(teacher || student) and reverse KL(student || teacher) over the full vocabulary (nats), and the teacher's
+    perplexity of the student's tokens. This is the prefix distribution offline KD never trains on and on-policy KD
+    does (GKD's train/inference mismatch). Same seed for every student."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.on_policy import sample_completions
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+    prompts = []
+    for i in range(n):
+        text = tokenizer.apply_chat_template(prompt_for(topics[i % len(topics)]), tokenize=False,
+                                             add_generation_prompt=True)
+        prompts.append(torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        completions = sample_completions(student, prompts, pad_id=tokenizer.pad_token_id,
+                                         eos_ids=[tokenizer.eos_token_id], temperature=1.0,
+                                         max_new_tokens=max_new_tokens)
+    width = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    input_ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    keep = torch.zeros((n, width - 1), dtype=torch.bool)  # position t predicts token t + 1
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        input_ids[i, : len(p) + len(c)] = torch.cat([p, c])
+        attention_mask[i, : len(p) + len(c)] = 1
+        keep[i, len(p) - 1: len(p) + len(c) - 1] = True
+    with torch.no_grad():
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        logp = torch.log_softmax(teacher(**kwargs).logits[:, :-1].double(), -1)[keep]
+        logq = torch.log_softmax(student(**kwargs).logits[:, :-1].double(), -1)[keep]
+    y = input_ids[:, 1:][keep]
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    # standard error of the per-token mean by a bootstrap over whole samples (tokens of one sample are correlated)
+    row_of = keep.nonzero()[:, 0]
+    kl_sums = torch.zeros(n, dtype=torch.float64).index_add_(0, row_of, kl).numpy()
+    counts = keep.sum(1).double().numpy()
+    picks = np.random.default_rng(0).integers(0, n, size=(200, n))
+    boot = kl_sums[picks].sum(1) / counts[picks].sum(1)
+    return {"own_kl": float(kl.mean()), "own_kl_se": float(boot.std()),
+            "own_reverse_kl": float((logq.exp() * (logq - logp)).sum(-1).mean()),
+            "own_teacher_ppl": float((-logp.gather(-1, y[:, None])).mean().exp()),
+            "own_tokens": int(keep.sum()), "own_length": float(keep.sum()) / n}
+
+
 def quality(args, work: Path) -> tuple[list[tuple], dict]:
     import numpy as np
 
@@ -187,16 +244,52 @@ def quality(args, work: Path) -> tuple[list[tuple], dict]:
 
     student_init = build_tiny_llama(work / "student-init", tokenizer=tokenizer, hidden_size=64, layers=2, heads=2,
                                     intermediate_size=128, seed=7)
-    rows = [("student before training", heldout_metrics(work / "teacher", student_init, work / "heldout"))]
-    for name, data, kd in (("SFT on teacher text", work / "teacher-text", 1.0),
-                           (f"top-k KD (K={K}, forward KL + tail)", work / "logits", 1.0)):
+
+    def evaluate(student_dir: Path) -> dict[str, float]:
+        return {**heldout_metrics(work / "teacher", student_dir, work / "heldout"),
+                **own_sample_metrics(work / "teacher", student_dir, topics, args.own_samples)}
+
+    rows = [("student before training", evaluate(student_init))]
+    # Every student: same init, steps, batch, LR schedule and prompts. The on-policy runs read the KD run's logit
+    # shards: at lambda 0.5 about half the micro-batches are those offline rows, the rest (and all at lambda 1) the
+    # student's own samples of the same rows' prompts, scored by the teacher in process (exact tail, K=32) with the
+    # offline run's divergence (forward KL + tail), so only where the tokens come from differs; the GKD-default
+    # JSD(0.5) is a row of its own.
+    on_policy = {"teacher": f"hf:{work / 'teacher'}", "gen_temperature": 1.0, "gen_max_new_tokens": 48}
+    students = [("SFT on teacher text", "sft", work / "teacher-text", {}),
+                (f"top-k KD (K={K}, forward KL + tail)", "kd", work / "logits", {}),
+                ("on-policy KD, λ=0.5 (forward KL + tail)", "onpolicy05", work / "logits",
+                 {**on_policy, "on_policy": 0.5, "on_policy_loss": "forward_kl_tail"}),
+                ("on-policy KD, λ=1 (forward KL + tail)", "onpolicy1", work / "logits",
+                 {**on_policy, "on_policy": 1.0, "on_policy_loss": "forward_kl_tail"}),
+                ("on-policy KD, λ=1 (JSD β=0.5, GKD's default)", "onpolicy1jsd", work / "logits",
+                 {**on_policy, "on_policy": 1.0, "on_policy_loss": "jsd"})]
+    if args.on_policy:
+        # GKD starts on-policy training from a supervised student: half the steps top-k KD, then half on-policy
+        # (two cosine schedules of half the steps each; the same total number of optimizer steps)
+        students.append((f"top-k KD {args.student_steps // 2} steps, then on-policy λ=1 (forward KL + tail) "
+                         f"{args.student_steps - args.student_steps // 2}", "kd-then-onpolicy", work / "logits",
+                         {**on_policy, "on_policy": 1.0, "on_policy_loss": "forward_kl_tail"}))
+    else:
+        students = students[:2]
+
+    def run(init: Path, out: Path, data: Path, steps: int, extra: dict) -> None:
+        train(TrainConfig(student=str(init), data=[str(data)], out=str(out), max_steps=steps, batch_size=16,
+                          lr=2e-3, scheduler="cosine", warmup=0.05, loss=LossConfig(), **extra, **quiet))
+
+    for name, slug, data, extra in students:
         t0 = time.perf_counter()
-        out = work / name.split()[0].lower().replace("-", "")
-        train(TrainConfig(student=str(student_init), data=[str(data)], out=str(out), max_steps=args.student_steps,
-                          batch_size=16, lr=2e-3, scheduler="cosine", warmup=0.05, loss=LossConfig(kd_weight=kd),
-                          **quiet))
+        out = work / slug
+        if slug == "kd-then-onpolicy":
+            run(student_init, work / "kd-half", work / "logits", args.student_steps // 2, {})
+            run(work / "kd-half", out, data, args.student_steps - args.student_steps // 2, extra)
+        else:
+            run(student_init, out, data, args.student_steps, extra)
         timings[name] = time.perf_counter() - t0
-        rows.append((name, heldout_metrics(work / "teacher", out, work / "heldout")))
+        rows.append((name, evaluate(out)))
+    # the teacher against itself: KL 0 by construction, and its perplexity of its own samples (the own-sample metric's
+    # floor)
+    rows.append(("(the teacher itself)", evaluate(work / "teacher")))
     return rows, {"timings": timings, "captured": captured}
 
 
@@ -290,12 +383,18 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=200)
     parser.add_argument("--train-rows", type=int, default=512)
     parser.add_argument("--heldout-rows", type=int, default=128)
-    parser.add_argument("--student-steps", type=int, default=150)
+    parser.add_argument("--student-steps", type=int, default=400,
+                        help="optimizer steps of every student (at 150, before offline KD has converged, on-policy "
+                             "KD did not win here; at 400 it did on the student's own samples: docs/training.md)")
     parser.add_argument("--step-tokens", type=int, default=1024)
     parser.add_argument("--step-vocab", type=int, default=32768)
     parser.add_argument("--step-hidden", type=int, default=128)
     parser.add_argument("--step-reps", type=int, default=3)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--own-samples", type=int, default=512,
+                        help="samples each student writes for the own-sample metrics (the topic prompts in turn)")
+    parser.add_argument("--no-on-policy", dest="on_policy", action="store_false",
+                        help="skip the on-policy KD rows of the quality table (gen train --on-policy)")
     parser.add_argument("--skip-real-vocab", action="store_true",
                         help="skip the step-cost row at Gemma-3's 262,144-token vocabulary")
     parser.add_argument("--real-vocab-tokens", type=int, default=1024,
@@ -317,7 +416,7 @@ def main() -> None:
         return
     if args.quick:
         args.teacher_rows, args.teacher_steps, args.train_rows = 1200, 150, 256
-        args.heldout_rows, args.student_steps, args.step_reps = 64, 60, 3
+        args.heldout_rows, args.student_steps, args.step_reps, args.own_samples = 64, 60, 3, 128
 
     import transformers
 
@@ -333,12 +432,22 @@ def main() -> None:
         print(f"\n### Quality: identical students, {args.student_steps} steps x 16 sequences, lr 2e-3, on "
               f"{args.train_rows} teacher-generated conversations; held-out: {args.heldout_rows} more "
               f"({rows[0][1]['tokens']} assistant tokens)\n")
-        print("| student | held-out KL(teacher ‖ student), nats/token | teacher-text perplexity |")
-        print("| --- | ---: | ---: |")
+        print("On the teacher's held-out text: KL(teacher ‖ student) and the student's perplexity. On the student's "
+              f"own samples ({args.own_samples} samples of the topic prompts in turn -- the language has no other "
+              "prompts, so what is held out is the samples --, temperature 1, same seed for every student): "
+              "forward KL(teacher ‖ student) ± its standard error (bootstrap over samples), reverse KL(student ‖ "
+              "teacher), and the teacher's perplexity of the student's tokens. KL in nats/token over the full "
+              "vocabulary.\n")
+        print("| student | teacher text: KL | teacher text: perplexity | own samples: KL | own samples: reverse KL "
+              "| own samples: teacher perplexity | own sample length (tokens) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, m in rows:
-            print(f"| {name} | {m['kl']:.4f} | {m['ppl']:.3f} |")
-        print(f"| (the teacher itself) | 0 | {rows[0][1]['teacher_ppl']:.3f} |")
+            print(f"| {name} | {m['kl']:.4f} | {m['ppl']:.3f} | {m['own_kl']:.4f} ± {m['own_kl_se']:.4f} | {m['own_reverse_kl']:.4f} | "
+                  f"{m['own_teacher_ppl']:.3f} | {m['own_length']:.1f} |")
         sft, kd = rows[1][1], rows[2][1]
+        if len(rows) > 4:  # the on-policy rows (before the teacher's own)
+            print("\nOwn-sample KL / top-k KD's (< 1: better than offline KD on the student's own samples): "
+                  + "; ".join(f"{name}: {m['own_kl'] / kd['own_kl']:.2f}" for name, m in rows[3:-1]))
         print(f"\nKD / SFT held-out KL ratio: {kd['kl'] / sft['kl']:.3f} (goal < 1). Logit shards: "
               f"{info['captured']['bytes_per_token']:.0f} bytes/token at K={K}. Stage seconds: "
               + ", ".join(f"{k} {v:.1f}" for k, v in info["timings"].items()))
