@@ -255,7 +255,9 @@ def on_policy_setup(config: TrainConfig, logit_metadata: dict | None, device: to
     settings = OnPolicySettings(lmbda=config.on_policy, k=k, loss=replace(config.loss, loss=config.on_policy_loss),
                                 temperature=config.gen_temperature, max_new_tokens=config.gen_max_new_tokens,
                                 max_length=config.max_length, seed=config.seed,
-                                sampler=resolve_sampler(config.student_sampler, processes),
+                                # lambda 0 never samples: no engine to start
+                                sampler=resolve_sampler(config.student_sampler if config.on_policy > 0 else
+                                                        "transformers", processes),
                                 sync_steps=config.sync_steps, student=str(config.student),
                                 vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization)
     return {"scorer": scorer, "on_policy": settings, "metadata": scorer_metadata(scorer, k)}
