@@ -70,13 +70,17 @@ def request_seed(seed: int, rank: int, draw: int, row: int) -> int:
 
 def _start_engine(model_path: str, *, max_model_len: int, dtype: str, seed: int, gpu_memory_utilization: float,
                   cuda: bool):
+    import vllm.envs
     from vllm import LLM
 
     key = (model_path, max_model_len, dtype, seed, gpu_memory_utilization, cuda)
     if key in _ENGINES:
         return _ENGINES[key], 0.0
-    # The engine core in this process: weights are synced by reference (see the module docstring). vLLM reads its
-    # environment once, at start.
+    # The engine core in this process: weights are synced by reference (see the module docstring). Set only for this
+    # start: the in-process engine core freezes vLLM's environment reads once it is up (envs cache), which would
+    # also hold for any other vLLM engine this process starts later -- both are undone afterwards.
+    multiprocessing = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    envs_cached = vllm.envs._is_envs_cache_enabled()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     # vLLM's CPU worker lowers torch's thread count for serving, replaces torch.set_num_threads with a no-op and may
     # bind this process to cores: right for a server, wrong for the trainer it shares the process with. Put back.
@@ -88,6 +92,12 @@ def _start_engine(model_path: str, *, max_model_len: int, dtype: str, seed: int,
                   gpu_memory_utilization=gpu_memory_utilization,
                   enforce_eager=not cuda)  # on CPU, torch.compile costs minutes at start for little gain
     finally:
+        if multiprocessing is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = multiprocessing
+        if not envs_cached:
+            vllm.envs.disable_envs_cache()
         torch.set_num_threads = set_threads
         torch.set_num_threads(threads)
         if affinity is not None:
