@@ -14,6 +14,7 @@ No torch here: the CLI builds its parser from this module on every `gen` invocat
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -154,6 +155,17 @@ class TrainConfig:
                                        "--loss)")
     gen_temperature: float = setting(1.0, help="student sampling temperature for on-policy samples (0: greedy)")
     gen_max_new_tokens: int = setting(128, help="most tokens the student writes per on-policy sample")
+    # --- on-policy student sampling through a colocated vLLM engine (train/student_sampler.py, train/vllm_sampler.py)
+    student_sampler: str = setting("auto", choices=("auto", "vllm", "transformers"),
+                                   help="who samples the student's on-policy completions: vllm (an in-process vLLM "
+                                        "engine fed the trainer's weights every --sync-steps), transformers "
+                                        "(generate on the trained model) or auto (vllm when it is installed and the "
+                                        "run is one process, else transformers)")
+    sync_steps: int = setting(1, help="push the trainer's weights into the vLLM sampler every N optimizer steps "
+                                      "(1: it always samples from the current student; must divide --save-steps)")
+    vllm_gpu_memory_utilization: float = setting(0.3, help="fraction of the GPU the vLLM sampler may take (weights "
+                                                           "+ KV cache), the trainer keeps the rest; on CPU the KV "
+                                                           "cache size is vLLM's VLLM_CPU_KVCACHE_SPACE (GiB)")
     # `gen train --dpo` (issue 13): its settings are flags of their own
     preference: DPOSettings = setting(default_factory=DPOSettings, help="DPO on preference rows (--dpo ...)")
 
@@ -219,5 +231,18 @@ def check_settings(config: TrainConfig) -> None:
         raise InvalidSetting("gen_max_new_tokens", f"gen_max_new_tokens {config.gen_max_new_tokens}: must be >= 1")
     if config.teacher_k is not None and config.teacher_k < 1:
         raise InvalidSetting("teacher_k", f"teacher_k {config.teacher_k}: must be >= 1")
+    # on-policy student sampling through vLLM
+    if config.student_sampler == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise InvalidSetting("student_sampler", "student_sampler vllm: vLLM is not installed here (pip install vllm), "
+                                                "or use student_sampler transformers")
+    if config.sync_steps < 1:
+        raise InvalidSetting("sync_steps", f"sync_steps {config.sync_steps}: must be >= 1")
+    if config.on_policy > 0 and config.save_steps % config.sync_steps:
+        raise InvalidSetting("sync_steps", f"sync_steps {config.sync_steps}: must divide save_steps "
+                                           f"{config.save_steps} (a resumed run restarts the vLLM sampler from a "
+                                           f"checkpoint's weights, which must be weights it had synced)")
+    if not 0.0 < config.vllm_gpu_memory_utilization < 1.0:
+        raise InvalidSetting("vllm_gpu_memory_utilization",
+                             f"vllm_gpu_memory_utilization {config.vllm_gpu_memory_utilization}: must be in (0, 1)")
     if not config.preference.dpo_beta > 0:  # `gen train --dpo` (issue 13)
         raise InvalidSetting("dpo_beta", f"dpo_beta {config.preference.dpo_beta}: must be > 0")

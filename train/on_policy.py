@@ -12,12 +12,13 @@ the replaced micro-batches are counted like any other and the step is normalized
 Randomness, and why two generators:
 - the on/off decision per micro-batch: a `random.Random(seed)`, the same on every rank, so under FSDP/ZeRO-3 every
   rank generates at the same steps (generation there is a collective);
-- the student's sampling: torch's RNG forked around `generate` and seeded with (seed, rank), so ranks sample
-  different completions for their different prompts, and the Trainer's own RNG (dropout, data order) is untouched.
+- the student's sampling: the sampler's own (train/student_sampler.py): torch's RNG forked around `generate` and
+  seeded with (seed, rank), or vLLM's per-request seeds from (seed, rank, draw, row) (train/vllm_sampler.py), so
+  ranks sample different completions for their different prompts, and the Trainer's own RNG is untouched.
 Both are saved in every checkpoint (`on_policy_state_<rank>.pt`) and restored before the resumed run draws again.
 
-Student sampling is transformers' `generate` on the student being trained (eval mode, no grad; TRL's
-`unwrap_model_for_generation` gathers ZeRO-3 weights for it). vLLM sampling is not built: see docs/training.md.
+Student sampling: transformers' `generate` on the student being trained, or a vLLM engine in this process that gets
+the trainer's weights every `sync_steps` optimizer steps (`student_sampler`; auto = vLLM when installed).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from gen.errors import InvalidSetting
 from gen.logits.scoring import TeacherScorer, open_teacher_scorer, score_completions, scorer_metadata
 from train.config import LossConfig, TrainConfig
 from train.data import DistillCollator
+from train.student_sampler import SamplingSpec, TransformersSampler, resolve_sampler, sample_completions
+
+__all__ = ["OnPolicyMixin", "OnPolicySettings", "on_policy_setup", "prompts_of", "sample_completions"]
 
 IGNORE_INDEX = -100
 DEFAULT_TEACHER_K = 20  # vLLM's default --max-logprobs
@@ -49,6 +53,11 @@ class OnPolicySettings:
     max_new_tokens: int
     max_length: int
     seed: int
+    # who samples (train/student_sampler.py): "transformers" or "vllm", resolved from `auto` by on_policy_setup
+    sampler: str = "transformers"
+    sync_steps: int = 1
+    student: str = ""  # the student's directory, which a vLLM sampler starts from
+    vllm_gpu_memory_utilization: float = 0.3
 
 
 def prompts_of(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -62,34 +71,12 @@ def prompts_of(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return prompts
 
 
-def sample_completions(model, prompts: list[torch.Tensor], *, pad_id: int, eos_ids: list[int], temperature: float,
-                       max_new_tokens: int, synced_gpus: bool = False) -> list[torch.Tensor]:
-    """The student's completion of each prompt (left-padded batch `generate`), cut after its first EOS."""
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        input_ids[i, width - len(prompt):] = prompt
-        attention_mask[i, width - len(prompt):] = 1
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else \
-        {"do_sample": False}
-    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                         max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_ids,
-                         synced_gpus=synced_gpus, **sampling)
-    completions = []
-    for row in out[:, width:].cpu():
-        ends = torch.isin(row, torch.tensor(eos_ids)).nonzero()
-        completions.append(row[: int(ends[0]) + 1] if len(ends) else row)
-    return completions
-
-
 class OnPolicyMixin:
     """GKD's mixture for train.trainer.DistillTrainer (`class OnPolicyTrainer(OnPolicyMixin, DistillTrainer)`; a
     mixin so this module needs nothing from train.trainer): with probability lambda a micro-batch is replaced by the
     student's samples on its prompts, scored by the teacher (see the module docstring)."""
 
-    def __init__(self, *args, scorer: TeacherScorer, on_policy: OnPolicySettings, **kwargs):
+    def __init__(self, *args, scorer: TeacherScorer, on_policy: OnPolicySettings, sampler=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.scorer, self.on_policy = scorer, on_policy
         tokenizer = self.processing_class
@@ -99,28 +86,37 @@ class OnPolicyMixin:
         self._eos_ids = sorted({*eos, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
         self._collator = DistillCollator(pad_id=self._pad_id, k=on_policy.k)
         self._decide = random.Random(on_policy.seed)  # identical on every rank
-        with torch.random.fork_rng(devices=self._cuda_devices()):
-            torch.manual_seed(on_policy.seed * 1_000_003 + 7919 * (self.args.process_index + 1))
-            self._sampling_rng = self._rng_now()
         counters = ("gen_tokens", "gen_seconds", "score_tokens", "score_seconds", "train_tokens", "train_seconds",
-                    "on_policy_batches", "batches")
+                    "on_policy_batches", "batches", "sync_seconds", "syncs")
         self._totals = dict.fromkeys(counters, 0.0)
         self._since_log = dict.fromkeys(counters, 0.0)
+        self.sampler = sampler or self._open_sampler()
+        if on_policy.lmbda > 0:  # a first push now: a student the engine cannot take is refused before training
+            self._sync_sampler()
+
+    def _open_sampler(self):
+        settings = self.on_policy
+        spec = SamplingSpec(pad_id=self._pad_id, eos_ids=self._eos_ids, temperature=settings.temperature,
+                            seed=settings.seed, rank=self.args.process_index)
+        if settings.sampler == "vllm":
+            from train.vllm_sampler import VLLMSampler
+
+            return VLLMSampler(settings.student, spec, sync_steps=settings.sync_steps,
+                               max_model_len=settings.max_length, device=self.args.device,
+                               gpu_memory_utilization=settings.vllm_gpu_memory_utilization)
+        return TransformersSampler(spec, self.accelerator, self.args.device, synced_gpus=self._synced_generation())
+
+    def _sync_sampler(self) -> None:
+        seconds = self.sampler.sync(self.accelerator.unwrap_model(self.model), self.state.global_step)
+        if seconds is not None:
+            self._count("sync_seconds", seconds)
+            self._count("syncs", 1)
 
     # ------------------------------------------------------------------------------------------ randomness
 
-    def _cuda_devices(self) -> list:
-        return [self.args.device] if self.args.device.type == "cuda" else []
-
-    def _rng_now(self) -> dict[str, Any]:
-        state = {"cpu": torch.get_rng_state()}
-        if self.args.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.args.device)
-        return state
-
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
-        torch.save({"decide": self._decide.getstate(), "sampling": self._sampling_rng, "totals": self._totals},
+        torch.save({"decide": self._decide.getstate(), "sampling": self.sampler.state_dict(), "totals": self._totals},
                    os.path.join(output_dir, _STATE_FILE.format(rank=self.args.process_index)))
 
     def _restore_sampler(self, checkpoint: str) -> None:
@@ -129,7 +125,7 @@ class OnPolicyMixin:
             return
         state = torch.load(path, weights_only=True)
         self._decide.setstate(state["decide"])
-        self._sampling_rng = state["sampling"]
+        self.sampler.load_state_dict(state["sampling"])
         self._totals.update(state["totals"])
 
     def train(self, resume_from_checkpoint=None, **kwargs):
@@ -172,27 +168,13 @@ class OnPolicyMixin:
         return self.accelerator.num_processes > 1 and "FSDP" in kind
 
     def _on_policy_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        from trl.models.utils import unwrap_model_for_generation
-
         settings = self.on_policy
         prompts = [p[: settings.max_length - 1] for p in prompts_of(batch)]
         room = settings.max_length - max(len(p) for p in prompts)
-        model = self.model_wrapped
-        was_training = model.training
-        model.eval()
+        self._sync_sampler()  # timed apart: the weight push is not generation
         t0 = time.perf_counter()
-        try:
-            with torch.no_grad(), unwrap_model_for_generation(model, self.accelerator) as student, \
-                    torch.random.fork_rng(devices=self._cuda_devices()):
-                torch.set_rng_state(self._sampling_rng["cpu"])
-                if "cuda" in self._sampling_rng:
-                    torch.cuda.set_rng_state(self._sampling_rng["cuda"], self.args.device)
-                completions = sample_completions(
-                    student, prompts, pad_id=self._pad_id, eos_ids=self._eos_ids, temperature=settings.temperature,
-                    max_new_tokens=max(1, min(settings.max_new_tokens, room)), synced_gpus=self._synced_generation())
-                self._sampling_rng = self._rng_now()
-        finally:
-            model.train(was_training)
+        completions = self.sampler.sample(self.model_wrapped, prompts,
+                                          max_new_tokens=max(1, min(settings.max_new_tokens, room)))
         t1 = time.perf_counter()
         completions = [c[: settings.max_length - len(p)] for p, c in zip(prompts, completions)]
         records = score_completions(self.scorer, [p.numpy() for p in prompts], [c.numpy() for c in completions],
@@ -240,7 +222,9 @@ class OnPolicyMixin:
                 "score_tokens_per_second": rate("score_tokens", "score_seconds"),
                 "train_tokens_per_second": rate("train_tokens", "train_seconds"),
                 "on_policy_fraction": round(c["on_policy_batches"] / c["batches"], 4) if c["batches"] else 0.0,
-                "gen_tokens": int(c["gen_tokens"])}
+                "gen_tokens": int(c["gen_tokens"]),
+                # weight pushes into a vLLM sampler: how many, and the seconds they took (not counted as generation)
+                "syncs": int(c["syncs"]), "sync_seconds": round(c["sync_seconds"] / n, 4)}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -250,12 +234,15 @@ class OnPolicyMixin:
 
     def on_policy_summary(self) -> dict[str, Any]:
         """For train_summary.json: the teacher, how its tail was obtained, and the run's throughput split."""
-        return {"teacher": self.scorer.teacher_id, "tail_source": self.scorer.tail_source, "k": self.on_policy.k,
+        return {"student_sampler": self.sampler.name, "sync_steps": self.on_policy.sync_steps,
+                "sampler_start_seconds": round(getattr(self.sampler, "start_seconds", 0.0), 2),
+                "teacher": self.scorer.teacher_id, "tail_source": self.scorer.tail_source, "k": self.on_policy.k,
                 "lambda": self.on_policy.lmbda, "loss": self.on_policy.loss.loss,
                 **self._rates(self._totals), "on_policy_batches": int(self._totals["on_policy_batches"])}
 
 
-def on_policy_setup(config: TrainConfig, logit_metadata: dict | None, device: torch.device) -> dict[str, Any]:
+def on_policy_setup(config: TrainConfig, logit_metadata: dict | None, device: torch.device,
+                    processes: int = 1) -> dict[str, Any]:
     """The OnPolicyTrainer's extra arguments -- the teacher scorer and the settings -- and `metadata`, what a logit
     shard of this scorer would carry, for the trainer's tokenizer check. K follows the logit shards when the run
     mixes them in."""
@@ -267,5 +254,10 @@ def on_policy_setup(config: TrainConfig, logit_metadata: dict | None, device: to
                                  device=str(device))
     settings = OnPolicySettings(lmbda=config.on_policy, k=k, loss=replace(config.loss, loss=config.on_policy_loss),
                                 temperature=config.gen_temperature, max_new_tokens=config.gen_max_new_tokens,
-                                max_length=config.max_length, seed=config.seed)
+                                max_length=config.max_length, seed=config.seed,
+                                # lambda 0 never samples: no engine to start
+                                sampler=resolve_sampler(config.student_sampler if config.on_policy > 0 else
+                                                        "transformers", processes),
+                                sync_steps=config.sync_steps, student=str(config.student),
+                                vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization)
     return {"scorer": scorer, "on_policy": settings, "metadata": scorer_metadata(scorer, k)}

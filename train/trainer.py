@@ -461,7 +461,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     if config.teacher:
         from train.on_policy import OnPolicyMixin, on_policy_setup
 
-        on_policy = on_policy_setup(config, data.logit_metadata, args.device)
+        on_policy = on_policy_setup(config, data.logit_metadata, args.device, processes=args.world_size)
         check_tokenizers(tokenizer, model.get_output_embeddings().weight.shape[0], on_policy.pop("metadata"),
                          f"teacher {config.teacher}")
         trainer_class = type("OnPolicyTrainer", (OnPolicyMixin, DistillTrainer), {})

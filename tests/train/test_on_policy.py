@@ -170,3 +170,50 @@ def test_on_policy_settings_are_refused_in_one_line_before_loading(tiny_pair, co
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"gen train: error: teacher hf:{stranger}: the teacher's tokenizer") and "differs" in err
     assert not (tmp_path / "o").exists()
+
+
+# --- student sampling: the settings and the weights a vLLM sampler is given (train/vllm_sampler.py) ---
+
+def test_student_sampler_auto_is_transformers_without_vllm_and_vllm_is_refused_in_one_line(
+        tiny_pair, conversations, tmp_path, capsys):
+    import importlib.util
+
+    from train.student_sampler import resolve_sampler
+
+    _, teacher_dir, student_dir = tiny_pair
+    assert resolve_sampler("auto", processes=2) == "transformers" and resolve_sampler("transformers", 1) == "transformers"
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here; its sampler is tested in test_on_policy_vllm_sampler.py")
+    assert resolve_sampler("auto", processes=1) == "transformers"
+    base = ["train", "--student", str(student_dir), "--data", str(conversations), "--out", str(tmp_path / "o"),
+            "--on-policy", "1", "--teacher", f"hf:{teacher_dir}"]
+    for extra, flag in ((["--student-sampler", "vllm"], "--student-sampler vllm: vLLM is not installed"),
+                        (["--sync-steps", "3", "--save-steps", "10"], "--sync-steps 3: must divide save_steps 10")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("gen train: error: ") and flag in err, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_weights_pushed_to_vllm_merge_the_lora_adapter_like_peft(tiny_pair, tmp_path):
+    import copy
+
+    from train.lora import apply_lora
+    from train.vllm_sampler import inference_weights
+
+    _, _, student_dir = tiny_pair
+    config = TrainConfig(student=str(student_dir), data=["unused"], out=str(tmp_path / "o"), lora=4)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(student_dir), config)
+    torch.manual_seed(0)
+    with torch.no_grad():  # B starts at zero: give the adapter a delta to merge
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    pushed = dict(inference_weights(model))
+    merged = copy.deepcopy(model).merge_and_unload().state_dict()
+    assert pushed.keys() == merged.keys()
+    for name, tensor in merged.items():
+        torch.testing.assert_close(pushed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(pushed["model.layers.0.self_attn.q_proj.weight"],
+                           model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight)
+    assert any(p.requires_grad for p in model.parameters())  # the trained model itself is left as it was

@@ -38,6 +38,8 @@ ON_POLICY_FLAGS = ("--on-policy", "--teacher", "--teacher-base-url", "--teacher-
                    "--on-policy-loss", "--gen-temperature", "--gen-max-new-tokens")
 # `gen train --dpo` (issue 13): flags added after the ones above.
 DPO_DEFAULTS = {"--dpo": False, "--dpo-beta": 0.1, "--dpo-loss": "sigmoid"}
+# on-policy student sampling through a colocated vLLM engine: flags added after the ones above
+SAMPLER_DEFAULTS = {"--student-sampler": "auto", "--sync-steps": 1, "--vllm-gpu-memory-utilization": 0.3}
 FLOAT_FLAGS = ("--temperature", "--beta", "--alpha", "--kd-weight", "--epochs", "--lr", "--warmup", "--weight-decay")
 
 
@@ -88,9 +90,10 @@ def test_flags_keep_their_spelling_and_defaults_and_build_the_config():
         assert by_flag[flag].default == default, flag
     for flag, default in NEW_DEFAULTS.items():
         assert by_flag[flag].default == default, flag
-    assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, *NEW_DEFAULTS, *ON_POLICY_FLAGS, *DPO_DEFAULTS, "--student", "--data",
+    assert {flag for flag in by_flag if flag.startswith("--")} == {*OLD_DEFAULTS, *NEW_DEFAULTS, *ON_POLICY_FLAGS, *DPO_DEFAULTS,
+                                                                    *SAMPLER_DEFAULTS, "--student", "--data",
                                                                     "--out", "--help"}
-    for flag, default in DPO_DEFAULTS.items():
+    for flag, default in {**DPO_DEFAULTS, **SAMPLER_DEFAULTS}.items():
         assert by_flag[flag].default == default, flag
     assert by_flag["--loss"].choices == ("forward_kl_tail", "forward_kl_topk", "reverse_kl", "jsd", "skew_kl")
     assert by_flag["--resume"].const == "latest" and by_flag["--data"].nargs == "+"
