@@ -49,7 +49,7 @@ class LossConfig:
                                               help="the fused op's chunk budget in bytes (None: its default)")
 
 
-# --- `gen train --dpo` (issue 13: preference data from `gen prefs`) ---------------------------------------------
+# --- `gen train --dpo` (preference data from `gen prefs`) ------------------------------------------------------
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
 
 
@@ -106,12 +106,12 @@ class TrainConfig:
                                                    "(the config holds the template's text)")
     gradient_checkpointing: bool = setting(False, help="recompute activations in backward (less memory, slower)",
                                            training_args=("gradient_checkpointing",))
-    # logit-shard temperature check (issue 17): the shards' capture temperature must equal --temperature
+    # logit-shard temperature check: the shards' capture temperature must equal --temperature
     force_temperature: bool = setting(False, help="train even when --temperature differs from the temperature the "
                                                   "logit shards were captured at (gen logits --temperature)")
     split: str = setting("train", cli=False, help="split of conversational runs to read")
     extra_callbacks: list = setting(default_factory=list, cli=False, help="extra transformers TrainerCallbacks")
-    # --- issue 17 (artifacts): LoRA / QLoRA, evaluation during training, trackers, the Hub (train/lora.py,
+    # --- artifacts: LoRA / QLoRA, evaluation during training, trackers, the Hub (train/lora.py,
     # train/evaluation.py, train/trackers.py, gen/publish/model_card.py) ---
     lora: int | None = setting(None, metavar="R", help="train a LoRA adapter of rank R (PEFT) instead of every weight; "
                                                        "the fused op gets the adapted lm_head weight W + (alpha/R) B A")
@@ -137,7 +137,7 @@ class TrainConfig:
     hub_private: bool = setting(False, help="create the --push-to-hub repo private")
     hub_eval: str | None = setting(None, metavar="DIR", help="a `gen eval` output dir whose eval.json the model card "
                                                              "shows (default: OUT/eval when it exists)")
-    # --- on-policy distillation (GKD; issue 14, train/on_policy.py) ---
+    # --- on-policy distillation (GKD; train/on_policy.py) ---
     on_policy: float = setting(0.0, metavar="LAMBDA",
                                help="GKD's lambda: the probability, per micro-batch, that the student samples "
                                     "completions for the batch's prompts and --teacher scores them (0: offline "
@@ -166,7 +166,7 @@ class TrainConfig:
     vllm_gpu_memory_utilization: float = setting(0.3, help="fraction of the GPU the vLLM sampler may take (weights "
                                                            "+ KV cache), the trainer keeps the rest; on CPU the KV "
                                                            "cache size is vLLM's VLLM_CPU_KVCACHE_SPACE (GiB)")
-    # `gen train --dpo` (issue 13): its settings are flags of their own
+    # `gen train --dpo`: its settings are flags of their own
     preference: DPOSettings = setting(default_factory=DPOSettings, help="DPO on preference rows (--dpo ...)")
 
 
@@ -183,7 +183,7 @@ def check_settings(config: TrainConfig) -> None:
         raise InvalidSetting("temperature", f"temperature {loss.temperature}: must be > 0")
     if not 0.0 <= loss.kd_weight <= 1.0:
         raise InvalidSetting("kd_weight", f"kd_weight {loss.kd_weight}: must be in [0, 1]")
-    # --- issue 17 (artifacts): LoRA, evaluation, Hub ---
+    # --- artifacts: LoRA, evaluation, Hub ---
     if config.lora is not None and config.lora < 1:
         raise InvalidSetting("lora", f"lora {config.lora}: the rank must be >= 1")
     for name in ("lora_dropout", "lora_merge", "qlora"):
@@ -213,7 +213,7 @@ def check_settings(config: TrainConfig) -> None:
     if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
         raise InvalidSetting("early_stopping_patience",
                              f"early_stopping_patience {config.early_stopping_patience}: must be >= 1")
-    # on-policy distillation (issue 14)
+    # on-policy distillation
     if not 0.0 <= config.on_policy <= 1.0:
         raise InvalidSetting("on_policy", f"on_policy {config.on_policy}: must be in [0, 1]")
     if config.on_policy > 0 and not config.teacher:
@@ -244,5 +244,5 @@ def check_settings(config: TrainConfig) -> None:
     if not 0.0 < config.vllm_gpu_memory_utilization < 1.0:
         raise InvalidSetting("vllm_gpu_memory_utilization",
                              f"vllm_gpu_memory_utilization {config.vllm_gpu_memory_utilization}: must be in (0, 1)")
-    if not config.preference.dpo_beta > 0:  # `gen train --dpo` (issue 13)
+    if not config.preference.dpo_beta > 0:  # `gen train --dpo`
         raise InvalidSetting("dpo_beta", f"dpo_beta {config.preference.dpo_beta}: must be > 0")

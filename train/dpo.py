@@ -97,6 +97,9 @@ _NOT_FOR_DPO = {
     "eval_steps": "held-out evaluation is not wired for DPO",
     "early_stopping_patience": "held-out evaluation is not wired for DPO",
 }
+# Settings of on-policy sampling: they have non-empty defaults, so they are refused when they differ from them.
+_ON_POLICY_ONLY = ("on_policy_loss", "gen_temperature", "gen_max_new_tokens", "student_sampler", "sync_steps",
+                   "vllm_gpu_memory_utilization")
 
 
 def check_dpo_settings(config: TrainConfig) -> None:
@@ -112,6 +115,12 @@ def check_dpo_settings(config: TrainConfig) -> None:
         if value:
             shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
             raise InvalidSetting(name, f"{name} {shown}: not with DPO training (dpo): {why}")
+    defaults_of_run = TrainConfig(student=config.student, data=config.data, out=config.out)
+    for name in _ON_POLICY_ONLY:
+        value = getattr(config, name)
+        if value != getattr(defaults_of_run, name):
+            raise InvalidSetting(name, f"{name} {value}: an on-policy sampling setting; DPO training (dpo) trains on "
+                                       f"fixed preference pairs")
 
 
 def train_dpo(config: TrainConfig) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from transformers import Trainer
 from gen.errors import InvalidSetting, UserError
 from gen.logits.records import tokenizer_fingerprint
 from train.config import LossConfig, TrainConfig, check_settings
-from train.lora import adapted_head_weight  # issue 17 (artifacts): a LoRA-adapted lm_head
+from train.lora import adapted_head_weight  # a LoRA-adapted lm_head
 from train.losses import batch_loss_sum
 
 # Config attributes of models whose logits are not plain `h @ W.T + b`: the op would train a different distribution.
@@ -96,12 +96,12 @@ class DistillTrainer(Trainer):
         self._hidden: torch.Tensor | None = None
         self._route, self._route_for = None, None  # `_loss_route` of the model compute_loss last saw
         core.get_decoder().register_forward_hook(self._keep_hidden)
-        # a PEFT model's forward passes **kwargs (logits_to_keep among them) on to the base model's (issue 17, LoRA)
+        # a PEFT model's forward passes **kwargs (logits_to_keep among them) on to the base model's (LoRA)
         base = core.get_base_model() if hasattr(core, "get_base_model") else core
         self._forward_takes = set(inspect.signature(base.forward).parameters)
-        self._tokens_trained = 0  # issue 17: input tokens of every training micro-batch, for the summary and card
+        self._tokens_trained = 0  # input tokens of every training micro-batch, for the summary and card
         self._eval_window = dict.fromkeys(("loss_sum", "tokens", "kd_loss_sum", "kd_tokens", "sft_loss_sum",
-                                           "sft_tokens"), 0.0)  # issue 17: token-weighted eval loss and split
+                                           "sft_tokens"), 0.0)  # token-weighted eval loss and split
         self._window = {"tokens": 0, "kd_tokens": 0.0, "sft_tokens": 0.0, "kd_loss_sum": 0.0, "sft_loss_sum": 0.0}
         self._window_start = time.perf_counter()
 
@@ -192,7 +192,7 @@ class DistillTrainer(Trainer):
 
         def loss_from_head():
             weight = gather_full_weight(self._head.weight)
-            weight = adapted_head_weight(self._head, weight)  # W + (alpha/r) B A under LoRA on the head (issue 17)
+            weight = adapted_head_weight(self._head, weight)  # W + (alpha/r) B A under LoRA on the head
             bias = gather_full_weight(getattr(self._head, "bias", None))
             if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
                 raise RuntimeError(f"lm_head weight has shape {tuple(weight.shape)} at loss time: it is sharded in a "
@@ -217,7 +217,7 @@ class DistillTrainer(Trainer):
             self._tokens_trained += tokens
             for key, value in stats.items():
                 self._window[key] += value
-        else:  # evaluation (issue 17): per-token sums, so the eval loss is over the whole eval set
+        else:  # evaluation: per-token sums, so the eval loss is over the whole eval set
             for key, value in stats.items():
                 self._eval_window[key] += value
             self._eval_window["loss_sum"] += stats["kd_loss_sum"] + stats["sft_loss_sum"]
@@ -226,7 +226,7 @@ class DistillTrainer(Trainer):
 
     def evaluation_loop(self, *args, **kwargs):
         """The Trainer's loop, with `<prefix>_loss` per loss token over the whole eval set (its own is a mean of
-        per-batch means) and the split `<prefix>_kd_loss` / `<prefix>_sft_loss` (issue 17)."""
+        per-batch means) and the split `<prefix>_kd_loss` / `<prefix>_sft_loss`."""
         self._eval_window = dict.fromkeys(self._eval_window, 0.0)
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
@@ -369,7 +369,7 @@ def training_arguments(config: TrainConfig, arguments_class=None, **extra):
     this trainer always uses."""
     from transformers import TrainingArguments
 
-    from train.evaluation import evaluation_arguments  # issue 17 (artifacts)
+    from train.evaluation import evaluation_arguments
     arguments_class = arguments_class or TrainingArguments
 
     # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing
@@ -415,7 +415,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Build data, model and trainer from `config`, train, save the final model, the loss curve and the log.
     Returns a summary (steps, final loss, paths). A refused configuration writes nothing."""
     check_settings(config)
-    if config.preference.dpo:  # `gen train --dpo` (issue 13): preference rows go through TRL's DPOTrainer
+    if config.preference.dpo:  # `gen train --dpo`: preference rows go through TRL's DPOTrainer
         raise InvalidSetting("dpo", "dpo: preference training is train.dpo.train_dpo, not train.trainer.train")
     with deepspeed_hidden_unless_used():
         return _train(config)
@@ -439,7 +439,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
 
     out = Path(config.out)
     resume = resolve_resume(config)
-    # --- issue 17 (artifacts): tracker check, QLoRA load, LoRA, evaluation set ---
+    # --- artifacts: tracker check, QLoRA load, LoRA, evaluation set ---
     from train.evaluation import evaluation_callbacks, evaluation_data, evaluation_summary
     from train.lora import apply_lora, lora_summary, quantization_config, save_merged
     from train.trackers import check_tracker
@@ -456,7 +456,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     model = apply_lora(model, config)
     args = training_arguments(config)
     bf16 = args.bf16
-    # on-policy distillation (GKD; issue 14): a teacher scorer, and a trainer that mixes in the student's samples
+    # on-policy distillation (GKD): a teacher scorer, and a trainer that mixes in the student's samples
     trainer_class, on_policy = DistillTrainer, {}
     if config.teacher:
         from train.on_policy import OnPolicyMixin, on_policy_setup
@@ -486,7 +486,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         "loss_curve": str(out / "loss_curve.png"), "resumed_from": resume,
         "distributed": trainer.distributed_summary(),
     }
-    # --- issue 17 (artifacts): what the model card and the user need of the run ---
+    # --- artifacts: what the model card and the user need of the run ---
     summary.update({
         "student": config.student, "data": [str(d) for d in config.data],
         "teacher": data.logit_metadata["teacher"] if data.logit_metadata else config.teacher,
@@ -495,7 +495,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     })
     if config.lora_merge and trainer.is_world_process_zero():
         summary["merged"] = save_merged(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out / "merged")
-    if config.teacher:  # on-policy distillation (issue 14): teacher, tail source, tokens/s of gen/score/train
+    if config.teacher:  # on-policy distillation: teacher, tail source, tokens/s of gen/score/train
         summary["on_policy"] = trainer.on_policy_summary()
     if trainer.is_world_process_zero():
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")

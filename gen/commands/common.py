@@ -295,7 +295,7 @@ def read_chat_template(path: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Judge flags (issue 13, the teacher as judge: `gen score`, and the commands built on the judge). The judge is a
+# Judge flags (the teacher as judge: `gen score`, and the commands built on the judge). The judge is a
 # teacher spec like --teacher, with its own endpoint flags; the engine flags (--concurrency, budgets, --timeout, ...)
 # are shared: every engine a command opens gets the same settings.
 

@@ -89,3 +89,14 @@ def test_dpo_refuses_a_run_without_preference_rows(tiny_llama_dir, tmp_path, cap
     assert main(["train", "--dpo", "--dpo-beta", "0", "--student", str(tiny_llama_dir), "--data",
                  str(preference_run(tmp_path / "p")), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "gen train: error: --dpo-beta 0.0: must be > 0"
+
+
+@pytest.mark.parametrize("flag,value", [("--sync-steps", "2"), ("--student-sampler", "transformers"),
+                                        ("--gen-temperature", "0.5")])
+def test_dpo_refuses_on_policy_sampling_flags(tiny_llama_dir, tmp_path, capsys, flag, value):  # noqa: F811
+    out = tmp_path / "out"
+    assert main(["train", "--dpo", flag, value, "--student", str(tiny_llama_dir), "--data",
+                 str(preference_run(tmp_path / "p")), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"gen train: error: {flag} ") and "on-policy sampling setting" in err, err
+    assert not out.exists()
