@@ -60,4 +60,7 @@ test-main: install system-deps
 test-vllm: install-vllm
 	$(TEST_ENV) VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm -q --durations=5 tests
 
-test: lint test-main test-vllm
+# The two venvs install side by side (pip mostly waits on unzipping and writing files), then lint and the tests.
+test:
+	$(MAKE) -j2 install install-vllm
+	$(MAKE) lint test-main test-vllm
