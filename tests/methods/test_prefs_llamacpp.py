@@ -16,6 +16,15 @@ PROMPTS = ["What is the capital of France?", "Name a primary colour."]
 REASONS = {"preference_tie", "too_few_rated", "judge_unparseable"}
 
 
+def follows_the_verdict_grammar(verdicts: list[str]) -> bool:
+    """The verdict's JSON schema reached llama.cpp: every reply is a prefix of what its JSON grammar allows (an
+    object, maybe cut short at the token limit, after optional whitespace; the grammar admits leading whitespace, and
+    a 270M model sometimes spends every token there), and at least one reply started the object. A model writing
+    free text would start with a word."""
+    return all(not v.strip() or v.lstrip().startswith("{") for v in verdicts) and \
+        any(v.lstrip().startswith("{") for v in verdicts)
+
+
 def test_gen_prefs_on_llamacpp(llamacpp_server, tmp_path, capsys):  # noqa: F811
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": p}) + "\n" for p in PROMPTS))
@@ -29,8 +38,8 @@ def test_gen_prefs_on_llamacpp(llamacpp_server, tmp_path, capsys):  # noqa: F811
     assert len(train) + len(rejected) == len(PROMPTS)
     for row in train + rejected:
         assert row["prompt"][-1]["role"] == "user" and row["judge"] == model and len(row["candidates"]) == 2
-        # the verdict's JSON schema went to llama.cpp: every reply is a JSON object (maybe cut short)
-        assert all(c["verdict"].lstrip().startswith("{") for c in row["candidates"]), row["candidates"]
+    verdicts = [c["verdict"] for row in train + rejected for c in row["candidates"]]
+    assert follows_the_verdict_grammar(verdicts), verdicts
     for row in train:
         assert 1 <= row["score_rejected"] < row["score_chosen"] <= 10 and row["filters"] == []
         assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"

@@ -15,6 +15,7 @@ from gen.data.records import make_row
 from gen.data.scores import parse_scores
 from gen.data.shards import ShardWriter, read_manifest, read_table, write_manifest
 from tests.faultproxy import FaultProxy
+from tests.methods.test_prefs_llamacpp import follows_the_verdict_grammar
 from tests.scale.conftest import run_gen
 
 PROMPTS = ["What is the capital of France?", "Name a primary colour."]
@@ -70,8 +71,8 @@ def test_gen_prefs_on_ray_matches_one_process(ray_cluster, llamacpp_server, prox
     assert len(train) + len(rejected) == len(PROMPTS)
     funnel = read_manifest(on_ray)["funnel"]["total"]
     assert funnel["answers"] == funnel["judged"] == 4 and funnel.get("kept", 0) == len(train)
-    for row in train + rejected:  # the verdict's JSON schema reached llama.cpp from the workers
-        assert all(c["verdict"].lstrip().startswith("{") for c in row["candidates"]), row["candidates"]
+    verdicts = [c["verdict"] for row in train + rejected for c in row["candidates"]]
+    assert follows_the_verdict_grammar(verdicts), verdicts  # the verdict's JSON schema reached llama.cpp from Ray
     for row in train:
         assert 1 <= row["score_rejected"] < row["score_chosen"] <= 10
 
