@@ -15,9 +15,9 @@ import json
 
 import pytest
 
-from gen.data.records import make_row
 from gen.data.scores import parse_scores
-from gen.data.shards import ShardWriter, read_manifest, read_table, write_manifest
+from gen.data.shards import read_manifest, read_table
+from tests.qa_runs import write_qa_run
 from tests.tiny_models import build_tiny_llama
 
 pytestmark = pytest.mark.vllm
@@ -66,14 +66,6 @@ def vllm_judge(tmp_path_factory):
         teacher.close()
 
 
-def write_run(run) -> None:
-    rows = [make_row(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}], method="label")
-            for q, a in QA]
-    with ShardWriter(run, "train") as writer:
-        writer.write_many(rows)
-    write_manifest(run, config={}, funnel={})
-
-
 def test_gen_score_with_a_vllm_judge(vllm_judge, tmp_path, capsys):
     import jsonschema
 
@@ -84,7 +76,7 @@ def test_gen_score_with_a_vllm_judge(vllm_judge, tmp_path, capsys):
     from gen.teachers.base import SamplingParams
 
     run = tmp_path / "run"
-    write_run(run)
+    write_qa_run(run, QA)
     rubric = load_rubric("quality")
     params = judge_params(rubric, SamplingParams(max_tokens=32, temperature=0.0))  # as --judge-max-new-tokens 32
 

@@ -11,11 +11,11 @@ import sqlite3
 
 import pytest
 
-from gen.data.records import make_row
 from gen.data.scores import parse_scores
-from gen.data.shards import ShardWriter, read_manifest, read_table, write_manifest
+from gen.data.shards import read_manifest, read_table
 from tests.faultproxy import FaultProxy
 from tests.methods.test_prefs_llamacpp import follows_the_verdict_grammar
+from tests.qa_runs import write_qa_run
 from tests.scale.conftest import run_gen
 
 PROMPTS = ["What is the capital of France?", "Name a primary colour."]
@@ -91,17 +91,9 @@ def test_gen_prefs_on_ray_matches_one_process(ray_cluster, llamacpp_server, prox
     assert read_table(on_ray, "train").to_pylist() == train
 
 
-def write_run(run) -> None:
-    rows = [make_row(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}], method="label")
-            for q, a in QA]
-    with ShardWriter(run, "train") as writer:
-        writer.write_many(rows)
-    write_manifest(run, config={}, funnel={})
-
-
 def test_gen_score_on_ray_matches_one_process(ray_cluster, llamacpp_server, proxy, tmp_path):
     on_ray, local = tmp_path / "ray", tmp_path / "local"
-    write_run(on_ray)
+    write_qa_run(on_ray, QA)
 
     def argv(run, *extra: str) -> list[str]:
         return ["score", str(run), "--judge", f"openai:{llamacpp_server.model}", "--judge-base-url",
@@ -122,7 +114,7 @@ def test_gen_score_on_ray_matches_one_process(ray_cluster, llamacpp_server, prox
         entry = parse_scores(row["scores"])["quality"]
         assert 1 <= entry["value"] <= 10 and entry["judge"] == f"openai:{llamacpp_server.model}"
 
-    write_run(local)  # one process, the Ray run's verdicts: the same scores, nothing sent
+    write_qa_run(local, QA)  # one process, the Ray run's verdicts: the same scores, nothing sent
     copy_cache(on_ray, local)
     done = run_gen(argv(local))
     assert done.rc == 0, done.stderr
