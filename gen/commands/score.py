@@ -74,16 +74,14 @@ def judge_scorer(rubric, params, open_engine: Callable[[Path], Any]) -> Scorer:
     `open_engine(run_dir)` opens (closed once the rows are judged). `gen score --judge` builds it from its flags;
     a caller holding an open teacher (the vLLM tests) passes an opener of an engine over it."""
     from gen.commands.common import print_summary
+    from gen.engine.budget import reported_counters
     from gen.methods.judge import judge_scores
 
     def score(run_dir: Path, rows: list[dict[str, Any]]):
         engine = open_engine(run_dir)
         try:
             outcome = judge_scores(engine, rows, rubric, params)
-            outcome.counts["engine"] = {k: engine.stats.get(k, 0) for k in ("requests", "sent", "cache_hits", "failures",
-                                                                              "prompt_tokens", "completion_tokens")}
-            # On Ray (`gen.scale.DistributedEngine`) also the workers and the units they ran.
-            outcome.counts["engine"].update({k: engine.stats[k] for k in ("workers", "units") if k in engine.stats})
+            outcome.counts["engine"] = reported_counters(engine)
             print_summary(engine)
         finally:
             engine.close()

@@ -27,6 +27,17 @@ COUNTERS = ("requests", "sent", "attempts", "cache_hits", "failures", "skipped",
 # The counters of what was actually sent. The rest (requests, failures, skipped, and cache hits of the caller's own
 # cache) are counted per `run` call from its results by `count_results`.
 SENDING_COUNTERS = ("sent", "attempts", "cache_hits", "rate_limited", "prompt_tokens", "completion_tokens")
+# The counters a command reports for each engine it opened (summary line, manifest, funnel).
+REPORTED_COUNTERS = ("requests", "sent", "cache_hits", "failures", "prompt_tokens", "completion_tokens")
+
+
+def reported_counters(engine: Any) -> dict[str, Any]:
+    """An engine's REPORTED_COUNTERS (0 where it kept none) and, on Ray (`gen.scale.DistributedEngine`), the workers
+    and the units they ran."""
+    stats = dict(getattr(engine, "stats", {}) or {})
+    counters = {k: stats.get(k, 0) for k in REPORTED_COUNTERS}
+    counters.update({k: stats[k] for k in ("workers", "units") if k in stats})
+    return counters
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:

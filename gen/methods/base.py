@@ -25,6 +25,7 @@ from typing import Any
 from gen.data.records import content_id, make_row
 from gen.data.rejections import mark_rejected
 from gen.data.shards import ShardWriter, write_manifest
+from gen.engine.budget import REPORTED_COUNTERS
 from gen.teachers.base import ChatRequest, Completion, SamplingParams
 
 
@@ -253,8 +254,7 @@ class MethodRun:
             "",
             self.funnel.table(),
             "",
-            "engine: " + " ".join(f"{k}={stats.get(k, 0)}" for k in
-                                  ("requests", "sent", "cache_hits", "failures", "prompt_tokens", "completion_tokens")),
+            "engine: " + " ".join(f"{k}={stats.get(k, 0)}" for k in REPORTED_COUNTERS),
         ]
         if self.stopped:
             lines.append("stopped early: the token/cost budget is exhausted; rerun with a larger budget to continue")

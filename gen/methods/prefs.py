@@ -37,6 +37,7 @@ from gen.data.preferences import (
     pick_pair,
 )
 from gen.data.records import content_id
+from gen.engine.budget import reported_counters
 from gen.methods.base import Funnel, derive_seed, total_usage
 from gen.methods.judge import JUDGE_UNPARSEABLE, JudgeItem, Judgement, Rubric, judge_pointwise
 from gen.teachers.base import ChatRequest, Completion, SamplingParams
@@ -125,7 +126,7 @@ def sample_candidates(engines: Sequence[tuple[str, Callable[[], Any]]], inputs: 
             results = engine.run(sample_requests(inputs, params, n, run_seed, teacher_id), desc=f"sample {spec}")
             outcome.exhausted = outcome.exhausted or bool(getattr(engine, "exhausted", False))
             if stats is not None:
-                stats[f"candidate {teacher_id}"] = _engine_stats(engine)
+                stats[f"candidate {teacher_id}"] = reported_counters(engine)
         finally:
             engine.close()
         outcome.funnel.add("requests", len(results))
@@ -252,7 +253,7 @@ def build_preferences(candidates: Sequence[tuple[str, Callable[[], Any]]], open_
         asked = asked_params(spec, teacher_ids, judge.teacher_id)
         train, rejected = preference_writers(out_dir)
         rate_and_pair(inputs, groups, judge, (train, rejected), outcome, asked=asked, chunk_size=spec.chunk_size)
-        engines[f"judge {judge.teacher_id}"] = _engine_stats(judge_engine)
+        engines[f"judge {judge.teacher_id}"] = reported_counters(judge_engine)
         outcome.rows_on_disk = {"train": len(train.keys), "rejected": len(rejected.keys)}
     finally:
         judge_engine.close()
@@ -262,15 +263,6 @@ def build_preferences(candidates: Sequence[tuple[str, Callable[[], Any]]], open_
                           "rubric": {"name": spec.rubric.name, "template_hash": spec.rubric.template_hash},
                           "engines": engines})
     return outcome
-
-
-def _engine_stats(engine: Any) -> dict[str, Any]:
-    stats = dict(getattr(engine, "stats", {}) or {})
-    counters = {k: stats.get(k, 0) for k in ("requests", "sent", "cache_hits", "failures", "prompt_tokens",
-                                             "completion_tokens")}
-    # On Ray (`gen.scale.DistributedEngine`) also the workers and the units they ran.
-    counters.update({k: stats[k] for k in ("workers", "units") if k in stats})
-    return counters
 
 
 def preference_writers(out_dir: str | Path):
