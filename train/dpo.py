@@ -115,10 +115,10 @@ def check_dpo_settings(config: TrainConfig) -> None:
         if value:
             shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
             raise InvalidSetting(name, f"{name} {shown}: not with DPO training (dpo): {why}")
-    defaults_of_run = TrainConfig(student=config.student, data=config.data, out=config.out)
-    for name in _ON_POLICY_ONLY:
+    on_policy_defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in _ON_POLICY_ONLY}
+    for name, default in on_policy_defaults.items():
         value = getattr(config, name)
-        if value != getattr(defaults_of_run, name):
+        if value != default:
             raise InvalidSetting(name, f"{name} {value}: an on-policy sampling setting; DPO training (dpo) trains on "
                                        f"fixed preference pairs")
 

@@ -120,11 +120,12 @@ def _ifd_scorer(args: argparse.Namespace) -> Scorer:
     def score(run_dir: Path, rows: list[dict[str, Any]]):
         outcome = ScoreOutcome("ifd", settings={"model": f"hf:{path}", "model_fingerprint": model_id,
                                                "max_length": args.ifd_max_length})
+        fingerprints = [row_fingerprint(row) for row in rows]
         todo = []
         for position, row in enumerate(rows):
             old = parse_scores(row.get("scores")).get("ifd")
             if not (isinstance(old, dict) and old.get("model_fingerprint") == model_id
-                    and old.get("row_fingerprint") == row_fingerprint(row)):
+                    and old.get("row_fingerprint") == fingerprints[position]):
                 todo.append(position)
         values = []
         if todo:
@@ -144,7 +145,7 @@ def _ifd_scorer(args: argparse.Namespace) -> Scorer:
             outcome.entries[position] = {
                 "value": value.ifd, "ppl_conditioned": value.ppl_conditioned,
                 "ppl_unconditioned": value.ppl_unconditioned, "answer_tokens": value.answer_tokens,
-                "model": f"hf:{path}", "model_fingerprint": model_id, "row_fingerprint": row_fingerprint(rows[position])}
+                "model": f"hf:{path}", "model_fingerprint": model_id, "row_fingerprint": fingerprints[position]}
         outcome.counts = {"rows": len(rows), "scored": len(outcome.entries), "reused": len(rows) - len(todo),
                           "no_answer": len(outcome.rejected)}
         return outcome
