@@ -116,8 +116,9 @@ def _filter(args: argparse.Namespace) -> int:
         score_settings = _reject_below_min_score(run_dir, table, args.min_score, args.score_name, rejected)
     if args.ifd_max is not None or args.top_fraction is not None:  # IFD selection
         score_settings = {**score_settings, **_select_by_ifd(run_dir, table, args.ifd_max, args.top_fraction, rejected)}
-    funnel = rejected.funnel_entry(len(rows), **({"unscored_kept": score_settings["unscored_kept"]}
-                                                 if "unscored_kept" in score_settings else {}))
+    # Rows kept because they carry no score (--min-score) or no IFD (--ifd-max/--top-fraction).
+    funnel = rejected.funnel_entry(len(rows), **{k: score_settings[k] for k in ("unscored_kept", "ifd_unscored_kept")
+                                                 if k in score_settings})
     reasons = funnel["by_reason"]
     settings = {**config.as_dict(), "rouge_l": args.rouge_l,
                 **({"min_score": args.min_score, "score_name": score_settings["score_name"]}

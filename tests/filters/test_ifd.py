@@ -172,6 +172,7 @@ def test_score_ifd_then_filter_cli(tmp_path, tiny_llama_dir, scorer, capsys):  #
     assert manifest["config"]["filters"]["filter"]["ifd_max"] == 1.03
     counts = {"ifd_above_max": 4 - len(below), "ifd_below_top_fraction": len(below) - len(top)}
     assert manifest["funnel"]["filter"]["by_reason"] == {k: v for k, v in counts.items() if v}
+    assert manifest["funnel"]["filter"]["ifd_unscored_kept"] == 0  # every train row has its IFD
     # --top-fraction alone: the 2 highest of 4; --ifd-max 1.0 alone: this random model's IFDs are all >= 1.
     assert main(["filter", str(run), "--out", str(tmp_path / "top"), "--top-fraction", "0.5", "--keep-repetitive"]) == 0
     highest = sorted(values, key=lambda i: -values[i])[:2]
