@@ -50,17 +50,13 @@ def worker(student_dir: str, teacher_dir: str, out: str, data: list[str]) -> Non
     train(_config(student_dir, teacher_dir, data, out, 2, resume=True))
 
 
-def _logged(out: Path) -> list[dict]:
-    return [e for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
-
-
 def _sampler_state(checkpoint: Path, rank: int) -> dict:
     return torch.load(checkpoint / f"on_policy_state_{rank}.pt", weights_only=True)
 
 
 def test_two_ranks_sample_their_own_prompts_and_resume_on_the_curve_of_one_process(tiny_pair, conversations,
                                                                                     logit_shards, tmp_path):
-    from tests.train.test_distributed import _torchrun
+    from tests.train.test_distributed import _logged, _torchrun
     from train.trainer import train
 
     _, teacher_dir, student_dir = tiny_pair
